@@ -1,0 +1,16 @@
+//! The recipient allow-list plugin, written in C (`allowlist.c`).
+//!
+//! The build script compiles `allowlist.c` against `include/mailerq.h`
+//! into a MailerQ plugin. This crate only tells Rust code (the host's tests)
+//! where that shared object is; it is also copied next to the binaries in
+//! `target/<profile>/`.
+//!
+//! The plugin reads its allow-list from the file named by
+//! `MQ_ALLOWLIST_FILE` (one entry per line: `@domain` or an exact address,
+//! `#` comments), defaulting to `@example.com`, `@example.org` and
+//! `postmaster@localhost`, and rejects every other `RCPT TO` with
+//! `550 5.7.1`. See `README.md`.
+
+/// Path of the compiled plugin (`libmq_example_c_allowlist.so`) in this
+/// crate's build output directory.
+pub const PLUGIN_SO: &str = concat!(env!("OUT_DIR"), "/libmq_example_c_allowlist.so");

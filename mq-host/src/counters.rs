@@ -1,0 +1,73 @@
+//! Counters a user can read: the guards beyond MailerQ's own rules, and
+//! the traffic the host has seen.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $field:ident, )*) => {
+        /// Live counters, shared by all workers.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $field: AtomicU64, )*
+        }
+
+        /// A snapshot of the host's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct CounterSnapshot {
+            $( $(#[$doc])* pub $field: u64, )*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl CounterSnapshot {
+            /// Name and value of every counter, in declaration order.
+            pub fn entries(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($field), self.$field), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Chains run to their end (any outcome).
+    chains_finished,
+    /// Hook calls made into plugins.
+    hook_calls,
+    /// Hook calls that returned `true` (took control).
+    take_overs,
+    /// Resumes for a take-over that was already resumed: ignored and logged.
+    double_resumes,
+    /// Resumes by a plugin that held no control of that connection: ignored and logged.
+    stray_resumes,
+    /// Resumes called from a thread other than the connection's worker: refused and logged.
+    wrong_thread_resumes,
+    /// Resumes called inside the hook call itself: applied after the hook returned.
+    inline_resumes,
+    /// Take-overs held past the hold deadline: reported, and the chain went on.
+    held_past_deadline,
+    /// Resumes that arrived after the hold deadline had already moved the chain on: ignored.
+    late_resumes,
+    /// Chains cut because they retried more often than the retry limit.
+    retry_loops_cut,
+    /// Host function calls made on the wrong thread or with a foreign handle: refused and logged.
+    wrong_thread_calls,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for CounterSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, value) in self.entries() {
+            writeln!(f, "{name:<22} {value}")?;
+        }
+        Ok(())
+    }
+}

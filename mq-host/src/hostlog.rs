@@ -1,0 +1,191 @@
+//! The host's log: what plugins write with `MQ_log` and what the host
+//! reports itself (guards, load problems).
+//!
+//! `MQ_log` is a global C function without a host argument: on a worker
+//! thread it reaches that worker's host; elsewhere (plugin threads,
+//! `mq_initialize`) the most recently started host.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::SystemTime;
+
+/// How important a log record is (MailerQ's three priorities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// `MQ_CRIT` (1).
+    Critical,
+    /// `MQ_WARN` (2).
+    Warning,
+    /// `MQ_INFO` (3), also for unknown priorities (marked invalid).
+    Info,
+}
+
+impl Priority {
+    /// Maps a C priority; unknown values log as info, with a flag.
+    pub fn from_c(priority: i32) -> (Priority, bool) {
+        match priority {
+            1 => (Priority::Critical, true),
+            2 => (Priority::Warning, true),
+            3 => (Priority::Info, true),
+            _ => (Priority::Info, false),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Priority::Critical => "CRIT",
+            Priority::Warning => "WARN",
+            Priority::Info => "INFO",
+        }
+    }
+}
+
+/// Who wrote a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A plugin, through `MQ_log`.
+    Plugin,
+    /// The host itself.
+    Host,
+}
+
+/// One log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Position in the host's log, from 0.
+    pub seq: u64,
+    /// The worker thread it was written on, if any.
+    pub worker: Option<usize>,
+    /// Priority.
+    pub priority: Priority,
+    /// Who wrote it.
+    pub source: Source,
+    /// The text; an unknown priority is marked `(invalid priority N)`.
+    pub text: String,
+    /// When it was written.
+    pub time: SystemTime,
+}
+
+impl std::fmt::Display for LogRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let worker = match self.worker {
+            Some(w) => format!("worker {w}"),
+            None => "main".to_owned(),
+        };
+        let who = match self.source {
+            Source::Plugin => "plugin",
+            Source::Host => "host",
+        };
+        write!(
+            f,
+            "[{}] [{worker}] [{who}] {}",
+            self.priority.label(),
+            self.text
+        )
+    }
+}
+
+/// Where log output goes besides the in-memory record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogEcho {
+    /// Keep records in memory only (library default).
+    #[default]
+    None,
+    /// Also print every record to stderr (the binary's default).
+    Stderr,
+}
+
+/// The in-memory log of one host.
+#[derive(Debug)]
+pub(crate) struct HostLog {
+    records: Mutex<Vec<LogRecord>>,
+    echo: LogEcho,
+}
+
+static FALLBACK: RwLock<Option<Weak<HostLog>>> = RwLock::new(None);
+
+thread_local! {
+    /// The log of the host whose lifecycle hooks run on this thread now.
+    static CALLER: std::cell::RefCell<Option<Arc<HostLog>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Routes `MQ_log` calls made on this thread to `log` until dropped (for
+/// `mq_initialize`/`mq_cleanup`, which run on the caller's thread).
+pub(crate) struct CallerScope(Option<Arc<HostLog>>);
+
+impl CallerScope {
+    pub(crate) fn enter(log: &Arc<HostLog>) -> CallerScope {
+        CallerScope(CALLER.with(|c| c.borrow_mut().replace(Arc::clone(log))))
+    }
+}
+
+impl Drop for CallerScope {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        let _ = CALLER.try_with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+impl HostLog {
+    pub(crate) fn new(echo: LogEcho) -> Arc<HostLog> {
+        Arc::new(HostLog {
+            records: Mutex::new(Vec::new()),
+            echo,
+        })
+    }
+
+    /// Makes this log the one `MQ_log` uses off the worker threads.
+    pub(crate) fn install_as_fallback(self: &Arc<Self>) {
+        *FALLBACK.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(self));
+    }
+
+    /// The log for a call off the worker threads: the host whose lifecycle
+    /// hooks run on this thread, else the most recently started host.
+    pub(crate) fn fallback() -> Option<Arc<HostLog>> {
+        if let Some(log) = CALLER.try_with(|c| c.borrow().clone()).ok().flatten() {
+            return Some(log);
+        }
+        FALLBACK
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()?
+            .upgrade()
+    }
+
+    pub(crate) fn write(
+        &self,
+        worker: Option<usize>,
+        priority: Priority,
+        source: Source,
+        text: String,
+    ) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let record = LogRecord {
+            seq: records.len() as u64,
+            worker,
+            priority,
+            source,
+            text,
+            time: SystemTime::now(),
+        };
+        if self.echo == LogEcho::Stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{record}");
+        }
+        records.push(record);
+    }
+
+    /// The next sequence number (a mark for [`HostLog::since`]).
+    pub(crate) fn mark(&self) -> u64 {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Records from `mark` on, optionally only those of one worker.
+    pub(crate) fn since(&self, mark: u64, worker: Option<usize>) -> Vec<LogRecord> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records[(mark as usize).min(records.len())..]
+            .iter()
+            .filter(|r| worker.is_none() || r.worker == worker)
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,68 @@
+//! # mq-host: an open MailerQ plugin host
+//!
+//! Loads MailerQ plugins — C shared objects written against `mailerq.h`,
+//! and Rust plugins built with `mq-plugin` — and runs their hooks with
+//! MailerQ's exact semantics: plugins in byte order of file name, `false`
+//! goes on, `true` holds the chain until exactly one `MQ_continue`,
+//! `MQ_complete` or `MQ_retry`. Each worker thread has a real event loop
+//! (fd watchers, timers, cross-thread wake-ups) behind `MQ_ioWatch` and
+//! `MQ_startTimer`.
+//!
+//! ```no_run
+//! use mq_host::{Direction, Event, Host};
+//! use serde_json::json;
+//!
+//! let host = Host::builder().plugin_dir("plugins").start()?;
+//! let result = host.run_event(
+//!     Direction::Incoming,
+//!     Event::Message(json!({"envelope": "a@example.com", "recipient": "b@example.org", "mime": "Subject: hi\r\n\r\nhello"})),
+//! )?;
+//! println!("{:?}: {}", result.end, result.message.unwrap());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Embedding and C plugins
+//!
+//! C plugins resolve the host's `MQ_*` functions from the executable, so an
+//! executable that embeds this library must export them: link it with
+//! `-Wl,--export-dynamic-symbol=MQ_*` (a `build.rs` line
+//! `cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=MQ_*`). The `mq-host`
+//! binary and this crate's tests do. Without it, loading a C plugin fails
+//! with an error that says so.
+//!
+//! ## Beyond MailerQ
+//!
+//! A second resume is ignored, a resume from the wrong thread refused, a
+//! hold past the deadline reported (the chain goes on), a retry loop cut
+//! after a limit; each is logged and counted ([`CounterSnapshot`]).
+
+#![warn(missing_docs)]
+
+mod capi;
+mod chain;
+mod counters;
+pub mod event_loop;
+mod host;
+mod hostlog;
+mod loader;
+mod objects;
+pub mod runmode;
+mod worker;
+
+pub use chain::{ChainEnd, HookCall, Resume};
+pub use counters::CounterSnapshot;
+pub use host::{
+    Event, EventResult, Host, HostBuilder, PendingEvent, RunError, Session, Shutdown, StartError,
+};
+pub use hostlog::{LogEcho, LogRecord, Priority, Source};
+pub use loader::{discover, HostMode, LoadError, LoadErrorKind, PluginInfo, PluginKind};
+pub use mq_hook_table as hook_table;
+pub use mq_plugin::Flow;
+pub use objects::{Direction, SmtpView};
+
+/// Loads one plugin file and reports what it is, without running it
+/// (`mq-host inspect`). Rust plugins get their ABI checked; nothing but
+/// `mq_version` is called.
+pub fn inspect(file: &std::path::Path) -> Result<PluginInfo, LoadError> {
+    loader::inspect(file)
+}

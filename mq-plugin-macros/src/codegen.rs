@@ -1,0 +1,149 @@
+//! Lowering a validated hook to MailerQ's C symbol. No checks here: every
+//! decision was made by `validate`. The generated `extern "C"` function is
+//! one call into `::mq_plugin::__private::v1`; the logic lives there.
+
+use crate::validate::{validate, Plan};
+use mq_hook_table::{RustParam, Shape};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ItemFn;
+
+/// Hooks whose C symbol the plugin declaration always exports (it frees the
+/// plugin's data after them); the author's function is reached through the
+/// `Authored` impl instead.
+pub(crate) const HOUSEKEEPING: &[&str] = &["context_cleanup", "smtp_in_close"];
+
+pub(crate) fn expand_hook(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let err = syn::Error::new(Span::call_site(), "`#[mq_hook]` goes on a plain `fn`")
+                .to_compile_error();
+            return quote!(#item #err);
+        }
+    };
+    match crate::args::parse(attr).and_then(|args| validate(&args, &func)) {
+        Ok(plan) => lower(&func, &plan),
+        // Keep the function so that the rest of the crate still resolves it.
+        Err(e) => {
+            let err = e.to_compile_error();
+            quote!(#func #err)
+        }
+    }
+}
+
+fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
+    let rt = quote!(::mq_plugin::__private::v1);
+    let hook = plan.hook;
+    let index = hook.index();
+    let user_fn = &func.sig.ident;
+    let function_name = user_fn.to_string();
+    let fallback = format_ident!("{}", plan.fallback);
+    let span = Span::mixed_site();
+    let symbol = format_ident!("{}", hook.symbol);
+    let entry = if HOUSEKEEPING.contains(&hook.name) {
+        format_ident!("__mq_entry", span = span)
+    } else {
+        symbol.clone()
+    };
+    let no_mangle = if HOUSEKEEPING.contains(&hook.name) {
+        quote!()
+    } else {
+        quote!(#[no_mangle])
+    };
+    let meta = format_ident!("__MQ_META", span = span);
+
+    let ctx = format_ident!("__mq_context", span = span);
+    let conn = format_ident!("__mq_connection", span = span);
+    let third = format_ident!("__mq_argument", span = span);
+    let arg_for = |kind: &RustParam| match kind {
+        RustParam::Context => quote!(#ctx),
+        RustParam::Connection => quote!(#conn),
+        _ => quote!(#third),
+    };
+    let call_args: Vec<TokenStream> = plan.params.iter().map(arg_for).collect();
+    let call = quote_spanned!(func.sig.ident.span()=> #user_fn(#(#call_args),*));
+
+    let (c_params, ret, body, raw_variant) = match hook.shape {
+        Shape::Global => (
+            quote!(),
+            quote!(),
+            quote!(#rt::global(&#meta, || #call)),
+            quote!(Global),
+        ),
+        Shape::Context => (
+            quote!(#ctx: *mut #rt::MQ_Context),
+            quote!(),
+            quote!(#rt::context(&#meta, #ctx, |#ctx| #call)),
+            quote!(Context),
+        ),
+        Shape::Connection => (
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection),
+            quote!(-> bool),
+            quote!(#rt::connection(&#meta, #ctx, #conn, |#ctx, #conn| #call)),
+            quote!(Connection),
+        ),
+        Shape::Authenticate => {
+            let (l, ll, p, pl) = (
+                format_ident!("__mq_login", span = span),
+                format_ident!("__mq_login_size", span = span),
+                format_ident!("__mq_password", span = span),
+                format_ident!("__mq_password_size", span = span),
+            );
+            (
+                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
+                       #l: *const ::core::ffi::c_char, #ll: usize, #p: *const ::core::ffi::c_char, #pl: usize),
+                quote!(-> bool),
+                quote!(#rt::authenticate(&#meta, #ctx, #conn, #l, #ll, #p, #pl, |#ctx, #conn, #third| #call)),
+                quote!(Authenticate),
+            )
+        }
+        Shape::Address => (
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Address),
+            quote!(-> bool),
+            quote!(#rt::address(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(Address),
+        ),
+        Shape::Data => {
+            let size = format_ident!("__mq_size", span = span);
+            (
+                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
+                       #third: *const ::core::ffi::c_char, #size: usize),
+                quote!(-> bool),
+                quote!(#rt::data(&#meta, #ctx, #conn, #third, #size, |#ctx, #conn, #third| #call)),
+                quote!(Data),
+            )
+        }
+        Shape::Message => (
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Message),
+            quote!(-> bool),
+            quote!(#rt::message(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(Message),
+        ),
+    };
+
+    let declaration = quote_spanned!(func.sig.ident.span()=> crate::__MqDeclarePlugin);
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        const _: () = {
+            static #meta: #rt::HookMeta = #rt::HookMeta {
+                hook: &#rt::HOOKS[#index],
+                function: #function_name,
+                plugin: <#declaration as #rt::PluginIdentity>::NAME,
+                fallback: ::mq_plugin::Flow::#fallback,
+            };
+
+            #no_mangle
+            unsafe extern "C" fn #entry(#c_params) #ret {
+                // SAFETY: called by the host with the arguments of this hook.
+                unsafe { #body }
+            }
+
+            impl #rt::Authored<#index> for #declaration {
+                const RAW: #rt::RawHook = #rt::RawHook::#raw_variant(#entry);
+            }
+        };
+    }
+}

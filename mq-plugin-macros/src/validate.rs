@@ -1,0 +1,379 @@
+//! Every check of a hook definition. Returns a [`Plan`] for codegen, or all
+//! errors at once, each on the offending token.
+
+use crate::args::HookArgs;
+use crate::diag::{did_you_mean, list};
+use mq_hook_table::{Hook, RustParam, HOOKS};
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, ItemFn, Type};
+
+/// What codegen needs to lower one hook.
+pub(crate) struct Plan {
+    pub(crate) hook: &'static Hook,
+    /// `Continue`, `Complete` or `Retry`.
+    pub(crate) fallback: &'static str,
+    /// The parameter kinds in the author's order.
+    pub(crate) params: Vec<RustParam>,
+}
+
+/// Collects errors so that all are reported together.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        let e = syn::Error::new(span, message);
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    pub(crate) fn into_result<T>(self, value: T) -> syn::Result<T> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(value),
+        }
+    }
+}
+
+pub(crate) fn validate(args: &HookArgs, func: &ItemFn) -> syn::Result<Plan> {
+    let mut errors = Errors::default();
+    let hook = check_hook_name(args, func, &mut errors);
+    let fallback = check_options(args, hook, &mut errors);
+    check_signature(func, &mut errors);
+    let params = hook
+        .map(|h| check_params(h, func, &mut errors))
+        .unwrap_or_default();
+    match hook {
+        Some(hook) => errors.into_result(Plan {
+            hook,
+            fallback,
+            params,
+        }),
+        None => Err(errors.0.expect("a missing hook was reported")),
+    }
+}
+
+fn check_hook_name(args: &HookArgs, func: &ItemFn, errors: &mut Errors) -> Option<&'static Hook> {
+    let names = HOOKS.iter().map(|h| h.name);
+    let Some((name, span)) = &args.hook else {
+        errors.push(
+            func.sig.ident.span(),
+            format!("`#[mq_hook]` needs the hook's name, e.g. `#[mq_hook(smtp_in_rcptto)]`; hooks are {}", list(names)),
+        );
+        return None;
+    };
+    if let Some(hook) = mq_hook_table::by_name(name) {
+        return Some(hook);
+    }
+    if let Some(hook) = mq_hook_table::by_symbol(name) {
+        errors.push(
+            *span,
+            format!(
+                "write the hook without the `mq_` prefix: `#[mq_hook({})]`",
+                hook.name
+            ),
+        );
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    let message = if matches!(lower.as_str(), "continue" | "complete" | "retry") {
+        format!("`{name}` is a host function (`MQ_{lower}`), not a hook; return `Flow::{}` from a hook instead", capitalize(&lower))
+    } else if let Some(similar) = did_you_mean(&lower, names.clone()) {
+        format!("unknown hook `{name}`; did you mean `{similar}`?")
+    } else {
+        format!("unknown hook `{name}`; hooks are {}", list(names))
+    };
+    errors.push(*span, message);
+    None
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn check_options(
+    args: &HookArgs,
+    hook: Option<&'static Hook>,
+    errors: &mut Errors,
+) -> &'static str {
+    let mut fallback = "Continue";
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in &args.options {
+        let k = key.to_string();
+        if seen.contains(&k) {
+            errors.push(key.span(), format!("`{k}` is given twice"));
+            continue;
+        }
+        seen.push(k.clone());
+        match k.as_str() {
+            "fallback" => {
+                if hook.is_some_and(|h| !h.may_take_control) {
+                    errors.push(key.span(), "`fallback` applies to SMTP hooks only: lifecycle hooks cannot take control");
+                }
+                match flow_name(value) {
+                    Some(f) => fallback = f,
+                    None => errors.push(
+                        value.span(),
+                        "`fallback` is one of `continue`, `complete` or `retry`",
+                    ),
+                }
+            }
+            other => {
+                let hint = did_you_mean(other, ["fallback"])
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; the options are `fallback`".to_owned());
+                errors.push(key.span(), format!("unknown option `{other}`{hint}"));
+            }
+        }
+    }
+    fallback
+}
+
+fn flow_name(value: &Expr) -> Option<&'static str> {
+    let text = match value {
+        Expr::Path(p) => p.path.segments.last()?.ident.to_string(),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => s.value(),
+        _ => return None,
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "continue" => Some("Continue"),
+        "complete" => Some("Complete"),
+        "retry" => Some("Retry"),
+        _ => None,
+    }
+}
+
+fn check_signature(func: &ItemFn, errors: &mut Errors) {
+    let sig = &func.sig;
+    if let Some(a) = &sig.asyncness {
+        errors.push(
+            a.span(),
+            "`async fn` hooks are not supported yet: write a plain `fn` returning `Flow`",
+        );
+    }
+    if let Some(u) = &sig.unsafety {
+        errors.push(
+            u.span(),
+            "a hook cannot be an `unsafe fn`: the framework calls it from safe code",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(
+            abi.span(),
+            "remove `extern`: `#[mq_hook]` generates the `extern \"C\"` function itself",
+        );
+    }
+    if let Some(c) = &sig.constness {
+        errors.push(c.span(), "a hook cannot be a `const fn`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(
+            sig.generics.span(),
+            "a hook cannot be generic: the host calls one concrete function",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push(v.span(), "a hook cannot be variadic");
+    }
+}
+
+fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<RustParam> {
+    let supplied = hook.shape.rust_params();
+    let supplied_list = || {
+        if supplied.is_empty() {
+            format!("`{}` takes no parameters", hook.name)
+        } else {
+            format!(
+                "`{}` supplies {}",
+                hook.name,
+                list(supplied.iter().map(|p| p.rust_type()))
+            )
+        }
+    };
+    let mut params = Vec::new();
+    for input in &func.sig.inputs {
+        let ty = match input {
+            FnArg::Receiver(r) => {
+                errors.push(r.span(), "a hook is a free function: remove `self`");
+                continue;
+            }
+            FnArg::Typed(t) => &t.ty,
+        };
+        let Some((kind, mutable)) = classify(ty) else {
+            errors.push(
+                ty.span(),
+                format!(
+                    "a hook parameter is identified by its type, and this is none of them; {}",
+                    supplied_list()
+                ),
+            );
+            continue;
+        };
+        if !supplied.contains(&kind) {
+            errors.push(
+                ty.span(),
+                format!(
+                    "`{}` does not supply `{}`; {}",
+                    hook.name,
+                    kind.rust_type(),
+                    supplied_list()
+                ),
+            );
+            continue;
+        }
+        match (kind, mutable) {
+            (RustParam::Message, _) => {}
+            (_, true) => {
+                errors.push(
+                    ty.span(),
+                    format!(
+                        "take `{}` by shared reference: the handle needs no `&mut`",
+                        kind.rust_type()
+                    ),
+                );
+                continue;
+            }
+            _ => {}
+        }
+        if params.contains(&kind) {
+            errors.push(ty.span(), format!("`{}` is taken twice", kind.rust_type()));
+            continue;
+        }
+        params.push(kind);
+    }
+    params
+}
+
+/// The parameter kind of a type and whether it is a `&mut`.
+fn classify(ty: &Type) -> Option<(RustParam, bool)> {
+    let Type::Reference(r) = ty else { return None };
+    let mutable = r.mutability.is_some();
+    match &*r.elem {
+        Type::Slice(s) => match &*s.elem {
+            Type::Path(p) if p.path.is_ident("u8") => Some((RustParam::Mime, mutable)),
+            _ => None,
+        },
+        Type::Path(p) if p.qself.is_none() => {
+            let last = p.path.segments.last()?;
+            if !last.arguments.is_empty() {
+                return None;
+            }
+            let kind = match last.ident.to_string().as_str() {
+                "Context" => RustParam::Context,
+                "Connection" => RustParam::Connection,
+                "Address" => RustParam::Address,
+                "Credentials" => RustParam::Credentials,
+                "Message" => RustParam::Message,
+                _ => return None,
+            };
+            Some((kind, mutable))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn plan(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn::Result<Plan> {
+        let args = crate::args::parse(attr)?;
+        let func: ItemFn = syn::parse2(item)?;
+        validate(&args, &func)
+    }
+
+    #[test]
+    fn accepts_any_subset_in_any_order() {
+        let p = plan(
+            quote!(smtp_out_data),
+            quote!(
+                fn f(m: &mut Message, c: &mq_plugin::Context) -> Flow {
+                    todo!()
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.params, vec![RustParam::Message, RustParam::Context]);
+        assert_eq!(p.fallback, "Continue");
+        let p = plan(
+            quote!(smtp_in_data, fallback = complete),
+            quote!(
+                fn f(mime: &[u8]) {}
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.params, vec![RustParam::Mime]);
+        assert_eq!(p.fallback, "Complete");
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let err = plan(
+            quote!(smtp_out_dta),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("did you mean `smtp_out_data`"),
+            "{err}"
+        );
+        let err = plan(
+            quote!(mq_smtp_out_data),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("without the `mq_` prefix"),
+            "{err}"
+        );
+        let err = plan(
+            quote!(smtp_in_rcptto),
+            quote!(
+                fn f(m: &mut Message) {}
+            ),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("does not supply `&mut Message`"),
+            "{err}"
+        );
+        let err = plan(
+            quote!(initialize, fallback = retry),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("SMTP hooks only"), "{err}");
+        let errs: Vec<String> = plan(
+            quote!(smtp_in_connect, fallbak = retry),
+            quote!(
+                unsafe fn f<T>(x: &mut Connection) {}
+            ),
+        )
+        .err()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+}

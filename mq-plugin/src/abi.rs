@@ -1,0 +1,184 @@
+//! The binary contract between a Rust plugin and `mq-host`.
+//!
+//! A plugin built with this crate exports, next to MailerQ's `mq_*` C
+//! symbols, an abi_stable root module ([`PluginModule`]) that names the
+//! plugin and carries [`FRAMEWORK_ABI_VERSION`]. `mq-host` checks its layout
+//! on load and hands the plugin its functions as a [`HostApi`] table through
+//! [`PluginModule::attach_host`]. A host that is not `mq-host` (MailerQ
+//! itself) never calls `attach_host`; the plugin then resolves MailerQ's
+//! global `MQ_*` symbols at run time instead.
+//!
+//! Both structs are abi_stable prefix types: a later version may append
+//! fields after the last prefix field, read through their `Option`
+//! accessors, so a newer host keeps running older plugins.
+
+use crate::sys::*;
+use abi_stable::{
+    library::RootModule, package_version_strings, sabi_types::VersionStrings, std_types::RStr,
+    StableAbi,
+};
+use std::ffi::{c_char, c_int, c_void};
+
+/// The framework's ABI version, carried in every plugin's root module.
+/// Bumped on any change that an old plugin or host cannot work with.
+pub const FRAMEWORK_ABI_VERSION: u32 = 1;
+
+/// The symbol under which a host finds a Rust plugin's root module.
+pub const ROOT_MODULE_SYMBOL: &str = abi_stable::library::ROOT_MODULE_LOADER_NAME;
+
+/// A Rust plugin's root module.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// The plugin's name (its crate name unless the declaration sets one).
+    pub name: RStr<'static>,
+    /// The plugin's version (its crate version unless the declaration sets one).
+    pub version: RStr<'static>,
+    /// [`FRAMEWORK_ABI_VERSION`] of the `mq-plugin` the plugin was built with.
+    pub framework_abi: u32,
+    /// `MQ_API_VERSION` the plugin was built for.
+    pub api_version: c_int,
+    /// Bit `i` is set when the author wrote a hook for `mq_hook_table::HOOKS[i]`.
+    pub authored_hooks: u64,
+    /// Called by `mq-host` once, right after loading and before any hook,
+    /// to hand the plugin its host functions.
+    #[sabi(last_prefix_field)]
+    pub attach_host: extern "C" fn(HostApiRef),
+    /// One line about the plugin (its crate description). Added after the
+    /// prefix: hosts read it with `description()`, which is `None` for
+    /// plugins built before it existed.
+    #[sabi(missing_field(option))]
+    pub description: RStr<'static>,
+}
+
+/// Checks that a plugin's root module layout can be used by this host.
+///
+/// The plugin's layout is the expected side, so a newer host (whose prefix
+/// types have more fields) accepts older plugins; changed field types,
+/// changed prefixes, another interface package or an incompatible version
+/// of it are refused. On refusal, returns a one-line summary and the full
+/// report.
+pub fn check_plugin_layout(
+    plugin: &'static abi_stable::type_layout::TypeLayout,
+) -> Result<(), LayoutMismatch> {
+    abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+        plugin,
+        <PluginModuleRef as StableAbi>::LAYOUT,
+    )
+    .map_err(|errors| {
+        let report = errors.to_string();
+        LayoutMismatch {
+            summary: summarize(&report),
+            report,
+        }
+    })
+}
+
+/// Why a plugin's layout was refused.
+#[derive(Debug, Clone)]
+pub struct LayoutMismatch {
+    /// One line: the innermost error abi_stable reported.
+    pub summary: String,
+    /// abi_stable's full report (hundreds of lines).
+    pub report: String,
+}
+
+fn summarize(report: &str) -> String {
+    // The useful part of abi_stable's report is its last `Error:` block.
+    let tail = report
+        .rsplit_once("Error:")
+        .map(|(_, t)| t)
+        .unwrap_or(report);
+    let mut words = tail.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.len() > 240 {
+        let cut = (0..=240)
+            .rev()
+            .find(|i| words.is_char_boundary(*i))
+            .unwrap_or(0);
+        words.truncate(cut);
+        words.push_str(" ...");
+    }
+    words
+}
+
+impl RootModule for PluginModuleRef {
+    abi_stable::declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "mq_plugin";
+    const NAME: &'static str = "mq_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// An `MQ_IOWatcher` callback as passed through [`HostApi::io_watch`]
+/// (abi_stable needs nested function pointers wrapped).
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct IoCallbackParam {
+    /// The C callback; `None` is a null pointer.
+    pub callback: Option<unsafe extern "C" fn(*mut MQ_IOWatcher, c_int, c_int, *mut c_void)>,
+}
+
+/// An `MQ_Timer` callback as passed through [`HostApi::start_timer`].
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct TimerCallbackParam {
+    /// The C callback; `None` is a null pointer.
+    pub callback: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
+/// The host's functions: every `MQ_*` function of the MailerQ API.
+///
+/// Field names are the C names without `MQ_`, in snake case; `MQ_continue`
+/// is `continue_`.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostApiRef)))]
+#[sabi(missing_field(panic))]
+#[allow(missing_docs)]
+pub struct HostApi {
+    pub log: unsafe extern "C" fn(c_int, *const c_char),
+    pub context_data: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+    pub set_context_data: unsafe extern "C" fn(*mut MQ_Context, *mut c_void),
+    pub ev: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+    pub io_watch: unsafe extern "C" fn(
+        *mut MQ_Context,
+        c_int,
+        c_int,
+        IoCallbackParam,
+        *mut c_void,
+    ) -> *mut MQ_IOWatcher,
+    pub io_unwatch: unsafe extern "C" fn(*mut MQ_IOWatcher),
+    pub start_timer: unsafe extern "C" fn(
+        *mut MQ_Context,
+        f32,
+        TimerCallbackParam,
+        *mut c_void,
+    ) -> *mut MQ_Timer,
+    pub stop_timer: unsafe extern "C" fn(*mut MQ_Timer),
+    pub reset_timer: unsafe extern "C" fn(*mut MQ_Timer, f32),
+    pub file_descriptor: unsafe extern "C" fn(*mut MQ_Connection) -> c_int,
+    pub send: unsafe extern "C" fn(*mut MQ_Connection, *const c_void, usize) -> usize,
+    pub authenticated: unsafe extern "C" fn(*mut MQ_Connection) -> bool,
+    pub set_authenticated: unsafe extern "C" fn(*mut MQ_Connection, bool),
+    pub secure: unsafe extern "C" fn(*mut MQ_Connection) -> bool,
+    pub connection_data: unsafe extern "C" fn(*mut MQ_Connection) -> *mut c_void,
+    pub set_connection_data: unsafe extern "C" fn(*mut MQ_Connection, *mut c_void),
+    pub continue_: unsafe extern "C" fn(*mut MQ_Connection),
+    pub complete: unsafe extern "C" fn(*mut MQ_Connection),
+    pub retry: unsafe extern "C" fn(*mut MQ_Connection),
+    /// `MQ_json`: in `mq-host`, the message's JSON text (NUL-terminated).
+    pub json: unsafe extern "C" fn(*mut MQ_Message) -> *const c_void,
+    pub envelope: unsafe extern "C" fn(*mut MQ_Message) -> *mut MQ_Address,
+    pub set_envelope: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+    pub recipient: unsafe extern "C" fn(*mut MQ_Message) -> *const c_char,
+    pub set_recipient: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+    pub mime: unsafe extern "C" fn(*mut MQ_Message) -> *const c_char,
+    pub set_mime: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+    /// `MQ_local`: takes an `MQ_Message*` or a recipient's `MQ_Address*`.
+    pub local: unsafe extern "C" fn(*mut MQ_Message) -> bool,
+    /// `MQ_setLocal`: takes an `MQ_Message*` or a recipient's `MQ_Address*`.
+    pub set_local: unsafe extern "C" fn(*mut MQ_Message, bool),
+    #[sabi(last_prefix_field)]
+    pub email: unsafe extern "C" fn(*mut MQ_Address) -> *const c_char,
+}

@@ -1,0 +1,54 @@
+//! The one panic boundary used by every function the runtime exports to C.
+//!
+//! A panic must never unwind into the host: it is caught here, and the
+//! caller turns it into the hook's fallback.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs `f`, returning `Err(message)` if it panicked.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// Runs a callback from C whose result has nowhere to go: a panic is logged.
+pub(crate) fn guard_callback(what: &str, f: impl FnOnce()) {
+    if let Err(message) = catch(f) {
+        crate::log::log_text(
+            crate::sys::MQ_CRIT,
+            &format!("[{}] {what} panicked: {message}", crate::log::plugin_name()),
+        );
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_messages() {
+        assert_eq!(catch(|| 3), Ok(3));
+        assert_eq!(
+            catch(|| panic!("boom {}", 1)),
+            Err::<(), _>("boom 1".to_owned())
+        );
+        assert_eq!(
+            catch(|| panic!("static")),
+            Err::<(), _>("static".to_owned())
+        );
+        assert_eq!(
+            catch(|| std::panic::panic_any(5u8)),
+            Err::<(), _>("a panic with a non-string payload".to_owned())
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! What a hook tells the host to do next.
+
+use std::fmt::Display;
+
+/// How the host goes on after a hook.
+///
+/// | `Flow`     | C equivalent                          | the host then            |
+/// |------------|---------------------------------------|--------------------------|
+/// | `Continue` | return `false` (or `MQ_continue`)     | calls the next plugin    |
+/// | `Complete` | return `true`, later `MQ_complete`    | skips the other plugins  |
+/// | `Retry`    | return `true`, later `MQ_retry`       | restarts from plugin one |
+///
+/// `Continue` from a synchronous hook costs nothing: the hook returns
+/// `false` and the host goes on at once. `Complete` and `Retry` take control
+/// and hand it back from the event loop, never inside the hook call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Flow {
+    /// Go on with the next plugin.
+    #[default]
+    Continue,
+    /// Skip all remaining plugins for this step.
+    Complete,
+    /// Restart this step from the first plugin.
+    Retry,
+}
+
+impl Flow {
+    /// The lower-case name (`continue`, `complete`, `retry`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Flow::Continue => "continue",
+            Flow::Complete => "complete",
+            Flow::Retry => "retry",
+        }
+    }
+}
+
+impl Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a hook body produced, before the fallback is applied.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Outcome {
+    /// A flow chosen by the hook.
+    Flow(Flow),
+    /// The hook failed; the message is logged and the fallback taken.
+    Failed(String),
+    /// The hook took control itself (see [`crate::raw::ManualControl`]).
+    Manual,
+}
+
+/// Types an SMTP hook may return: [`Flow`], `()` (continue),
+/// `Result<Flow, E>` and `Result<(), E>` with `E: Display`.
+///
+/// An `Err` is logged through `MQ_log` with the plugin, hook and message,
+/// and the hook's fallback flow (default `Continue`) is taken.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a return type an SMTP hook can have",
+    label = "return `Flow`, `()`, `Result<Flow, E>` or `Result<(), E>` with `E: Display`",
+    note = "`Flow::Continue` lets the host go on; `Flow::Complete` skips later plugins; `Flow::Retry` restarts the step"
+)]
+pub trait HookReturn {
+    /// Converts the value into an outcome.
+    #[doc(hidden)]
+    fn into_outcome(self) -> Outcome;
+}
+
+impl HookReturn for Flow {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Flow(self)
+    }
+}
+
+impl HookReturn for () {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Flow(Flow::Continue)
+    }
+}
+
+impl<E: Display> HookReturn for Result<Flow, E> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(flow) => Outcome::Flow(flow),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+impl<E: Display> HookReturn for Result<(), E> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(()) => Outcome::Flow(Flow::Continue),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Types a lifecycle hook (`initialize`, `cleanup`, `context_initialize`,
+/// `context_cleanup`) may return: `()` or `Result<(), E>` with `E: Display`.
+/// An `Err` is logged as critical.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a return type a lifecycle hook can have",
+    label = "return `()` or `Result<(), E>` with `E: Display`",
+    note = "lifecycle hooks cannot take control, so they do not return a `Flow`"
+)]
+pub trait LifecycleReturn {
+    /// `Err(message)` when the hook failed.
+    #[doc(hidden)]
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl LifecycleReturn for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: Display> LifecycleReturn for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,255 @@
+//! How the runtime reaches the host's `MQ_*` functions.
+//!
+//! `mq-host` hands a plugin a [`HostApi`] table through the root module
+//! before any hook runs. Any other host (MailerQ itself) does not know about
+//! the table: the runtime then resolves MailerQ's global `MQ_*` symbols with
+//! `dlsym(RTLD_DEFAULT, ..)` on first use. Resolving at run time (instead of
+//! linking against undefined symbols) keeps `dlopen` of a plugin from ever
+//! failing for lack of a host symbol. A function a host does not offer is
+//! reported once through `MQ_log` (or stderr) and answers with a neutral
+//! value.
+
+use crate::abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
+use crate::sys::*;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::OnceLock;
+
+/// How `MQ_json` answers in this host.
+#[derive(Clone, Copy)]
+pub(crate) enum JsonRepr {
+    /// A NUL-terminated JSON text (`mq-host`).
+    Text,
+    /// A libfastjson object (MailerQ); the function turns it into text.
+    FastJson(unsafe extern "C" fn(*mut c_void) -> *const c_char),
+}
+
+/// The host functions in use by this plugin, whichever way they were found.
+pub(crate) struct HostFns {
+    pub(crate) api: HostApiShim,
+    pub(crate) json_repr: JsonRepr,
+    /// True when the functions came from `mq-host`'s table.
+    pub(crate) from_table: bool,
+}
+
+static HOST: OnceLock<HostFns> = OnceLock::new();
+
+/// The host functions; resolves MailerQ's globals on first use when no
+/// table was attached.
+pub(crate) fn host() -> &'static HostFns {
+    HOST.get_or_init(HostFns::from_globals)
+}
+
+/// Installs `mq-host`'s table. The first host wins: a plugin file is loaded
+/// once per process, and every `mq-host` in a process offers the same
+/// functions.
+pub(crate) fn attach(api: HostApiRef) {
+    let _ = HOST.set(HostFns {
+        api: HostApiShim::from_table(api),
+        json_repr: JsonRepr::Text,
+        from_table: true,
+    });
+}
+
+/// Whether the functions came from `mq-host`'s table (true) or from global
+/// symbols (false). Resolves them if that has not happened yet.
+pub fn uses_host_table() -> bool {
+    host().from_table
+}
+
+macro_rules! host_fns {
+    ($( $field:ident : $c_name:literal => fn($($arg:ident : $ty:ty),*) $(-> $ret:ty)? = $default:expr; )*) => {
+        /// One optional function pointer per `MQ_*` function.
+        #[derive(Clone, Copy)]
+        pub(crate) struct HostApiShim {
+            $( $field: Option<unsafe extern "C" fn($($ty),*) $(-> $ret)?>, )*
+        }
+
+        impl HostApiShim {
+            fn from_table(api: HostApiRef) -> Self {
+                HostApiShim { $( $field: Some(table_fn!(api, $field)), )* }
+            }
+
+            fn from_globals_fns() -> Self {
+                HostApiShim {
+                    $( $field: {
+                        let symbol = global_symbol(concat!($c_name, "\0"));
+                        // SAFETY: the symbol is MailerQ's function of this exact C
+                        // signature (mailerq-api.md); a null pointer becomes None.
+                        unsafe { std::mem::transmute::<*mut c_void, Option<unsafe extern "C" fn($($ty),*) $(-> $ret)?>>(symbol) }
+                    }, )*
+                }
+            }
+
+            $(
+                #[allow(clippy::unused_unit)]
+                pub(crate) unsafe fn $field(&self, $($arg: $ty),*) $(-> $ret)? {
+                    match self.$field {
+                        // SAFETY: the caller passes handles it received from the
+                        // host, as the C API requires.
+                        Some(f) => unsafe { f($($arg),*) },
+                        None => {
+                            report_missing($c_name);
+                            $default
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! table_fn {
+    ($api:ident, io_watch) => {{
+        // The table wraps nested callbacks; unwrap them here so every shim
+        // function has the plain C signature.
+        unsafe extern "C" fn io_watch(
+            ctx: *mut MQ_Context,
+            fd: c_int,
+            events: c_int,
+            cb: Option<MQ_IOCallback>,
+            data: *mut c_void,
+        ) -> *mut MQ_IOWatcher {
+            let api = table_api();
+            // SAFETY: forwarded unchanged to the host's MQ_ioWatch.
+            unsafe { (api.io_watch())(ctx, fd, events, IoCallbackParam { callback: cb }, data) }
+        }
+        io_watch
+    }};
+    ($api:ident, start_timer) => {{
+        unsafe extern "C" fn start_timer(
+            ctx: *mut MQ_Context,
+            seconds: f32,
+            cb: Option<MQ_TimerCallback>,
+            data: *mut c_void,
+        ) -> *mut MQ_Timer {
+            let api = table_api();
+            // SAFETY: forwarded unchanged to the host's MQ_startTimer.
+            unsafe { (api.start_timer())(ctx, seconds, TimerCallbackParam { callback: cb }, data) }
+        }
+        start_timer
+    }};
+    ($api:ident, $field:ident) => {
+        $api.$field()
+    };
+}
+
+static TABLE: OnceLock<HostApiRef> = OnceLock::new();
+
+fn table_api() -> HostApiRef {
+    *TABLE
+        .get()
+        .expect("the host table is attached before it is used")
+}
+
+host_fns! {
+    log: "MQ_log" => fn(priority: c_int, text: *const c_char) = ();
+    context_data: "MQ_contextData" => fn(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut();
+    set_context_data: "MQ_setContextData" => fn(ctx: *mut MQ_Context, data: *mut c_void) = ();
+    ev: "MQ_ev" => fn(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut();
+    io_watch: "MQ_ioWatch" => fn(ctx: *mut MQ_Context, fd: c_int, events: c_int, cb: Option<MQ_IOCallback>, data: *mut c_void) -> *mut MQ_IOWatcher = std::ptr::null_mut();
+    io_unwatch: "MQ_ioUnwatch" => fn(watcher: *mut MQ_IOWatcher) = ();
+    start_timer: "MQ_startTimer" => fn(ctx: *mut MQ_Context, seconds: f32, cb: Option<MQ_TimerCallback>, data: *mut c_void) -> *mut MQ_Timer = std::ptr::null_mut();
+    stop_timer: "MQ_stopTimer" => fn(timer: *mut MQ_Timer) = ();
+    reset_timer: "MQ_resetTimer" => fn(timer: *mut MQ_Timer, seconds: f32) = ();
+    file_descriptor: "MQ_fileDescriptor" => fn(conn: *mut MQ_Connection) -> c_int = -1;
+    send: "MQ_send" => fn(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0;
+    authenticated: "MQ_authenticated" => fn(conn: *mut MQ_Connection) -> bool = false;
+    set_authenticated: "MQ_setAuthenticated" => fn(conn: *mut MQ_Connection, value: bool) = ();
+    secure: "MQ_secure" => fn(conn: *mut MQ_Connection) -> bool = false;
+    connection_data: "MQ_connectionData" => fn(conn: *mut MQ_Connection) -> *mut c_void = std::ptr::null_mut();
+    set_connection_data: "MQ_setConnectionData" => fn(conn: *mut MQ_Connection, data: *mut c_void) = ();
+    continue_: "MQ_continue" => fn(conn: *mut MQ_Connection) = ();
+    complete: "MQ_complete" => fn(conn: *mut MQ_Connection) = ();
+    retry: "MQ_retry" => fn(conn: *mut MQ_Connection) = ();
+    json: "MQ_json" => fn(msg: *mut MQ_Message) -> *const c_void = std::ptr::null();
+    envelope: "MQ_envelope" => fn(msg: *mut MQ_Message) -> *mut MQ_Address = std::ptr::null_mut();
+    set_envelope: "MQ_setEnvelope" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
+    recipient: "MQ_recipient" => fn(msg: *mut MQ_Message) -> *const c_char = std::ptr::null();
+    set_recipient: "MQ_setRecipient" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
+    mime: "MQ_mime" => fn(msg: *mut MQ_Message) -> *const c_char = std::ptr::null();
+    set_mime: "MQ_setMime" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
+    local: "MQ_local" => fn(msg: *mut MQ_Message) -> bool = false;
+    set_local: "MQ_setLocal" => fn(msg: *mut MQ_Message, value: bool) = ();
+    email: "MQ_email" => fn(addr: *mut MQ_Address) -> *const c_char = std::ptr::null();
+}
+
+impl HostFns {
+    fn from_globals() -> HostFns {
+        let fastjson = [
+            "fjson_object_to_json_string\0",
+            "json_object_to_json_string\0",
+        ]
+        .iter()
+        .map(|name| global_symbol(name))
+        .find(|p| !p.is_null());
+        let json_repr = match fastjson {
+            // SAFETY: libfastjson's `const char *fjson_object_to_json_string(fjson_object*)`.
+            Some(f) => JsonRepr::FastJson(unsafe {
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void) -> *const c_char>(
+                    f,
+                )
+            }),
+            None => JsonRepr::Text,
+        };
+        HostFns {
+            api: HostApiShim::from_globals_fns(),
+            json_repr,
+            from_table: false,
+        }
+    }
+}
+
+/// Records the table so that the wrapped functions can reach it.
+pub(crate) fn attach_table(api: HostApiRef) {
+    let _ = TABLE.set(api);
+    attach(api);
+}
+
+fn global_symbol(name_nul: &str) -> *mut c_void {
+    debug_assert!(name_nul.ends_with('\0'));
+    // SAFETY: RTLD_DEFAULT searches the global scope; the name is NUL-terminated.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name_nul.as_ptr().cast()) }
+}
+
+fn report_missing(c_name: &str) {
+    static REPORTED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let first = {
+        let mut seen = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        let known = seen.iter().any(|s| *s == c_name);
+        if !known {
+            seen.push(Box::leak(c_name.to_owned().into_boxed_str()));
+        }
+        !known
+    };
+    if first {
+        crate::log::log_text(
+            MQ_CRIT,
+            &format!("mq-plugin: the host does not offer {c_name}; calls to it do nothing"),
+        );
+    }
+}
+
+/// Turns whatever `MQ_json` returned into JSON text.
+pub(crate) fn json_text(raw: *const c_void) -> Option<String> {
+    if raw.is_null() {
+        return None;
+    }
+    let text = match host().json_repr {
+        JsonRepr::Text => raw.cast::<c_char>(),
+        // SAFETY: in MailerQ, MQ_json returns a live libfastjson object.
+        JsonRepr::FastJson(to_string) => unsafe { to_string(raw as *mut c_void) },
+    };
+    if text.is_null() {
+        return None;
+    }
+    // SAFETY: both representations end in a NUL-terminated string that lives
+    // at least until the message changes; we copy it at once.
+    Some(
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+#[allow(dead_code)]
+fn _assert_table_is_prefix(_: &HostApi) {}

@@ -1,0 +1,110 @@
+//! # mq-plugin: MailerQ plugins in safe Rust
+//!
+//! MailerQ loads plugins as C shared objects that export hooks such as
+//! `bool mq_smtp_in_rcptto(MQ_Context*, MQ_Connection*, MQ_Address*)`. With
+//! this crate a plugin is a `cdylib` crate whose hooks are ordinary Rust
+//! functions:
+//!
+//! ```no_run
+//! use mq_plugin::{mq_hook, Address, Connection, Flow};
+//!
+//! mq_plugin::declare_plugin!();
+//!
+//! #[mq_hook(smtp_in_rcptto)]
+//! fn only_example_org(conn: &Connection, rcpt: &Address) -> Flow {
+//!     match rcpt.email() {
+//!         Some(email) if email.ends_with("@example.org") => Flow::Continue,
+//!         _ => {
+//!             conn.send(b"550 5.7.1 not here\r\n");
+//!             Flow::Complete
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! `cargo build` turns that into a `.so` that exports `mq_version`,
+//! `mq_smtp_in_rcptto` and the rest of MailerQ's exact symbols, loadable by
+//! MailerQ and by `mq-host`.
+//!
+//! ## The control-flow model
+//!
+//! At each event the host calls the hook of every plugin in file-name
+//! order. A C hook returns `false` to let the host go on, or `true` to take
+//! control, after which it must call exactly one of `MQ_continue`,
+//! `MQ_complete` or `MQ_retry` later, from the event loop. A Rust hook
+//! returns a [`Flow`] instead and the framework does the rest:
+//!
+//! | the hook returns             | the C hook returns | later, from the loop |
+//! |------------------------------|--------------------|----------------------|
+//! | `Flow::Continue` or `()`     | `false`            | nothing              |
+//! | `Flow::Complete`             | `true`             | `MQ_complete` once   |
+//! | `Flow::Retry`                | `true`             | `MQ_retry` once      |
+//! | `Err(e)` or a panic          | the fallback flow, logged with plugin and hook |
+//!
+//! A panic never unwinds into the host.
+//!
+//! ## Hooks and their parameters
+//!
+//! A hook takes any of the arguments of its call, identified by type:
+//! `&Context`, `&Connection`, `&Address` (`smtp_in_mailfrom`,
+//! `smtp_in_rcptto`), `&Credentials` (`smtp_in_authenticate`), `&[u8]`
+//! (the MIME of `smtp_in_data`) and `&mut Message` (`smtp_in_message`,
+//! `smtp_out_data`, `smtp_out_sent`). Lifecycle hooks (`initialize`,
+//! `cleanup`, `context_initialize`, `context_cleanup`) return `()` or
+//! `Result<(), E>`.
+//!
+//! ## Where it runs
+//!
+//! In `mq-host`, the plugin gets the host's functions as a table through its
+//! abi_stable root module ([`abi`]); in MailerQ it resolves the global
+//! `MQ_*` symbols at run time. The same `.so` works in both.
+
+#![warn(missing_docs)]
+
+pub mod abi;
+mod boundary;
+mod data;
+mod fd;
+mod flow;
+mod handles;
+mod host;
+pub mod log;
+pub mod raw;
+pub mod sys;
+mod timer;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private_v1;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::__private_v1 as v1;
+}
+
+pub use fd::{FdWatcher, Interest};
+pub use flow::{Flow, HookReturn, LifecycleReturn};
+pub use handles::{Address, Connection, Context, Credentials, JsonError, Message};
+pub use host::uses_host_table;
+pub use mq_hook_table as hook_table;
+pub use mq_plugin_macros::{declare_plugin, mq_hook};
+pub use timer::Timer;
+
+/// The host could not do what was asked (a host function returned nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError(&'static str);
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// Everything a plugin usually needs.
+pub mod prelude {
+    pub use crate::{
+        declare_plugin, mq_hook, Address, Connection, Context, Credentials, Flow, Interest, Message,
+    };
+}

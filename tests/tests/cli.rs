@@ -1,0 +1,109 @@
+//! The `mq-host` binary as a user runs it.
+
+use mq_e2e::*;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(host_binary())
+        .args(args)
+        .output()
+        .expect("run mq-host");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inspect_shows_name_version_abi_and_hooks() {
+    let rust = plugin_so("mq-example-allowlist");
+    let c = plugin_so("mq-example-c-allowlist");
+    let (ok, out, err) = run(&["inspect", rust.to_str().unwrap(), c.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("package:     mq-example-allowlist"), "{out}");
+    assert!(out.contains("version:     0.1.0"), "{out}");
+    assert!(
+        out.contains("description: Example MailerQ plugin: refuses recipients"),
+        "{out}"
+    );
+    assert!(out.contains("api version: 1"), "{out}");
+    assert!(
+        out.contains("Rust (mq-plugin, framework ABI 1; ABI check passed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mq_smtp_in_rcptto       may take control\n"),
+        "{out}"
+    );
+    assert!(out.contains("mq_initialize           lifecycle\n"), "{out}");
+    assert!(
+        out.contains("mq_smtp_in_close        may take control (framework housekeeping)"),
+        "{out}"
+    );
+    assert!(out.contains("C (no root module)"), "{out}");
+}
+
+#[test]
+fn inspect_reports_bad_files_and_fails() {
+    let dir = PluginDir::new("cli-inspect");
+    let bad = dir.path().join("bad.so");
+    std::fs::write(&bad, "x").unwrap();
+    let abi = plugin_so("mq-test-abi-mismatch");
+    let (ok, _, err) = run(&["inspect", bad.to_str().unwrap(), abi.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "mq-host: {}: not a shared object (no ELF header)",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("ABI layout mismatch"), "{err}");
+    let (_, _, verbose) = run(&["inspect", "--verbose", abi.to_str().unwrap()]);
+    assert!(
+        verbose.lines().count() > err.lines().count(),
+        "--verbose adds abi_stable's report"
+    );
+}
+
+#[test]
+fn demo_runs_the_examples_on_sample_messages() {
+    let (ok, out, err) = run(&["demo", "--counters"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let queues: Vec<&str> = lines
+        .iter()
+        .map(|l| l["result"]["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(queues, ["inbox", "inbox", "refused", "inbox"]);
+    assert!(lines[0]["mime"]
+        .as_str()
+        .unwrap()
+        .starts_with("X-Stamped-By: mq-example-stamp"));
+    assert!(
+        err.contains("4 message(s): 3 accepted, 1 refused, 0 error(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c-allowlist: rejected victim@example.net"),
+        "{err}"
+    );
+    assert!(
+        err.contains("take_overs"),
+        "--counters prints the counters: {err}"
+    );
+}
+
+#[test]
+fn run_without_plugins_says_what_is_missing() {
+    let (ok, _, err) = run(&["run"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no plugins: give --plugins DIR or --plugin FILE"),
+        "{err}"
+    );
+}

@@ -1,0 +1,191 @@
+//! The example plugins, as a newcomer would use them.
+
+use mq_e2e::*;
+use mq_host::runmode::run_jsonl;
+use mq_host::{ChainEnd, Direction, Event};
+
+#[test]
+fn stamp_prepends_headers_and_counts_per_worker() {
+    let dir = PluginDir::new("stamp");
+    dir.add("10-stamp.so", &plugin_so("mq-example-stamp"), "");
+    let host = dir.start();
+    for n in 1..=3 {
+        let r = run_message(&host);
+        let mime = r.message.unwrap()["mime"].as_str().unwrap().to_owned();
+        let expected = format!("X-Stamped-By: mq-example-stamp 0.1.0\r\nX-Stamp-Sequence: {n}\r\nFrom: sender@example.com\r\n");
+        assert!(mime.starts_with(&expected), "{mime}");
+        assert!(r
+            .plugin_log()
+            .iter()
+            .any(|l| l.contains(&format!("stamped message #{n} for rcpt@example.org"))));
+    }
+}
+
+#[test]
+fn both_allowlists_accept_and_refuse_the_same() {
+    for package in ["mq-example-allowlist", "mq-example-c-allowlist"] {
+        let dir = PluginDir::new("allowlist");
+        dir.add("10-allow.so", &plugin_so(package), "");
+        dir.add("20-probe.so", &c_probe(), "");
+        let host = dir.start();
+        let rcpt = |email: &str| {
+            host.run_event(Direction::Incoming, Event::RcptTo(email.into()))
+                .unwrap()
+        };
+        for ok in ["a@example.com", "B@EXAMPLE.ORG", "postmaster@localhost"] {
+            let r = rcpt(ok);
+            assert_eq!(r.end, ChainEnd::Finished, "{package}: {ok}");
+            assert!(!r.refused(), "{package}: {ok}");
+            assert_eq!(called(&r), ["10-allow", "20-probe"]);
+        }
+        for bad in ["x@example.net", "postmaster@example.net", ""] {
+            let r = rcpt(bad);
+            assert_eq!(
+                r.end,
+                ChainEnd::Completed {
+                    plugin: "10-allow".into()
+                },
+                "{package}: {bad}"
+            );
+            assert_eq!(
+                r.reply().as_deref(),
+                Some(format!("550 5.7.1 <{bad}>: recipient not on the allow-list").as_str()),
+                "{package}"
+            );
+            assert_eq!(
+                called(&r),
+                ["10-allow"],
+                "{package}: later plugins are skipped"
+            );
+        }
+    }
+}
+
+#[test]
+fn allowlist_file_and_fail_closed() {
+    // Through the binary: the list is read from the environment at start.
+    let dir = PluginDir::new("allowlist-file");
+    let list = dir.path().join("allow.txt");
+    std::fs::write(&list, "# ours\n@ours.example\nboss@partner.example\n").unwrap();
+    let out = std::process::Command::new(host_binary())
+        .env("MQ_ALLOWLIST_FILE", &list)
+        .args(["run", "--quiet", "--plugin"])
+        .arg(plugin_so("mq-example-allowlist"))
+        .arg("--plugin")
+        .arg(plugin_so("mq-example-c-allowlist"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(
+                stdin,
+                r#"{{"envelope":"a@b","recipient":"x@ours.example","mime":"x"}}"#
+            )?;
+            writeln!(
+                stdin,
+                r#"{{"envelope":"a@b","recipient":"boss@partner.example","mime":"x"}}"#
+            )?;
+            writeln!(
+                stdin,
+                r#"{{"envelope":"a@b","recipient":"a@example.com","mime":"x"}}"#
+            )?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let queues: Vec<&str> = lines
+        .iter()
+        .map(|l| l["result"]["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(queues, ["inbox", "inbox", "refused"]);
+
+    let out = std::process::Command::new(host_binary())
+        .env("MQ_ALLOWLIST_FILE", dir.path().join("missing.txt"))
+        .args(["run", "--plugin"])
+        .arg(plugin_so("mq-example-c-allowlist"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing.txt"),
+        "the log names the file: {stderr}"
+    );
+}
+
+#[test]
+fn the_run_mode_writes_one_line_per_input_line() {
+    let dir = PluginDir::new("runmode");
+    dir.add(
+        "10-c-allowlist.so",
+        &plugin_so("mq-example-c-allowlist"),
+        "",
+    );
+    dir.add("30-stamp.so", &plugin_so("mq-example-stamp"), "");
+    let host = dir.start();
+    let input = concat!(
+        r#"{"envelope":"a@shop.example","recipient":"alice@example.com","mime":"Subject: hi\r\n\r\nhello","tags":["x"]}"#,
+        "\n",
+        r#"{"envelope":"a@shop.example","recipient":"eve@example.net","mime":"Subject: hi\r\n\r\nhello"}"#,
+        "\nnot json\n[1,2]\n\n",
+    );
+    let mut out = Vec::new();
+    let summary = run_jsonl(&host, Direction::Incoming, input.as_bytes(), &mut out).unwrap();
+    assert_eq!(
+        (
+            summary.messages,
+            summary.accepted,
+            summary.refused,
+            summary.errors
+        ),
+        (2, 1, 1, 2)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["result"]["queue"], "inbox");
+    assert_eq!(lines[0]["tags"][0], "x");
+    assert!(lines[0]["mime"]
+        .as_str()
+        .unwrap()
+        .starts_with("X-Stamped-By: "));
+    assert_eq!(lines[1]["result"]["queue"], "refused");
+    assert_eq!(lines[1]["result"]["stage"], "smtp_in_rcptto");
+    assert_eq!(
+        lines[1]["result"]["reply"],
+        "550 5.7.1 <eve@example.net>: recipient not on the allow-list"
+    );
+    assert_eq!(lines[2]["line"], 3);
+    assert!(lines[2]["error"].as_str().unwrap().starts_with("not JSON"));
+    assert_eq!(lines[3]["error"], "a MailerQ message must be a JSON object");
+}
+
+#[test]
+fn the_run_mode_outgoing() {
+    let dir = PluginDir::new("runmode-out");
+    dir.add("10-p.so", &c_probe(), "smtp_out_data exercise\n");
+    let host = dir.start();
+    let input = format!("{}\n", message());
+    let mut out = Vec::new();
+    run_jsonl(&host, Direction::Outgoing, input.as_bytes(), &mut out).unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        line["recipient"], "rcpt@example.org",
+        "the stored JSON is unchanged"
+    );
+    assert_eq!(
+        line["result"]["smtp"]["recipient"],
+        "probe-recipient@example.org"
+    );
+}
