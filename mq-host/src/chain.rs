@@ -357,10 +357,15 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
     let Some(w) = worker::current() else { return };
     let name = &w.shared.plugins[plugin].info.name;
     let Some(conn) = w.connections.borrow().get(&conn.id).cloned() else {
-        Counters::bump(&w.shared.counters.stray_resumes);
+        // Only retired connections reach here: closed ones are freed.
+        w.retired.borrow_mut().remove(&conn.id);
+        Counters::bump(&w.shared.counters.late_resumes);
         w.log(
             Priority::Warning,
-            format!("plugin {name} resumed a connection that is closed; ignored"),
+            format!(
+                "plugin {name} resumed (MQ_{flow}) after its hold deadline had passed \
+                 and the connection closed; ignored"
+            ),
         );
         return;
     };

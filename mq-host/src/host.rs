@@ -562,7 +562,7 @@ impl Session<'_> {
                     .remote
                     .post(Box::new(move || {
                         if let Some(w) = worker::current() {
-                            w.connections.borrow_mut().remove(&id);
+                            w.close_connection(id);
                         }
                         let _ = tx.send(());
                     }));
@@ -640,7 +640,7 @@ fn start_event(
             let result = event_result(hook, conn, report, log.since(mark, Some(worker_id)));
             if hook.name == "smtp_in_close" {
                 if let Some(w) = worker::current() {
-                    w.connections.borrow_mut().remove(&conn.id);
+                    w.close_connection(conn.id);
                 }
             }
             let _ = tx.send(Ok(result));

@@ -188,9 +188,13 @@ impl LoadError {
     }
 }
 
-/// Whether a directory entry's name looks like a shared object (`x.so`, `x.so.1`).
+/// Whether a directory entry's name looks like a shared object: `x.so`, or
+/// a versioned `x.so.1`, `x.so.1.2` (not `x.so.plan`).
 fn has_shared_object_name(name: &[u8]) -> bool {
-    name.ends_with(b".so") || name.windows(4).any(|w| w == b".so.")
+    let Some(at) = name.windows(3).rposition(|w| w == b".so").filter(|&i| i > 0) else { return false };
+    let rest = &name[at + 3..];
+    rest.is_empty()
+        || (rest[0] == b'.' && rest[1..].split(|b| *b == b'.').all(|part| !part.is_empty() && part.iter().all(u8::is_ascii_digit)))
 }
 
 /// The shared objects in `dir`, in byte order of file name.
@@ -437,6 +441,10 @@ mod tests {
         assert!(has_shared_object_name(b"libx.so.1"));
         assert!(!has_shared_object_name(b"notes.txt"));
         assert!(!has_shared_object_name(b"x.sox"));
+        assert!(has_shared_object_name(b"libx.so.1.22"));
+        assert!(!has_shared_object_name(b"10-a.so.plan"));
+        assert!(!has_shared_object_name(b"x.so."));
+        assert!(!has_shared_object_name(b".so"));
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) contexts: Box<[ContextObj]>,
     pub(crate) connections: RefCell<HashMap<u64, Rc<ConnectionState>>>,
+    /// Closed connections whose last take-over expired: the plugin still
+    /// holds a pointer it will resume, so the objects stay alive until it
+    /// does (the late resume is then counted and the connection freed).
+    pub(crate) retired: RefCell<HashMap<u64, Rc<ConnectionState>>>,
 }
 
 thread_local! {
@@ -97,6 +101,15 @@ impl Worker {
             Counters::bump(&self.shared.counters.hook_calls);
             // SAFETY: the plugin's hook of this shape, with its own live context.
             unsafe { f(self.contexts[plugin].as_raw()) };
+        }
+    }
+
+    /// Removes a closed connection; keeps it (retired) while a plugin whose
+    /// hold expired may still resume it.
+    pub(crate) fn close_connection(&self, id: u64) {
+        let Some(conn) = self.connections.borrow_mut().remove(&id) else { return };
+        if matches!(conn.last_takeover.get(), Some((_, crate::objects::TakeoverEnd::Expired))) {
+            self.retired.borrow_mut().insert(id, conn);
         }
     }
 
@@ -167,6 +180,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         shared,
         contexts,
         connections: RefCell::new(HashMap::new()),
+        retired: RefCell::new(HashMap::new()),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 
@@ -187,5 +201,6 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
     }
     worker.run_context_hook("context_cleanup");
     worker.connections.borrow_mut().clear();
+    worker.retired.borrow_mut().clear();
     CURRENT.with(|c| *c.borrow_mut() = None);
 }

@@ -206,7 +206,7 @@ fn address_and_data_functions() {
             .unwrap();
         let lines = probe_lines(&r);
         assert!(
-            lines.contains(&"10-p mime-size 19".to_owned()),
+            lines.contains(&"10-p mime-size 18".to_owned()),
             "{kind}: {lines:#?}"
         );
         assert!(

@@ -129,16 +129,17 @@ fn abi_layout_mismatch() {
 #[test]
 fn unloadable_file() {
     let dir = PluginDir::new("unloadable");
-    // A shared object for another machine: ELF header fine, loader refuses.
-    let so = dir.path().join("broken.so");
-    let mut bytes = std::fs::read(c_probe()).unwrap();
-    bytes.truncate(4096);
-    std::fs::write(&so, bytes).unwrap();
-    let e = start_with(&so);
-    assert!(
-        one_line(&e).starts_with(&format!("{}: the dynamic loader refused it:", so.display())),
-        "{e}"
+    // A shared object the dynamic loader cannot resolve (a missing variable).
+    let so = cc(
+        dir.path(),
+        "unresolved.so",
+        "extern int no_such_variable;\nint mq_version(void) { return no_such_variable; }",
+        &["-shared", "-fPIC"],
     );
+    let e = start_with(&so);
+    let line = one_line(&e);
+    assert!(line.starts_with(&format!("{}: the dynamic loader refused it:", so.display())), "{line}");
+    assert!(line.contains("no_such_variable"), "{line}");
 }
 
 #[test]
