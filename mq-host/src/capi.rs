@@ -371,7 +371,9 @@ pub unsafe extern "C" fn MQ_send(
     let Some(view) = (unsafe { connection("MQ_send", conn) }) else {
         return 0;
     };
+    // SAFETY: the C API: `buf` is valid for `size` bytes.
     let data = unsafe { bytes(buf.cast(), size) };
+    // SAFETY: a view checked by `connection` points to its live connection.
     unsafe { state(view) }
         .sent
         .borrow_mut()
@@ -384,6 +386,7 @@ pub unsafe extern "C" fn MQ_send(
 pub unsafe extern "C" fn MQ_authenticated(conn: *mut MQ_Connection) -> bool {
     // SAFETY: checked by `connection`.
     unsafe { connection("MQ_authenticated", conn) }
+        // SAFETY: a checked view points to its live connection.
         .is_some_and(|v| unsafe { state(v) }.auth.get().authenticated)
 }
 
@@ -394,6 +397,7 @@ pub unsafe extern "C" fn MQ_setAuthenticated(conn: *mut MQ_Connection, value: bo
     let Some(view) = (unsafe { connection("MQ_setAuthenticated", conn) }) else {
         return;
     };
+    // SAFETY: a checked view points to its live connection.
     let conn = unsafe { state(view) };
     let mut auth = conn.auth.get();
     if value {
@@ -488,6 +492,7 @@ pub unsafe extern "C" fn MQ_envelope(msg: *mut MQ_Message) -> *mut MQ_Address {
 pub unsafe extern "C" fn MQ_setEnvelope(msg: *mut MQ_Message, text: *const c_char, size: usize) {
     // SAFETY: checked by `message`; the text is valid for `size`.
     if let Some(m) = unsafe { message("MQ_setEnvelope", msg) } {
+        // SAFETY: the C API: `text` is valid for `size` bytes.
         m.set_envelope(unsafe { bytes(text, size) });
     }
 }
@@ -504,6 +509,7 @@ pub unsafe extern "C" fn MQ_recipient(msg: *mut MQ_Message) -> *const c_char {
 pub unsafe extern "C" fn MQ_setRecipient(msg: *mut MQ_Message, text: *const c_char, size: usize) {
     // SAFETY: checked by `message`; the text is valid for `size`.
     if let Some(m) = unsafe { message("MQ_setRecipient", msg) } {
+        // SAFETY: the C API: `text` is valid for `size` bytes.
         m.set_recipient(unsafe { bytes(text, size) });
     }
 }
@@ -520,34 +526,43 @@ pub unsafe extern "C" fn MQ_mime(msg: *mut MQ_Message) -> *const c_char {
 pub unsafe extern "C" fn MQ_setMime(msg: *mut MQ_Message, text: *const c_char, size: usize) {
     // SAFETY: checked by `message`; the text is valid for `size`.
     if let Some(m) = unsafe { message("MQ_setMime", msg) } {
+        // SAFETY: the C API: `text` is valid for `size` bytes.
         m.set_mime(unsafe { bytes(text, size) });
+    }
+}
+
+/// The `local` flag of a message or a recipient address.
+unsafe fn local_flag(
+    function: &str,
+    ptr: *mut MQ_Message,
+) -> Option<&'static std::cell::Cell<bool>> {
+    // SAFETY: a pointer the plugin got from the host (or null); once the
+    // tag is known, the object is of that type and alive during its chain.
+    unsafe {
+        match tag_of(ptr.cast()) {
+            Some(MESSAGE_TAG) => Some(&(*ptr.cast::<MessageObj>()).local),
+            Some(ADDRESS_TAG) => Some(&(*ptr.cast::<AddressObj>()).local),
+            _ => {
+                refuse(function, "not an MQ_Message or MQ_Address");
+                None
+            }
+        }
     }
 }
 
 /// `bool MQ_local(MQ_Message*)`: also takes a recipient's `MQ_Address*`.
 #[no_mangle]
 pub unsafe extern "C" fn MQ_local(msg: *mut MQ_Message) -> bool {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    match unsafe { tag_of(msg.cast()) } {
-        // SAFETY: tagged objects of that type.
-        Some(MESSAGE_TAG) => unsafe { &*msg.cast::<MessageObj>() }.local.get(),
-        Some(ADDRESS_TAG) => unsafe { &*msg.cast::<AddressObj>() }.local.get(),
-        _ => {
-            refuse("MQ_local", "not an MQ_Message or MQ_Address");
-            false
-        }
-    }
+    // SAFETY: checked by `local_flag`.
+    unsafe { local_flag("MQ_local", msg) }.is_some_and(|l| l.get())
 }
 
 /// `void MQ_setLocal(MQ_Message*, bool)`: also takes a recipient's `MQ_Address*`.
 #[no_mangle]
 pub unsafe extern "C" fn MQ_setLocal(msg: *mut MQ_Message, value: bool) {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    match unsafe { tag_of(msg.cast()) } {
-        // SAFETY: tagged objects of that type.
-        Some(MESSAGE_TAG) => unsafe { &*msg.cast::<MessageObj>() }.local.set(value),
-        Some(ADDRESS_TAG) => unsafe { &*msg.cast::<AddressObj>() }.local.set(value),
-        _ => refuse("MQ_setLocal", "not an MQ_Message or MQ_Address"),
+    // SAFETY: checked by `local_flag`.
+    if let Some(l) = unsafe { local_flag("MQ_setLocal", msg) } {
+        l.set(value);
     }
 }
 

@@ -471,19 +471,22 @@ impl Inner {
         None
     }
 
-    fn push_timer_entry(&mut self, deadline: Instant, slot: u32) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+    /// Pushes a heap entry for the timer in `slot`, whose `seq` must
+    /// already be `seq`; compacts the heap when dead entries dominate.
+    fn push_timer_entry(&mut self, deadline: Instant, seq: u64, slot: u32) {
         self.heap.push(Reverse((deadline, seq, slot)));
         if self.heap.len() > HEAP_COMPACT_MIN
             && self.heap.len() > 2 * self.timers.live + HEAP_COMPACT_MIN
         {
             let timers = &self.timers;
-            self.heap.retain(|&Reverse((_, s, sl))| {
-                // The entry just pushed is not yet recorded in its timer.
-                s == seq || Self::timer_entry_live(timers, s, sl)
-            });
+            self.heap
+                .retain(|&Reverse((_, s, sl))| Self::timer_entry_live(timers, s, sl));
         }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
         seq
     }
 }
@@ -712,11 +715,9 @@ impl EventLoop {
 
     fn start_timer_at(&self, deadline: Instant, cb: TimerCallback) -> TimerHandle {
         let mut inner = self.inner.borrow_mut();
-        let (slot, generation) = inner.timers.insert(Timer { seq: 0, cb });
-        let seq = inner.push_timer_entry(deadline, slot);
-        if let Some(t) = inner.timers.get_mut(slot, generation) {
-            t.seq = seq;
-        }
+        let seq = inner.take_seq();
+        let (slot, generation) = inner.timers.insert(Timer { seq, cb });
+        inner.push_timer_entry(deadline, seq, slot);
         TimerHandle(encode(self.loop_id, generation, slot))
     }
 
@@ -739,14 +740,16 @@ impl EventLoop {
         let Some((slot, generation)) = decode(h.0, self.loop_id) else {
             return false;
         };
-        let mut inner = self.inner.borrow_mut();
-        if inner.timers.get_mut(slot, generation).is_none() {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let Some(timer) = inner.timers.get_mut(slot, generation) else {
             return false;
-        }
-        let seq = inner.push_timer_entry(deadline_after(after), slot);
-        if let Some(t) = inner.timers.get_mut(slot, generation) {
-            t.seq = seq;
-        }
+        };
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        // The entry of the old deadline is dead from now on.
+        timer.seq = seq;
+        inner.push_timer_entry(deadline_after(after), seq, slot);
         true
     }
 
@@ -1195,6 +1198,23 @@ mod tests {
     }
 
     #[test]
+    fn many_resets_keep_the_heap_small() {
+        let lp = new_loop(1);
+        let log = log();
+        let h = lp.start_timer(Duration::from_secs(60), logging(&log, 1));
+        let _other = lp.start_timer(Duration::from_secs(60), logging(&log, 2));
+        for _ in 0..10_000 {
+            assert!(lp.reset_timer(h, Duration::from_secs(60)));
+        }
+        assert!(lp.inner.borrow().heap.len() <= 2 * 2 + HEAP_COMPACT_MIN + 1);
+        assert!(lp.reset_timer(h, Duration::ZERO));
+        run_until(&lp, || !log.borrow().is_empty());
+        lp.run_once(TICK).unwrap();
+        assert_eq!(*log.borrow(), [1]);
+        assert_eq!(lp.active_timers(), 1);
+    }
+
+    #[test]
     fn fired_timer_cannot_be_stopped_or_reset() {
         let lp = new_loop(1);
         let inside = Rc::new(Cell::new(None));
@@ -1620,7 +1640,7 @@ mod tests {
         let start = Instant::now();
         lp.run_once(None).unwrap();
         assert_eq!(*log.borrow(), [1, 2, 3]);
-        lp.run_once(None).unwrap();
+        lp.run_once(TICK).unwrap();
         assert_eq!(*log.borrow(), [1, 2, 3, 4]);
         assert!(start.elapsed() < Duration::from_secs(2));
     }

@@ -191,10 +191,19 @@ impl LoadError {
 /// Whether a directory entry's name looks like a shared object: `x.so`, or
 /// a versioned `x.so.1`, `x.so.1.2` (not `x.so.plan`).
 fn has_shared_object_name(name: &[u8]) -> bool {
-    let Some(at) = name.windows(3).rposition(|w| w == b".so").filter(|&i| i > 0) else { return false };
+    let Some(at) = name
+        .windows(3)
+        .rposition(|w| w == b".so")
+        .filter(|&i| i > 0)
+    else {
+        return false;
+    };
     let rest = &name[at + 3..];
     rest.is_empty()
-        || (rest[0] == b'.' && rest[1..].split(|b| *b == b'.').all(|part| !part.is_empty() && part.iter().all(u8::is_ascii_digit)))
+        || (rest[0] == b'.'
+            && rest[1..]
+                .split(|b| *b == b'.')
+                .all(|part| !part.is_empty() && part.iter().all(u8::is_ascii_digit)))
 }
 
 /// The shared objects in `dir`, in byte order of file name.

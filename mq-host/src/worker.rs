@@ -107,8 +107,13 @@ impl Worker {
     /// Removes a closed connection; keeps it (retired) while a plugin whose
     /// hold expired may still resume it.
     pub(crate) fn close_connection(&self, id: u64) {
-        let Some(conn) = self.connections.borrow_mut().remove(&id) else { return };
-        if matches!(conn.last_takeover.get(), Some((_, crate::objects::TakeoverEnd::Expired))) {
+        let Some(conn) = self.connections.borrow_mut().remove(&id) else {
+            return;
+        };
+        if matches!(
+            conn.last_takeover.get(),
+            Some((_, crate::objects::TakeoverEnd::Expired))
+        ) {
             self.retired.borrow_mut().insert(id, conn);
         }
     }

@@ -182,3 +182,77 @@ pub struct HostApi {
     #[sabi(last_prefix_field)]
     pub email: unsafe extern "C" fn(*mut MQ_Address) -> *const c_char,
 }
+
+#[cfg(test)]
+mod tests {
+    //! Older and changed root modules, declared in this package (as a
+    //! plugin built against another release of it would carry them).
+
+    use super::*;
+
+    #[allow(dead_code)]
+    mod older {
+        //! A release before `description` was appended after the prefix.
+        use super::super::HostApiRef;
+        use abi_stable::{std_types::RStr, StableAbi};
+        use std::ffi::c_int;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct PluginModule {
+            pub name: RStr<'static>,
+            pub version: RStr<'static>,
+            pub framework_abi: u32,
+            pub api_version: c_int,
+            pub authored_hooks: u64,
+            #[sabi(last_prefix_field)]
+            pub attach_host: extern "C" fn(HostApiRef),
+        }
+    }
+
+    #[allow(dead_code)]
+    mod changed {
+        //! A release where a prefix field changed type.
+        use super::super::HostApiRef;
+        use abi_stable::{std_types::RStr, StableAbi};
+        use std::ffi::c_int;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct PluginModule {
+            pub name: RStr<'static>,
+            pub version: RStr<'static>,
+            pub framework_abi: u64,
+            pub api_version: c_int,
+            pub authored_hooks: u64,
+            #[sabi(last_prefix_field)]
+            pub attach_host: extern "C" fn(HostApiRef),
+        }
+    }
+
+    #[test]
+    fn the_current_layout_is_accepted() {
+        assert!(check_plugin_layout(<PluginModuleRef as StableAbi>::LAYOUT).is_ok());
+    }
+
+    #[test]
+    fn a_newer_host_accepts_an_older_plugin() {
+        let older = <older::PluginModuleRef as StableAbi>::LAYOUT;
+        if let Err(e) = check_plugin_layout(older) {
+            panic!("refused: {}\n{}", e.summary, e.report);
+        }
+    }
+
+    #[test]
+    fn a_changed_field_type_is_refused_with_a_short_summary() {
+        let changed = <changed::PluginModuleRef as StableAbi>::LAYOUT;
+        let e = check_plugin_layout(changed).expect_err("a changed field type must be refused");
+        assert!(!e.summary.contains('\n'));
+        assert!(e.summary.len() <= 250, "{}", e.summary);
+        assert!(e.report.len() > e.summary.len());
+    }
+}

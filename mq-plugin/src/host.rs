@@ -215,7 +215,7 @@ fn report_missing(c_name: &str) {
     static REPORTED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
     let first = {
         let mut seen = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
-        let known = seen.iter().any(|s| *s == c_name);
+        let known = seen.contains(&c_name);
         if !known {
             seen.push(Box::leak(c_name.to_owned().into_boxed_str()));
         }

@@ -20,6 +20,7 @@
 //!         }
 //!     }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! `cargo build` turns that into a `.so` that exports `mq_version`,

@@ -21,7 +21,10 @@ fn inspect_shows_name_version_abi_and_hooks() {
     let c = plugin_so("mq-example-c-allowlist");
     let (ok, out, err) = run(&["inspect", rust.to_str().unwrap(), c.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let out: String = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n").collect();
+    let out: String = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n")
+        .collect();
     assert!(out.contains("package: mq-example-allowlist"), "{out}");
     assert!(out.contains("version: 0.1.0"), "{out}");
     assert!(

@@ -11,7 +11,10 @@ fn stamp_prepends_headers_and_counts_per_worker() {
     let host = dir.start();
     for n in 1..=3 {
         let r = run_message(&host);
-        let mime = r.message.as_ref().unwrap()["mime"].as_str().unwrap().to_owned();
+        let mime = r.message.as_ref().unwrap()["mime"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let expected = format!("X-Stamped-By: mq-example-stamp 0.1.0\r\nX-Stamp-Sequence: {n}\r\nFrom: sender@example.com\r\n");
         assert!(mime.starts_with(&expected), "{mime}");
         assert!(r

@@ -138,7 +138,10 @@ fn unloadable_file() {
     );
     let e = start_with(&so);
     let line = one_line(&e);
-    assert!(line.starts_with(&format!("{}: the dynamic loader refused it:", so.display())), "{line}");
+    assert!(
+        line.starts_with(&format!("{}: the dynamic loader refused it:", so.display())),
+        "{line}"
+    );
     assert!(line.contains("no_such_variable"), "{line}");
 }
 

@@ -54,7 +54,7 @@ impl AllowList {
     pub fn allows(&self, email: &str) -> bool {
         let email = email.to_ascii_lowercase();
         let domain = email.rsplit_once('@').map(|(_, d)| d);
-        self.addresses.iter().any(|a| *a == email)
+        self.addresses.contains(&email)
             || domain.is_some_and(|d| self.domains.iter().any(|x| x == d))
     }
 }
