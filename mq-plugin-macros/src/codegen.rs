@@ -122,7 +122,8 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
         ),
     };
 
-    let declaration = quote_spanned!(func.sig.ident.span()=> crate::__MqDeclarePlugin);
+    let declaration =
+        quote_spanned!(func.sig.ident.span()=> crate::__add_mq_plugin_declare_plugin_to_lib_rs);
     quote! {
         #func
 

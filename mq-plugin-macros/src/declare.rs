@@ -3,9 +3,9 @@
 //! Exports `mq_version`, the housekeeping hooks that free the plugin's
 //! typed data (`mq_context_cleanup`, `mq_smtp_in_close`, which call the
 //! author's own hook first if there is one) and the abi_stable root module
-//! that `mq-host` checks. It also defines `__MqDeclarePlugin`, the type every
+//! that `mq-host` checks. It also defines `__add_mq_plugin_declare_plugin_to_lib_rs`, the type every
 //! `#[mq_hook]` refers to: a crate without the declaration fails to compile
-//! with "cannot find type `__MqDeclarePlugin`".
+//! with "cannot find type `__add_mq_plugin_declare_plugin_to_lib_rs`".
 
 use crate::codegen::HOUSEKEEPING;
 use mq_hook_table::HOOKS;
@@ -78,15 +78,17 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     };
     let (cleanup, close) = (index_of(HOUSEKEEPING[0]), index_of(HOUSEKEEPING[1]));
     let probes = (0..HOOKS.len()).map(|i| {
-        quote!(if (&#rt::Probe::<__MqDeclarePlugin, #i>::NEW).authored().is_some() { authored |= 1u64 << #i; })
+        quote!(if (&#rt::Probe::<__add_mq_plugin_declare_plugin_to_lib_rs, #i>::NEW).authored().is_some() { authored |= 1u64 << #i; })
     });
 
     quote! {
-        /// The plugin declaration made by `mq_plugin::declare_plugin!`.
+        /// The plugin declaration made by `mq_plugin::declare_plugin!`. Its
+        /// name is the message a crate without a declaration gets.
         #[doc(hidden)]
-        pub struct __MqDeclarePlugin;
+        #[allow(non_camel_case_types)]
+        pub struct __add_mq_plugin_declare_plugin_to_lib_rs;
 
-        impl #rt::PluginIdentity for __MqDeclarePlugin {
+        impl #rt::PluginIdentity for __add_mq_plugin_declare_plugin_to_lib_rs {
             const NAME: &'static str = #name;
             const VERSION: &'static str = #version;
         }
@@ -106,7 +108,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 // SAFETY: called by the host with a live context.
                 unsafe {
                     #rt::context_cleanup_entry(
-                        (&#rt::Probe::<__MqDeclarePlugin, #cleanup>::NEW).authored(),
+                        (&#rt::Probe::<__add_mq_plugin_declare_plugin_to_lib_rs, #cleanup>::NEW).authored(),
                         context,
                     )
                 }
@@ -120,7 +122,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 // SAFETY: called by the host with a live context and connection.
                 unsafe {
                     #rt::smtp_in_close_entry(
-                        (&#rt::Probe::<__MqDeclarePlugin, #close>::NEW).authored(),
+                        (&#rt::Probe::<__add_mq_plugin_declare_plugin_to_lib_rs, #close>::NEW).authored(),
                         context,
                         connection,
                     )
@@ -131,8 +133,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 let mut authored = 0u64;
                 #(#probes)*
                 #rt::root_module(
-                    <__MqDeclarePlugin as #rt::PluginIdentity>::NAME,
-                    <__MqDeclarePlugin as #rt::PluginIdentity>::VERSION,
+                    <__add_mq_plugin_declare_plugin_to_lib_rs as #rt::PluginIdentity>::NAME,
+                    <__add_mq_plugin_declare_plugin_to_lib_rs as #rt::PluginIdentity>::VERSION,
                     ::core::env!("CARGO_PKG_DESCRIPTION"),
                     authored,
                 )

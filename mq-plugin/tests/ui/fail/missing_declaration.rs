@@ -1,0 +1,6 @@
+use mq_plugin::prelude::*;
+
+#[mq_hook(smtp_in_connect)]
+fn connect() {}
+
+fn main() {}
