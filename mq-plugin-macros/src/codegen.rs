@@ -49,7 +49,7 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
     let no_mangle = if HOUSEKEEPING.contains(&hook.name) {
         quote!()
     } else {
-        quote!(#[no_mangle])
+        quote!(#[unsafe(no_mangle)])
     };
     let meta = format_ident!("__MQ_META", span = span);
 

@@ -98,12 +98,12 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             #[allow(unused_imports)]
             use #rt::{ProbeAuthored as _, ProbeNotAuthored as _};
 
-            #[no_mangle]
+            #[unsafe(no_mangle)]
             extern "C" fn mq_version() -> ::core::ffi::c_int {
                 #rt::api_version()
             }
 
-            #[no_mangle]
+            #[unsafe(no_mangle)]
             unsafe extern "C" fn mq_context_cleanup(context: *mut #rt::MQ_Context) {
                 // SAFETY: called by the host with a live context.
                 unsafe {
@@ -114,7 +114,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 }
             }
 
-            #[no_mangle]
+            #[unsafe(no_mangle)]
             unsafe extern "C" fn mq_smtp_in_close(
                 context: *mut #rt::MQ_Context,
                 connection: *mut #rt::MQ_Connection,
@@ -140,7 +140,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 )
             }
 
-            #[no_mangle]
+            #[unsafe(no_mangle)]
             pub static #loader: #rt::abi_stable::library::LibHeader = {
                 extern "C" fn erased_root_module() -> #rt::abi_stable::library::RootModuleResult {
                     #rt::abi_stable::library::__call_root_module_loader(root_module)
