@@ -1,7 +1,7 @@
 //! Low-level control, for plugins that manage the resume themselves the C
 //! way (and for the framework's own tests).
 //!
-//! Most plugins never need this: return a [`Flow`](crate::Flow) instead.
+//! Most plugins never need this: return a [`Flow`] instead.
 
 use crate::host::host;
 use crate::sys::MQ_Connection;
