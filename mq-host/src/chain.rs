@@ -77,7 +77,9 @@ pub(crate) struct ChainReport {
     pub(crate) started: Instant,
 }
 
-type Done = Box<dyn FnOnce(&Rc<ConnectionState>, ChainReport)>;
+/// Runs when the chain ends; returns the arguments it did not keep, which
+/// the chain retains while a plugin whose hold expired may still use them.
+type Done = Box<dyn FnOnce(&Rc<ConnectionState>, ChainReport) -> ChainArgs>;
 
 enum State {
     Ready,
@@ -106,6 +108,9 @@ pub(crate) struct Chain {
     calls: Vec<HookCall>,
     done: Option<Done>,
     started: Instant,
+    /// Plugins whose hold deadline passed in this chain: they may still
+    /// touch its arguments until their (late) resume.
+    expired: Vec<usize>,
 }
 
 /// Starts `hook`'s chain on `conn`; `done` runs on the loop when it ends.
@@ -137,6 +142,7 @@ pub(crate) fn start(
         calls: Vec::new(),
         done: Some(done),
         started: Instant::now(),
+        expired: Vec::new(),
     });
     let previous = conn.chain.borrow_mut().replace(chain);
     assert!(previous.is_none(), "one chain at a time per connection");
@@ -349,7 +355,25 @@ fn finish(w: &Worker, conn: &Rc<ConnectionState>, end: ChainEnd) {
         args: chain.args,
         started: chain.started,
     };
-    done(conn, report);
+    let leftover = done(conn, report);
+    if !chain.expired.is_empty() {
+        let mut retained = w.retained_args.borrow_mut();
+        let entry = retained.entry(conn.id).or_default();
+        entry.0 += chain.expired.len();
+        entry.1.push(leftover);
+    }
+}
+
+/// A plugin whose hold expired has resumed: when no such plugin is left,
+/// the arguments kept for them can go.
+fn release_retained(w: &Worker, conn_id: u64) {
+    let mut retained = w.retained_args.borrow_mut();
+    if let Some(entry) = retained.get_mut(&conn_id) {
+        entry.0 = entry.0.saturating_sub(1);
+        if entry.0 == 0 {
+            retained.remove(&conn_id);
+        }
+    }
 }
 
 /// `MQ_continue`/`MQ_complete`/`MQ_retry` on the owner thread.
@@ -358,7 +382,10 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
     let name = &w.shared.plugins[plugin].info.name;
     let Some(conn) = w.connections.borrow().get(&conn.id).cloned() else {
         // Only retired connections reach here: closed ones are freed.
-        w.retired.borrow_mut().remove(&conn.id);
+        release_retained(&w, conn.id);
+        if !w.retained_args.borrow().contains_key(&conn.id) {
+            w.retired.borrow_mut().remove(&conn.id);
+        }
         Counters::bump(&w.shared.counters.late_resumes);
         w.log(
             Priority::Warning,
@@ -372,7 +399,10 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
     let Ok(mut slot) = conn.chain.try_borrow_mut() else {
         // No chain borrow is held while plugins run; never abort inside a
         // C call because of a host bug, report it instead.
-        w.log(Priority::Critical, format!("plugin {name}: resume while the chain is busy; ignored (host bug)"));
+        w.log(
+            Priority::Critical,
+            format!("plugin {name}: resume while the chain is busy; ignored (host bug)"),
+        );
         return;
     };
     if let Some(chain) = slot.as_mut() {
@@ -419,6 +449,7 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
             );
         }
         Some((p, TakeoverEnd::Expired)) if p == plugin => {
+            release_retained(&w, conn.id);
             Counters::bump(&w.shared.counters.late_resumes);
             w.log(
                 Priority::Warning,
@@ -473,6 +504,7 @@ fn expire(conn: &Rc<ConnectionState>, takeover: u64) {
         if let Some(call) = chain.calls.last_mut() {
             call.resumed = Some(Resume::Expired);
         }
+        chain.expired.push(plugin);
         Counters::bump(&w.shared.counters.held_past_deadline);
         w.log(
             Priority::Critical,

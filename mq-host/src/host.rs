@@ -637,13 +637,18 @@ fn start_event(
         hook,
         args,
         Box::new(move |conn, report: ChainReport| {
-            let result = event_result(hook, conn, report, log.since(mark, Some(worker_id)));
+            let (result, leftover) =
+                event_result(hook, conn, report, log.since(mark, Some(worker_id)));
             if hook.name == "smtp_in_close" {
                 if let Some(w) = worker::current() {
-                    w.close_connection(conn.id);
+                    // After the chain has recorded what it retains.
+                    let id = conn.id;
+                    let worker = Rc::clone(&w);
+                    w.ev.defer(Box::new(move || worker.close_connection(id)));
                 }
             }
             let _ = tx.send(Ok(result));
+            leftover
         }),
     );
     Ok(())
@@ -654,23 +659,29 @@ fn event_result(
     conn: &ConnectionState,
     report: ChainReport,
     log: Vec<LogRecord>,
-) -> EventResult {
+) -> (EventResult, ChainArgs) {
     let (mut message, mut smtp, mut local) = (None, None, None);
-    match report.args {
-        ChainArgs::Address(address) => local = Some(address.local.get()),
+    let leftover = match report.args {
+        ChainArgs::Address(address) => {
+            local = Some(address.local.get());
+            ChainArgs::Address(address)
+        }
         ChainArgs::Message(msg) => {
             message = Some(msg.json());
             local = Some(msg.local.get());
             if msg.direction == Direction::Outgoing {
                 smtp = Some(msg.smtp_view());
-                if hook.name == "smtp_out_data" {
-                    *conn.outgoing_message.borrow_mut() = Some(msg);
-                }
+            }
+            if hook.name == "smtp_out_data" {
+                *conn.outgoing_message.borrow_mut() = Some(msg);
+                ChainArgs::None
+            } else {
+                ChainArgs::Message(msg)
             }
         }
-        _ => {}
-    }
-    EventResult {
+        other => other,
+    };
+    let result = EventResult {
         hook,
         end: report.end,
         calls: report.calls,
@@ -682,5 +693,6 @@ fn event_result(
         sent: conn.take_sent(),
         log,
         elapsed: report.started.elapsed(),
-    }
+    };
+    (result, leftover)
 }

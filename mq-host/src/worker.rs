@@ -73,6 +73,9 @@ pub(crate) struct Worker {
     /// holds a pointer it will resume, so the objects stay alive until it
     /// does (the late resume is then counted and the connection freed).
     pub(crate) retired: RefCell<HashMap<u64, Rc<ConnectionState>>>,
+    /// Arguments (messages, addresses) of chains whose hold expired, per
+    /// connection: how many expired plugins may still use them, and them.
+    pub(crate) retained_args: RefCell<HashMap<u64, (usize, Vec<crate::chain::ChainArgs>)>>,
 }
 
 thread_local! {
@@ -110,10 +113,11 @@ impl Worker {
         let Some(conn) = self.connections.borrow_mut().remove(&id) else {
             return;
         };
-        if matches!(
+        let expired = matches!(
             conn.last_takeover.get(),
             Some((_, crate::objects::TakeoverEnd::Expired))
-        ) {
+        );
+        if expired || self.retained_args.borrow().contains_key(&id) {
             self.retired.borrow_mut().insert(id, conn);
         }
     }
@@ -186,6 +190,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         contexts,
         connections: RefCell::new(HashMap::new()),
         retired: RefCell::new(HashMap::new()),
+        retained_args: RefCell::new(HashMap::new()),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 
@@ -207,5 +212,6 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
     worker.run_context_hook("context_cleanup");
     worker.connections.borrow_mut().clear();
     worker.retired.borrow_mut().clear();
+    worker.retained_args.borrow_mut().clear();
     CURRENT.with(|c| *c.borrow_mut() = None);
 }

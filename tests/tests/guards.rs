@@ -113,6 +113,39 @@ fn a_late_resume_after_the_deadline_is_ignored() {
 }
 
 #[test]
+fn a_plugin_may_use_its_message_after_the_deadline_until_it_resumes() {
+    let dir = PluginDir::new("late-message");
+    dir.add(
+        "10-a.so",
+        &rust_probe(),
+        "smtp_in_message late-exercise 0.2\n",
+    );
+    let host = dir
+        .builder()
+        .hold_deadline(Some(Duration::from_millis(50)))
+        .start()
+        .unwrap();
+    let mut s = host.open(Direction::Incoming).unwrap();
+    let r = s.run(Event::Message(message())).unwrap();
+    assert_eq!(r.calls[0].resumed, Some(Resume::Expired));
+    s.close().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let late: Vec<String> = host
+        .log()
+        .iter()
+        .map(|l| l.text.clone())
+        .filter(|t| t.contains("ok set-"))
+        .collect();
+    assert_eq!(
+        late.len(),
+        4,
+        "the late plugin used the retained message: {:#?}",
+        host.log()
+    );
+    assert_eq!(host.counters().late_resumes, 1);
+}
+
+#[test]
 fn a_panicking_hook_takes_its_fallback() {
     let dir = PluginDir::new("panic");
     dir.add(

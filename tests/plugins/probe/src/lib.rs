@@ -176,6 +176,14 @@ fn act(hook: &str, ctx: &Context, conn: &Connection, exercise: impl FnOnce()) ->
             Act::Flow(Flow::Continue).took(ctx, conn)
         }
         "timers" => timers(ctx, conn),
+        "late-exercise" => {
+            // Handled by the message hooks (it needs the message).
+            write(
+                Priority::Critical,
+                &format!("probe {} late-exercise needs a message hook", probe().name),
+            );
+            Act::Flow(Flow::Continue)
+        }
         "io" => io(ctx, conn),
         "panic" => panic!("probe {} panics in {hook} as planned", probe().name),
         "error" => Act::Fail(format!("probe {} fails in {hook} as planned", probe().name)),
@@ -493,7 +501,31 @@ fn data(ctx: &Context, conn: &Connection, mime: &[u8]) -> Act {
 
 #[mq_hook(smtp_in_message)]
 fn message(ctx: &Context, conn: &Connection, msg: &mut Message) -> Act {
+    if let Some((action, arg)) = probe().plan.get("smtp_in_message") {
+        if action == "late-exercise" {
+            return late_exercise(ctx, conn, msg, arg.parse().unwrap_or(0.0));
+        }
+    }
     act("smtp_in_message", ctx, conn, || message_exercise(msg))
+}
+
+/// Holds the chain for `seconds`, then uses the message and resumes, as a
+/// slow plugin does after the host's hold deadline has passed.
+fn late_exercise(ctx: &Context, conn: &Connection, msg: &mut Message, seconds: f64) -> Act {
+    say("smtp_in_message");
+    let (raw_conn, raw_msg) = (conn.as_raw(), msg.as_raw());
+    let started = ctx.start_timer(Duration::from_secs_f64(seconds), move || {
+        // SAFETY: the host keeps the message of a take-over alive until the
+        // plugin resumes, even past the hold deadline.
+        message_exercise(unsafe { Message::from_raw_mut(raw_msg) });
+        // SAFETY: on the loop, resuming our own take-over.
+        unsafe { raw::resume(raw_conn, Flow::Continue) };
+    });
+    match started {
+        // SAFETY: the timer resumes.
+        Ok(_) => Act::Manual(unsafe { ManualControl::take() }),
+        Err(e) => Act::Fail(e.to_string()),
+    }
 }
 
 #[mq_hook(smtp_in_close)]
