@@ -122,6 +122,12 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
         ),
     };
 
+    let body = if plan.is_async {
+        async_body(plan, &call_args_async(plan), user_fn, &meta)
+    } else {
+        body
+    };
+
     let declaration =
         quote_spanned!(func.sig.ident.span()=> crate::__add_mq_plugin_declare_plugin_to_lib_rs);
     quote! {
@@ -137,6 +143,7 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
             };
 
             #no_mangle
+            #[allow(unused_variables)]
             unsafe extern "C" fn #entry(#c_params) #ret {
                 // SAFETY: called by the host with the arguments of this hook.
                 unsafe { #body }
@@ -146,5 +153,78 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
                 const RAW: #rt::RawHook = #rt::RawHook::#raw_variant(#entry);
             }
         };
+    }
+}
+
+/// The handles an async hook's future owns: `'static` references (the host
+/// keeps the objects alive until the plugin resumes) and, for
+/// `smtp_in_authenticate`, the `Credentials` value itself.
+fn call_args_async(plan: &Plan) -> Vec<TokenStream> {
+    let span = Span::mixed_site();
+    let (c, n, a) = (
+        format_ident!("__mq_h_context", span = span),
+        format_ident!("__mq_h_connection", span = span),
+        format_ident!("__mq_h_argument", span = span),
+    );
+    plan.params
+        .iter()
+        .map(|kind| match kind {
+            RustParam::Context => quote!(#c),
+            RustParam::Connection => quote!(#n),
+            RustParam::Credentials => quote!(&#a),
+            _ => quote!(#a),
+        })
+        .collect()
+}
+
+/// The body of an async hook's C function: build the handles, create the
+/// future, hand it to the executor.
+fn async_body(
+    plan: &Plan,
+    args: &[TokenStream],
+    user_fn: &syn::Ident,
+    meta: &syn::Ident,
+) -> TokenStream {
+    let rt = quote!(::mq_plugin::__private::v1);
+    let span = Span::mixed_site();
+    let ctx = format_ident!("__mq_context", span = span);
+    let conn = format_ident!("__mq_connection", span = span);
+    let third = format_ident!("__mq_argument", span = span);
+    let (hc, hn, ha) = (
+        format_ident!("__mq_h_context", span = span),
+        format_ident!("__mq_h_connection", span = span),
+        format_ident!("__mq_h_argument", span = span),
+    );
+    let cache = format_ident!("__MQ_TASKS", span = span);
+    let argument = match plan.hook.shape {
+        Shape::Connection => quote!(()),
+        Shape::Authenticate => {
+            let (l, ll, p, pl) = (
+                format_ident!("__mq_login", span = span),
+                format_ident!("__mq_login_size", span = span),
+                format_ident!("__mq_password", span = span),
+                format_ident!("__mq_password_size", span = span),
+            );
+            quote!(::mq_plugin::Credentials::from_raw(#l, #ll, #p, #pl))
+        }
+        Shape::Address => quote!(::mq_plugin::Address::from_raw(#third)),
+        Shape::Data => {
+            let size = format_ident!("__mq_size", span = span);
+            quote!(#rt::mime_slice(#third, #size))
+        }
+        Shape::Message => quote!(::mq_plugin::Message::from_raw_mut(#third)),
+        Shape::Global | Shape::Context => unreachable!("validate refuses async lifecycle hooks"),
+    };
+    quote! {
+        ::std::thread_local! {
+            static #cache: #rt::TaskCache = const { #rt::TaskCache::new() };
+        }
+        let #hc: &'static ::mq_plugin::Context = ::mq_plugin::Context::from_raw(#ctx);
+        let #hn: &'static ::mq_plugin::Connection = ::mq_plugin::Connection::from_raw(#conn);
+        let #ha = #argument;
+        #rt::hook_async(&#meta, &#cache, #ctx, #conn, async move {
+            let #ha = #ha;
+            #user_fn(#(#args),*).await
+        })
     }
 }

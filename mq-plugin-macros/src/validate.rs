@@ -15,6 +15,8 @@ pub(crate) struct Plan {
     pub(crate) fallback: &'static str,
     /// The parameter kinds in the author's order.
     pub(crate) params: Vec<RustParam>,
+    /// An `async fn`: lowered through the executor.
+    pub(crate) is_async: bool,
 }
 
 /// Collects errors so that all are reported together.
@@ -42,7 +44,7 @@ pub(crate) fn validate(args: &HookArgs, func: &ItemFn) -> syn::Result<Plan> {
     let mut errors = Errors::default();
     let hook = check_hook_name(args, func, &mut errors);
     let fallback = check_options(args, hook, &mut errors);
-    check_signature(func, &mut errors);
+    check_signature(func, hook, &mut errors);
     let params = hook
         .map(|h| check_params(h, func, &mut errors))
         .unwrap_or_default();
@@ -51,6 +53,7 @@ pub(crate) fn validate(args: &HookArgs, func: &ItemFn) -> syn::Result<Plan> {
             hook,
             fallback,
             params,
+            is_async: func.sig.asyncness.is_some(),
         }),
         None => Err(errors.0.expect("a missing hook was reported")),
     }
@@ -152,13 +155,19 @@ fn flow_name(value: &Expr) -> Option<&'static str> {
     }
 }
 
-fn check_signature(func: &ItemFn, errors: &mut Errors) {
+fn check_signature(func: &ItemFn, hook: Option<&'static Hook>, errors: &mut Errors) {
     let sig = &func.sig;
-    if let Some(a) = &sig.asyncness {
-        errors.push(
-            a.span(),
-            "`async fn` hooks are not supported yet: write a plain `fn` returning `Flow`",
-        );
+    if let (Some(a), Some(hook)) = (&sig.asyncness, hook) {
+        if !hook.may_take_control {
+            errors.push(
+                a.span(),
+                format!(
+                    "`{}` cannot be an `async fn`: lifecycle hooks cannot take control, \
+                     so they run to the end inside the call (they may block)",
+                    hook.name
+                ),
+            );
+        }
     }
     if let Some(u) = &sig.unsafety {
         errors.push(

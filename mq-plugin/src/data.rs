@@ -14,6 +14,9 @@ use std::cell::RefCell;
 /// The values attached to one context or connection.
 #[derive(Default)]
 pub(crate) struct DataStore {
+    /// The framework's own state (the context's executor). Declared first so
+    /// it drops first: pending hook futures go before the data they may use.
+    pub(crate) runtime: crate::executor::RuntimeSlot,
     entries: RefCell<Vec<(TypeId, Box<dyn Any>)>>,
 }
 

@@ -100,6 +100,11 @@ impl Context {
             .get_or_insert_with(make)
     }
 
+    /// The context's data store, created on demand (for the executor).
+    pub(crate) fn store_for_runtime(&self) -> &DataStore {
+        self.store(true).expect("created on demand")
+    }
+
     fn store(&self, create: bool) -> Option<&DataStore> {
         // SAFETY: `self` is a live context of this plugin; the slot holds
         // either null or a DataStore this runtime boxed.

@@ -65,13 +65,16 @@
 pub mod abi;
 mod boundary;
 mod data;
+mod executor;
 mod fd;
 mod flow;
 mod handles;
 mod host;
+pub mod io;
 pub mod log;
 pub mod raw;
 pub mod sys;
+pub mod time;
 mod timer;
 
 #[doc(hidden)]

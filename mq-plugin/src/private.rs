@@ -98,6 +98,42 @@ fn report_failure(meta: &HookMeta, what: &str, message: &str, consequence: &str)
     );
 }
 
+/// The flow a finished hook asks for (its fallback, logged, on an error or
+/// a panic); `None` when it resumes by itself ([`crate::raw::ManualControl`]).
+pub(crate) fn flow_of(meta: &HookMeta, result: Result<Outcome, String>) -> Option<Flow> {
+    // Formatting only on the failure paths: the common path allocates nothing.
+    let fallback = || format!("taking fallback {}", meta.fallback);
+    match result {
+        Ok(Outcome::Flow(flow)) => Some(flow),
+        Ok(Outcome::Manual) => None,
+        Ok(Outcome::Failed(message)) => {
+            report_failure(meta, "failed", &message, &fallback());
+            Some(meta.fallback)
+        }
+        Err(message) => {
+            report_failure(meta, "panicked", &message, &fallback());
+            Some(meta.fallback)
+        }
+    }
+}
+
+/// Frees what must not outlive a hook once it is done: connection data
+/// after `smtp_in_close`, and after `smtp_out_*` (outgoing connections have
+/// no close event).
+pub(crate) fn after_async_hook(meta: &HookMeta, conn: *mut MQ_Connection) {
+    if meta.hook.name == "smtp_in_close" || meta.hook.name.starts_with("smtp_out_") {
+        let plugin = meta.plugin;
+        // SAFETY: the connection of a hook whose chain this plugin holds;
+        // dropping runs user Drop impls, which may panic.
+        if let Err(message) = catch(|| unsafe { free_connection_data(conn) }) {
+            crate::log::log_text(
+                MQ_CRIT,
+                &format!("[{plugin}] dropping connection data panicked: {message}"),
+            );
+        }
+    }
+}
+
 /// Maps an SMTP hook's outcome to the C return value, scheduling the
 /// resume on the loop when the hook took control.
 unsafe fn finish_smtp(
@@ -106,27 +142,8 @@ unsafe fn finish_smtp(
     conn: *mut MQ_Connection,
     result: Result<Outcome, String>,
 ) -> bool {
-    let flow = match result {
-        Ok(Outcome::Flow(flow)) => flow,
-        Ok(Outcome::Manual) => return true,
-        Ok(Outcome::Failed(message)) => {
-            report_failure(
-                meta,
-                "failed",
-                &message,
-                &format!("taking fallback {}", meta.fallback),
-            );
-            meta.fallback
-        }
-        Err(message) => {
-            report_failure(
-                meta,
-                "panicked",
-                &message,
-                &format!("taking fallback {}", meta.fallback),
-            );
-            meta.fallback
-        }
+    let Some(flow) = flow_of(meta, result) else {
+        return true;
     };
     if flow == Flow::Continue {
         return false;
@@ -211,6 +228,7 @@ pub unsafe fn connection<R: HookReturn>(
     // SAFETY: the host passed live objects for the duration of the call.
     let result =
         catch(|| unsafe { f(Context::from_raw(ctx), Connection::from_raw(conn)) }.into_outcome());
+    after_async_hook(meta, conn);
     // SAFETY: as above.
     unsafe { finish_smtp(meta, ctx, conn, result) }
 }
@@ -302,11 +320,7 @@ pub unsafe fn message<R: HookReturn>(
         )
         .into_outcome()
     });
-    if meta.hook.name.starts_with("smtp_out_") {
-        // Outgoing connections have no close event: their data lasts one call.
-        // SAFETY: live connection.
-        unsafe { free_connection_data(conn) };
-    }
+    after_async_hook(meta, conn);
     // SAFETY: as above.
     unsafe { finish_smtp(meta, ctx, conn, result) }
 }
@@ -335,11 +349,12 @@ pub unsafe fn smtp_in_close_entry(
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
 ) -> bool {
-    let took_control = match user {
+    // The author's hook frees the data itself when it is done (an async
+    // hook may still use it after this call returns).
+    if let Some(RawHook::Connection(f)) = user {
         // SAFETY: the author's generated entry point of this exact shape.
-        Some(RawHook::Connection(f)) => unsafe { f(ctx, conn) },
-        _ => false,
-    };
+        return unsafe { f(ctx, conn) };
+    }
     let plugin = crate::log::plugin_name();
     // SAFETY: live connection; runs user Drop impls, which may panic.
     if let Err(message) = catch(|| unsafe { free_connection_data(conn) }) {
@@ -348,7 +363,53 @@ pub unsafe fn smtp_in_close_entry(
             &format!("[{plugin}] dropping connection data panicked: {message}"),
         );
     }
-    took_control
+    false
+}
+
+pub use crate::executor::TaskCache;
+
+/// The MIME bytes of `smtp_in_data` for an async hook's future.
+///
+/// # Safety
+/// `ptr` is valid for `len` bytes until the plugin resumes the chain.
+pub unsafe fn mime_slice(ptr: *const c_char, len: usize) -> &'static [u8] {
+    // SAFETY: the caller's promise.
+    unsafe { raw_slice(ptr, len) }
+}
+
+/// An `async fn` hook: the future's first poll happens here, inside the
+/// hook call; if it is not ready the hook takes control and the executor
+/// resumes the chain exactly once when it completes.
+///
+/// # Safety
+/// As `executor::run_hook`: live arguments of this hook call, kept alive by
+/// the host until this plugin resumes; `cache` is this hook's own.
+pub unsafe fn hook_async<F>(
+    meta: &'static HookMeta,
+    cache: &'static std::thread::LocalKey<TaskCache>,
+    ctx: *mut MQ_Context,
+    conn: *mut MQ_Connection,
+    future: F,
+) -> bool
+where
+    F: std::future::Future<Output: HookReturn> + 'static,
+{
+    enter(meta);
+    // SAFETY: the caller's promise.
+    match unsafe { crate::executor::run_hook(meta, cache, ctx, conn, future) } {
+        Ok(None) => true,
+        Ok(Some(result)) => {
+            after_async_hook(meta, conn);
+            // SAFETY: live arguments of this call.
+            unsafe { finish_smtp(meta, ctx, conn, result) }
+        }
+        Err(why) => {
+            let fallback = format!("taking fallback {}", meta.fallback);
+            report_failure(meta, "could not start", &why, &fallback);
+            // SAFETY: live arguments of this call.
+            unsafe { finish_smtp(meta, ctx, conn, Ok(Outcome::Flow(meta.fallback))) }
+        }
+    }
 }
 
 /// `mq_version` as exported by the declaration.

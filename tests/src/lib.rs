@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 /// The packages whose `.so` files the tests load.
 const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-probe",
+    "mq-test-async-probe",
     "mq-test-c-probe",
     "mq-example-stamp",
     "mq-example-allowlist",

@@ -10,7 +10,7 @@ extern "C" fn extern_hook() {}
 #[mq_hook(smtp_in_close)]
 fn generic_hook<T>() {}
 
-#[mq_hook(smtp_in_data)]
-async fn async_hook() {}
+#[mq_hook(initialize)]
+async fn async_lifecycle_hook() {}
 
 fn main() {}

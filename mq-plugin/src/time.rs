@@ -1,0 +1,171 @@
+//! Futures on the worker's loop timers: [`sleep`], [`timeout`], [`interval`].
+//!
+//! They use `MQ_startTimer` of the context whose hook future polls them, so
+//! they work in MailerQ and in `mq-host` alike. Use them inside hook futures
+//! (and futures those await); polled anywhere else they panic with a message
+//! saying so.
+
+use crate::executor::current_context;
+use crate::Timer;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+fn loop_context(what: &str) -> &'static crate::Context {
+    current_context().unwrap_or_else(|| {
+        panic!("mq_plugin::{what} must be awaited inside a hook future (it runs on the worker's event loop)")
+    })
+}
+
+#[derive(Default)]
+struct Wake {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// Completes after a duration; see [`sleep`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep {
+    duration: Duration,
+    state: Rc<Wake>,
+    timer: Option<Timer>,
+}
+
+/// Waits for `duration` on the worker's loop, without blocking it.
+///
+/// ```no_run
+/// # use mq_plugin::prelude::*;
+/// # mq_plugin::declare_plugin!();
+/// #[mq_hook(smtp_in_rcptto)]
+/// async fn tarpit(rcpt: &Address) -> Flow {
+///     mq_plugin::time::sleep(std::time::Duration::from_millis(200)).await;
+///     Flow::Continue
+/// }
+/// # fn main() {}
+/// ```
+pub fn sleep(duration: Duration) -> Sleep {
+    Sleep {
+        duration,
+        state: Rc::default(),
+        timer: None,
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.state.fired.get() {
+            return Poll::Ready(());
+        }
+        *self.state.waker.borrow_mut() = Some(cx.waker().clone());
+        if self.timer.is_none() {
+            let state = Rc::clone(&self.state);
+            let started = loop_context("sleep").start_timer(self.duration, move || {
+                state.fired.set(true);
+                if let Some(waker) = state.waker.borrow_mut().take() {
+                    waker.wake();
+                }
+            });
+            match started {
+                Ok(timer) => self.timer = Some(timer),
+                // No timer from the host: do not hang, finish at once.
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.stop();
+        }
+    }
+}
+
+/// The error of [`timeout`]: the time ran out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// Runs `future` for at most `limit`; see [`timeout`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Timeout<F> {
+    future: F,
+    sleep: Sleep,
+}
+
+/// Awaits `future`, or gives up with [`Elapsed`] after `limit` (dropping it).
+///
+/// ```no_run
+/// # async fn f() {
+/// use std::time::Duration;
+/// let slow = mq_plugin::time::sleep(Duration::from_secs(10));
+/// assert!(mq_plugin::time::timeout(Duration::from_millis(50), slow).await.is_err());
+/// # }
+/// ```
+pub fn timeout<F: Future>(limit: Duration, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep(limit),
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning: `future` is never moved out of `self`.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: as above.
+        if let Poll::Ready(value) = unsafe { Pin::new_unchecked(&mut this.future) }.poll(cx) {
+            return Poll::Ready(Ok(value));
+        }
+        let limit = this.sleep.duration;
+        // SAFETY: Sleep is Unpin (no self-references).
+        match Pin::new(&mut this.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(limit))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Ticks at a fixed period; see [`interval`].
+pub struct Interval {
+    period: Duration,
+    next: Instant,
+}
+
+/// A ticker: the first [`Interval::tick`] completes at once, then one per
+/// `period` (late ticks are not made up).
+pub fn interval(period: Duration) -> Interval {
+    Interval {
+        period,
+        next: Instant::now(),
+    }
+}
+
+impl Interval {
+    /// Waits for the next tick.
+    pub async fn tick(&mut self) -> Instant {
+        let now = Instant::now();
+        if self.next > now {
+            sleep(self.next - now).await;
+        }
+        let tick = self.next.max(now);
+        self.next = tick + self.period;
+        tick
+    }
+}
