@@ -117,7 +117,10 @@ impl Worker {
             conn.last_takeover.get(),
             Some((_, crate::objects::TakeoverEnd::Expired))
         );
-        if expired || self.retained_args.borrow().contains_key(&id) {
+        // A plugin still holding the chain keeps its pointers: keep the
+        // connection (and the chain's arguments inside it) alive.
+        let held = conn.chain.borrow().is_some();
+        if expired || held || self.retained_args.borrow().contains_key(&id) {
             self.retired.borrow_mut().insert(id, conn);
         }
     }

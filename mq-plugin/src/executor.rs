@@ -159,10 +159,21 @@ struct Header {
     shared: ManuallyDrop<Arc<Shared>>,
     vtable: &'static VTable,
     /// Where the result goes once the task completes after its first poll.
-    meta: &'static crate::__private_v1::HookMeta,
+    owner: Owner,
     ctx: *mut MQ_Context,
-    conn: *mut MQ_Connection,
     id: u64,
+}
+
+/// Whose task it is.
+#[derive(Clone, Copy)]
+enum Owner {
+    /// A hook's future: its completion resumes the chain of `conn`.
+    Hook {
+        meta: &'static crate::__private_v1::HookMeta,
+        conn: *mut MQ_Connection,
+    },
+    /// Background work from [`Context::spawn_local`].
+    Background,
 }
 
 #[repr(C)]
@@ -396,16 +407,77 @@ fn run_queue(shared: &Arc<Shared>) {
 fn complete(header: &Header, result: Result<Outcome, String>) {
     // SAFETY: the context is live while its executor runs.
     let ctx = unsafe { Context::from_raw(header.ctx) };
-    let owner = Executor::of(ctx)
+    let task = Executor::of(ctx)
         .ok()
         .and_then(|e| e.tasks.borrow_mut().remove(&header.id));
-    let (meta, conn) = (header.meta, header.conn);
-    drop(owner);
-    crate::__private_v1::after_async_hook(meta, conn);
-    if let Some(flow) = crate::__private_v1::flow_of(meta, result) {
-        // SAFETY: this plugin holds the chain of `conn`; we are on its loop,
-        // outside the hook call; the future is already dropped.
-        unsafe { crate::raw::resume(conn, flow) };
+    let owner = header.owner;
+    drop(task);
+    match owner {
+        Owner::Hook { meta, conn } => {
+            crate::__private_v1::after_async_hook(meta, conn);
+            if let Some(flow) = crate::__private_v1::flow_of(meta, result) {
+                // SAFETY: this plugin holds the chain of `conn`; we are on its
+                // loop, outside the hook call; the future is already dropped.
+                unsafe { crate::raw::resume(conn, flow) };
+            }
+        }
+        Owner::Background => {
+            let problem = match result {
+                Err(panic) => Some(format!("panicked: {panic}")),
+                Ok(Outcome::Failed(e)) => Some(format!("failed: {e}")),
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                let plugin = crate::log::plugin_name();
+                crate::log::log_text(
+                    crate::sys::MQ_CRIT,
+                    &format!("[{plugin}] a spawn_local task {problem}"),
+                );
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Runs `future` on this worker's loop in the background. It is
+    /// cancelled (dropped) at `mq_context_cleanup` if it has not finished;
+    /// a panic or an `Err` is logged.
+    ///
+    /// ```no_run
+    /// # use mq_plugin::prelude::*;
+    /// # fn f(ctx: &Context) {
+    /// ctx.spawn_local(async {
+    ///     mq_plugin::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///     log::info!("a minute later");
+    /// })
+    /// .expect("the executor runs");
+    /// # }
+    /// ```
+    pub fn spawn_local<F>(&self, future: F) -> Result<(), crate::HostError>
+    where
+        F: Future<Output: HookReturn> + 'static,
+    {
+        let executor =
+            Executor::of(self).map_err(|_| crate::HostError("no executor for this context"))?;
+        let id = executor.next_id.get();
+        executor.next_id.set(id + 1);
+        let task = Box::new(Task {
+            header: Header {
+                refs: AtomicUsize::new(1),
+                scheduled: AtomicBool::new(true),
+                shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
+                vtable: &Task::<F>::VTABLE,
+                owner: Owner::Background,
+                ctx: self.as_raw(),
+                id,
+            },
+            future: UnsafeCell::new(ManuallyDrop::new(future)),
+            alive: Cell::new(true),
+        });
+        let header: NonNull<Header> = NonNull::from(Box::leak(task)).cast();
+        executor.tasks.borrow_mut().insert(id, TaskRef(header));
+        executor.shared.schedule(acquire(header));
+        Ok(())
     }
 }
 
@@ -464,9 +536,8 @@ where
             scheduled: AtomicBool::new(false),
             shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
             vtable: &Task::<F>::VTABLE,
-            meta,
+            owner: Owner::Hook { meta, conn },
             ctx,
-            conn,
             id,
         },
         future: UnsafeCell::new(ManuallyDrop::new(future)),

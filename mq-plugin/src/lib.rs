@@ -74,6 +74,7 @@ pub mod io;
 pub mod log;
 pub mod raw;
 pub mod sys;
+pub mod task;
 pub mod time;
 mod timer;
 

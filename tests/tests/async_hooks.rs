@@ -269,3 +269,70 @@ fn pending_futures_are_dropped_at_context_cleanup() {
         report.log
     );
 }
+
+#[test]
+fn spawn_blocking_runs_off_the_loop_and_resolves_on_it() {
+    let dir = PluginDir::new("async-blocking");
+    dir.add("10-async.so", &async_probe(), "");
+    let host = dir.builder().workers(1).start().unwrap();
+    let r = host
+        .run_event(
+            Direction::Incoming,
+            Event::Message(json!({"blocking": 1000, "mime": "x"})),
+        )
+        .unwrap();
+    let l = lines(&r);
+    let line = l
+        .iter()
+        .find(|x| x.starts_with("blocking sum"))
+        .expect("blocking line");
+    assert!(
+        line.starts_with("blocking sum 500500 on mq-plugin-blocking-"),
+        "{line}"
+    );
+    assert!(line.ends_with("back on the loop: true"), "{line}");
+}
+
+#[test]
+fn spawn_local_runs_in_the_background_and_is_cancelled_at_cleanup() {
+    let dir = PluginDir::new("async-background");
+    dir.add("10-async.so", &async_probe(), "");
+    let host = dir.builder().workers(1).start().unwrap();
+    let r = host
+        .run_event(
+            Direction::Incoming,
+            Event::Message(json!({"background_ms": 20, "mime": "x"})),
+        )
+        .unwrap();
+    assert_eq!(
+        r.end,
+        ChainEnd::Finished,
+        "the hook does not wait for its background task"
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let done = |log: &[mq_host::LogRecord], text: &str| {
+        log.iter()
+            .filter(|l| l.text == format!("async-probe {text}"))
+            .count()
+    };
+    assert_eq!(
+        done(&host.log(), "background task done"),
+        1,
+        "{:#?}",
+        host.log()
+    );
+    // A task still running at shutdown is dropped then.
+    host.run_event(
+        Direction::Incoming,
+        Event::Message(json!({"background_ms": 60000, "mime": "x"})),
+    )
+    .unwrap();
+    let report = host.shutdown();
+    assert_eq!(done(&report.log, "background task done"), 1);
+    assert_eq!(
+        done(&report.log, "background task dropped"),
+        2,
+        "one finished, one cancelled: {:#?}",
+        report.log
+    );
+}

@@ -120,8 +120,29 @@ fn count() {
 }
 
 #[mq_hook(smtp_in_message, fallback = complete)]
-async fn message(msg: &mut Message) -> Result<Flow, String> {
+async fn message(ctx: &Context, msg: &mut Message) -> Result<Flow, String> {
     let json = msg.json().map_err(|e| e.to_string())?;
+    if let Some(n) = json["blocking"].as_u64() {
+        let loop_thread = std::thread::current().id();
+        let (sum, thread) = mq_plugin::task::spawn_blocking(move || {
+            let sum: u64 = (1..=n).sum();
+            (sum, std::thread::current().name().unwrap_or("?").to_owned())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let back_on_loop = std::thread::current().id() == loop_thread;
+        say(&format!(
+            "blocking sum {sum} on {thread}; back on the loop: {back_on_loop}"
+        ));
+    }
+    if let Some(ms) = json["background_ms"].as_u64() {
+        ctx.spawn_local(async move {
+            let _guard = Announce("background task dropped");
+            sleep(Duration::from_millis(ms)).await;
+            say("background task done");
+        })
+        .map_err(|e| e.to_string())?;
+    }
     let delay = json["delay_ms"].as_u64().unwrap_or(0);
     if delay > 0 {
         sleep(Duration::from_millis(delay)).await;
@@ -146,6 +167,15 @@ async fn close(conn: &Connection) -> Flow {
         None => say("close sees no connection data"),
     }
     Flow::Continue
+}
+
+/// Logs its text when dropped.
+struct Announce(&'static str);
+
+impl Drop for Announce {
+    fn drop(&mut self) {
+        say(self.0);
+    }
 }
 
 /// Logs when dropped: proves pending futures are dropped at cleanup.
