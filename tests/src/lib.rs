@@ -15,6 +15,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",
+    "mq-example-tarpit",
+    "mq-example-body-hash",
     "mq-test-abi-mismatch",
     "mq-host",
 ];
