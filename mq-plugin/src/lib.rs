@@ -72,6 +72,7 @@ mod handles;
 mod host;
 pub mod io;
 pub mod log;
+pub mod net;
 pub mod raw;
 pub mod sys;
 pub mod task;

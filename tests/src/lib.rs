@@ -17,6 +17,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-c-allowlist",
     "mq-example-tarpit",
     "mq-example-body-hash",
+    "mq-example-redis-allowlist",
     "mq-test-abi-mismatch",
     "mq-host",
 ];

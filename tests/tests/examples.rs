@@ -201,17 +201,33 @@ fn tarpit_slows_down_every_further_recipient() {
     let host = dir.start();
     let mut s = host.open(Direction::Incoming).unwrap();
     let first = s.run(Event::RcptTo("a@example.org".into())).unwrap();
-    assert!(!first.calls[0].took_control, "the first recipient goes through at once");
+    assert!(
+        !first.calls[0].took_control,
+        "the first recipient goes through at once"
+    );
     let second = s.run(Event::RcptTo("b@example.org".into())).unwrap();
     let third = s.run(Event::RcptTo("c@example.org".into())).unwrap();
     for (r, at_least) in [(&second, 100), (&third, 200)] {
         assert!(r.calls[0].took_control);
-        assert!(r.elapsed >= std::time::Duration::from_millis(at_least), "{:?}", r.elapsed);
-        assert_eq!(called(r), ["10-tarpit", "20-probe"], "then the chain goes on");
+        assert!(
+            r.elapsed >= std::time::Duration::from_millis(at_least),
+            "{:?}",
+            r.elapsed
+        );
+        assert_eq!(
+            called(r),
+            ["10-tarpit", "20-probe"],
+            "then the chain goes on"
+        );
     }
-    assert!(third.plugin_log().iter().any(|l| l.contains("waits 200ms (recipient #3)")));
+    assert!(third
+        .plugin_log()
+        .iter()
+        .any(|l| l.contains("waits 200ms (recipient #3)")));
     // A new connection starts over.
-    let r = host.run_event(Direction::Incoming, Event::RcptTo("d@example.org".into())).unwrap();
+    let r = host
+        .run_event(Direction::Incoming, Event::RcptTo("d@example.org".into()))
+        .unwrap();
     assert!(!r.calls[0].took_control);
 }
 
@@ -221,11 +237,15 @@ fn body_hash_stamps_the_sha256_computed_off_the_loop() {
     dir.add("10-hash.so", &plugin_so("mq-example-body-hash"), "");
     let host = dir.start();
     let r = run_message(&host);
-    assert!(r.calls[0].took_control, "the hash runs on the blocking pool");
+    assert!(
+        r.calls[0].took_control,
+        "the hash runs on the blocking pool"
+    );
     let mime = r.message.unwrap()["mime"].as_str().unwrap().to_owned();
     assert_eq!(
         mime,
-        "X-Body-SHA256: 4abbd0c3b88185ff440f37e2bbe2cf097bf9791bb5c2bbec7c6e6388d9596a81\r\n".to_owned()
+        "X-Body-SHA256: 4abbd0c3b88185ff440f37e2bbe2cf097bf9791bb5c2bbec7c6e6388d9596a81\r\n"
+            .to_owned()
             + message()["mime"].as_str().unwrap()
     );
 }

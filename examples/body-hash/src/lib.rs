@@ -17,7 +17,10 @@ mq_plugin::declare_plugin!();
 
 /// The lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[mq_hook(smtp_in_message)]
@@ -26,7 +29,9 @@ async fn stamp_digest(msg: &mut Message) -> Result<Flow, String> {
         log::warn!("message without MIME data: no digest");
         return Ok(Flow::Continue);
     };
-    let (digest, mime) = spawn_blocking(move || (sha256_hex(&mime), mime)).await.map_err(|e| e.to_string())?;
+    let (digest, mime) = spawn_blocking(move || (sha256_hex(&mime), mime))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut stamped = format!("X-Body-SHA256: {digest}\r\n").into_bytes();
     stamped.extend_from_slice(&mime);
     msg.set_mime(&stamped);
@@ -37,6 +42,9 @@ async fn stamp_digest(msg: &mut Message) -> Result<Flow, String> {
 mod tests {
     #[test]
     fn known_digest() {
-        assert_eq!(super::sha256_hex(b"test"), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        assert_eq!(
+            super::sha256_hex(b"test"),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
     }
 }

@@ -31,7 +31,10 @@ impl Tarpit {
     /// From the environment, with the defaults above.
     pub fn from_env() -> Tarpit {
         let ms = |name: &str, default: u64| {
-            std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
         };
         Tarpit {
             step: Duration::from_millis(ms("MQ_TARPIT_STEP_MS", 100)),
@@ -60,7 +63,11 @@ async fn slow_down(conn: &Connection, rcpt: &Address) -> Flow {
     seen.0.set(seen.0.get() + 1);
     let delay = tarpit().delay(seen.0.get());
     if !delay.is_zero() {
-        log::info!("tarpit: {:?} waits {delay:?} (recipient #{})", rcpt.email(), seen.0.get());
+        log::info!(
+            "tarpit: {:?} waits {delay:?} (recipient #{})",
+            rcpt.email(),
+            seen.0.get()
+        );
         sleep(delay).await;
     }
     Flow::Continue
@@ -72,7 +79,10 @@ mod tests {
 
     #[test]
     fn delays_grow_and_are_capped() {
-        let t = Tarpit { step: Duration::from_millis(100), max: Duration::from_millis(250) };
+        let t = Tarpit {
+            step: Duration::from_millis(100),
+            max: Duration::from_millis(250),
+        };
         let delays: Vec<u128> = (1..=5).map(|n| t.delay(n).as_millis()).collect();
         assert_eq!(delays, [0, 100, 200, 250, 250]);
         assert_eq!(t.delay(0), Duration::ZERO);

@@ -1,0 +1,181 @@
+//! Example plugin: a recipient allow-list kept in Redis, checked
+//! asynchronously (`smtp_in_rcptto`).
+//!
+//! For each `RCPT TO <user@domain>` it asks Redis, in one pipelined round
+//! trip, whether the set holds `user@domain` or `@domain` (lower case):
+//!
+//! ```text
+//! SISMEMBER mq:allowed-recipients user@domain
+//! SISMEMBER mq:allowed-recipients @domain
+//! ```
+//!
+//! A member goes on; anyone else gets `550 5.7.1 <address>: recipient not
+//! allowed` and the plugin completes the step. If Redis cannot answer
+//! within 500 ms the recipient gets `451 4.3.0` (try again later) — the
+//! message is deferred, never silently accepted.
+//!
+//! The lookup runs on the worker's event loop over
+//! `mq_plugin::net::TcpStream` (`AsyncRead`/`AsyncWrite`), so the worker
+//! serves its other connections meanwhile. Each worker keeps idle Redis
+//! connections in its context data for reuse.
+//!
+//! `MQ_REDIS_ADDR` (default `127.0.0.1:6379`) and `MQ_REDIS_SET` (default
+//! `mq:allowed-recipients`) configure it.
+
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use mq_plugin::net::TcpStream;
+use mq_plugin::prelude::*;
+use mq_plugin::time::timeout;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+mq_plugin::declare_plugin!();
+
+struct Config {
+    addr: Result<SocketAddr, String>,
+    set: String,
+}
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let addr = std::env::var("MQ_REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into());
+        Config {
+            addr: addr
+                .parse()
+                .map_err(|e| format!("MQ_REDIS_ADDR `{addr}` is not an address: {e}")),
+            set: std::env::var("MQ_REDIS_SET").unwrap_or_else(|_| "mq:allowed-recipients".into()),
+        }
+    })
+}
+
+/// Idle Redis connections of this worker.
+#[derive(Default)]
+struct Pool(RefCell<Vec<TcpStream>>);
+
+/// One RESP2 command as an array of bulk strings.
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+/// Parses `count` RESP2 integer replies (`:1\r\n`) from the front of
+/// `buf`; `Ok(None)` if more bytes are needed, `Err` for an error reply or
+/// anything unexpected.
+pub fn decode_integers(buf: &[u8], count: usize) -> Result<Option<Vec<i64>>, String> {
+    let mut values = Vec::with_capacity(count);
+    let mut rest = buf;
+    while values.len() < count {
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line =
+            std::str::from_utf8(&rest[..end]).map_err(|_| "a reply that is not text".to_owned())?;
+        match line.split_at_checked(1) {
+            Some((":", n)) => values.push(
+                n.parse()
+                    .map_err(|_| format!("a bad integer reply `{line}`"))?,
+            ),
+            Some(("-", e)) => return Err(format!("Redis answered an error: {e}")),
+            _ => return Err(format!("an unexpected reply `{line}`")),
+        }
+        rest = &rest[end + 2..];
+    }
+    Ok(Some(values))
+}
+
+async fn is_allowed(stream: &mut TcpStream, set: &str, email: &str) -> Result<bool, String> {
+    let email = email.to_ascii_lowercase();
+    let domain = email
+        .rsplit_once('@')
+        .map(|(_, d)| format!("@{d}"))
+        .unwrap_or_default();
+    let mut request = encode(&["SISMEMBER", set, &email]);
+    request.extend(encode(&["SISMEMBER", set, &domain]));
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| format!("writing to Redis: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some(replies) = decode_integers(&buf, 2)? {
+            return Ok(replies.contains(&1));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading from Redis: {e}"))?;
+        if n == 0 {
+            return Err("Redis closed the connection".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn lookup(ctx: &Context, email: &str) -> Result<bool, String> {
+    let config = config();
+    let pool = ctx.data_or_insert_with(Pool::default);
+    let idle = pool.0.borrow_mut().pop();
+    let mut stream = match idle {
+        Some(stream) => stream,
+        None => TcpStream::connect(config.addr.clone()?)
+            .await
+            .map_err(|e| format!("connecting to Redis: {e}"))?,
+    };
+    let allowed = is_allowed(&mut stream, &config.set, email).await?;
+    // Only a connection that answered cleanly goes back to the pool.
+    pool.0.borrow_mut().push(stream);
+    Ok(allowed)
+}
+
+#[mq_hook(smtp_in_rcptto)]
+async fn check(ctx: &Context, conn: &Connection, rcpt: &Address) -> Flow {
+    let email = rcpt.email().unwrap_or("");
+    match timeout(Duration::from_millis(500), lookup(ctx, email)).await {
+        Ok(Ok(true)) => Flow::Continue,
+        Ok(Ok(false)) => {
+            conn.send(format!("550 5.7.1 <{email}>: recipient not allowed\r\n").as_bytes());
+            Flow::Complete
+        }
+        Ok(Err(why)) => {
+            log::warn!("cannot check {email} in Redis: {why}; deferring it");
+            conn.send(b"451 4.3.0 recipient check unavailable, try again later\r\n");
+            Flow::Complete
+        }
+        Err(elapsed) => {
+            log::warn!("Redis did not answer for {email}: {elapsed}; deferring it");
+            conn.send(b"451 4.3.0 recipient check unavailable, try again later\r\n");
+            Flow::Complete
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_encoding() {
+        assert_eq!(
+            encode(&["SISMEMBER", "s", "a@b"]),
+            b"*3\r\n$9\r\nSISMEMBER\r\n$1\r\ns\r\n$3\r\na@b\r\n"
+        );
+    }
+
+    #[test]
+    fn resp_integer_replies() {
+        assert_eq!(decode_integers(b":1\r\n:0\r\n", 2), Ok(Some(vec![1, 0])));
+        assert_eq!(decode_integers(b":1\r\n:0", 2), Ok(None));
+        assert_eq!(decode_integers(b"", 1), Ok(None));
+        assert!(decode_integers(b"-WRONGTYPE x\r\n", 1)
+            .unwrap_err()
+            .contains("WRONGTYPE"));
+        assert!(decode_integers(b"+OK\r\n", 1).is_err());
+    }
+}

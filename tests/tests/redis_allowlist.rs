@@ -1,0 +1,146 @@
+//! The Redis allow-list example against a real redis-server on loopback:
+//! async lookups over the framework's TCP stream, many at once, and a
+//! deferral (451) when Redis goes away.
+
+use mq_e2e::*;
+use mq_host::{ChainEnd, Direction, Event};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn command(&self, args: &[&str]) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = [0u8; 64];
+        let n = s.read(&mut reply).unwrap();
+        String::from_utf8_lossy(&reply[..n]).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn recipients_are_checked_in_redis() {
+    let mut redis = Redis::start();
+    assert_eq!(
+        redis.command(&[
+            "SADD",
+            "mq:allowed-recipients",
+            "boss@partner.example",
+            "@ours.example"
+        ]),
+        ":2\r\n"
+    );
+    std::env::set_var("MQ_REDIS_ADDR", format!("127.0.0.1:{}", redis.port));
+    let dir = PluginDir::new("redis");
+    dir.add("10-redis.so", &plugin_so("mq-example-redis-allowlist"), "");
+    dir.add("20-probe.so", &c_probe(), "");
+    let host = dir.builder().workers(2).start().unwrap();
+    let rcpt = |email: &str| {
+        host.run_event(Direction::Incoming, Event::RcptTo(email.into()))
+            .unwrap()
+    };
+
+    for ok in ["Boss@Partner.example", "anyone@ours.example"] {
+        let r = rcpt(ok);
+        assert_eq!(r.end, ChainEnd::Finished, "{ok}: {:#?}", r.log);
+        assert!(r.calls[0].took_control, "the lookup is asynchronous");
+        assert_eq!(called(&r), ["10-redis", "20-probe"]);
+    }
+    let r = rcpt("stranger@example.net");
+    assert_eq!(
+        r.end,
+        ChainEnd::Completed {
+            plugin: "10-redis".into()
+        }
+    );
+    assert_eq!(
+        r.reply().as_deref(),
+        Some("550 5.7.1 <stranger@example.net>: recipient not allowed")
+    );
+
+    // Many lookups at once, on pooled connections.
+    let sessions: Vec<_> = (0..200)
+        .map(|i| {
+            let s = host.open(Direction::Incoming).unwrap();
+            let email = if i % 2 == 0 {
+                format!("u{i}@ours.example")
+            } else {
+                format!("u{i}@other.example")
+            };
+            let pending = s.submit(Event::RcptTo(email)).unwrap();
+            (s, pending, i % 2 == 0)
+        })
+        .collect();
+    for (s, pending, allowed) in sessions {
+        let r = pending.wait().unwrap();
+        assert_eq!(r.refused(), !allowed, "{:?}", r.reply());
+        drop(s);
+    }
+
+    // Redis goes away: recipients are deferred, not accepted.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    for _ in 0..2 {
+        let r = rcpt("boss@partner.example");
+        assert_eq!(
+            r.reply().as_deref(),
+            Some("451 4.3.0 recipient check unavailable, try again later"),
+            "{:#?}",
+            r.log
+        );
+        assert_eq!(
+            r.end,
+            ChainEnd::Completed {
+                plugin: "10-redis".into()
+            }
+        );
+    }
+    assert_eq!(host.counters().double_resumes, 0);
+}
