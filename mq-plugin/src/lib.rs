@@ -42,7 +42,9 @@
 //! | `Flow::Retry`                | `true`             | `MQ_retry` once      |
 //! | `Err(e)` or a panic          | the fallback flow, logged with plugin and hook |
 //!
-//! A panic never unwinds into the host.
+//! A panic never unwinds into the host. Hooks may also be `async fn`: see
+//! [`control_flow`] for the whole model, with the same plugin in C and in
+//! async Rust side by side.
 //!
 //! ## Hooks and their parameters
 //!
@@ -63,6 +65,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod control_flow;
 mod boundary;
 mod data;
 mod executor;
