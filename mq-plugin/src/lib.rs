@@ -65,8 +65,8 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-pub mod control_flow;
 mod boundary;
+pub mod control_flow;
 mod data;
 mod executor;
 mod fd;
