@@ -77,13 +77,14 @@ fn mock_context(ctx: *mut MQ_Context) -> &'static MockContext {
         c.borrow()
             .iter()
             .copied()
-            .find(|p| *p as usize == ctx as usize)
+            .find(|p| std::ptr::eq(*p as *const u8, ctx as *const u8))
     });
     // SAFETY: registered by `context()`; the boxes live until the test ends.
     unsafe { &*found.expect("a context of this test") }
 }
 
 unsafe extern "C" fn log(_p: c_int, text: *const c_char) {
+    // SAFETY: the plugin passes a NUL-terminated string.
     let text = unsafe { std::ffi::CStr::from_ptr(text) }
         .to_string_lossy()
         .into_owned();
@@ -253,6 +254,7 @@ fn turn() {
     });
     for t in due {
         MOCK.with(|m| m.timer_fires.set(m.timer_fires.get() + 1));
+        // SAFETY: the callback and data a plugin registered.
         unsafe { (t.cb)(t.data) };
     }
     let watches: Vec<(usize, c_int, c_int, _, *mut c_void)> = MOCK.with(|m| {
@@ -274,7 +276,9 @@ fn turn() {
             },
             revents: 0,
         };
+        // SAFETY: polling one valid pollfd without blocking.
         if cfg!(miri) || unsafe { libc::poll(&mut p, 1, 0) } == 1 {
+            // SAFETY: the callback and data a plugin registered.
             unsafe { cb(id as *mut MQ_IOWatcher, fd, MQ_READ, data) };
         }
     }
@@ -308,6 +312,7 @@ thread_local! {
 fn call_hook<F: Future<Output = Flow> + 'static>(ctx: &MockContext, future: F) -> bool {
     attach_mock_host();
     MOCK.with(|m| m.in_hook.set(true));
+    // SAFETY: the arguments of a hook call the mock keeps alive.
     let took = unsafe {
         rt::hook_async(
             &META,
@@ -333,13 +338,16 @@ fn context() -> &'static MockContext {
 /// context's data (and executor); then the mock frees its context and
 /// fires what is left on its loop (nothing may resume after cleanup).
 fn cleanup(ctx: &'static MockContext) {
+    // SAFETY: a live context of this test.
     unsafe { rt::context_cleanup_entry(None, ctx as *const _ as *mut MQ_Context) };
     assert!(ctx.data.get().is_null(), "the framework cleared its slot");
     let leftover: Vec<Timer> = MOCK.with(|m| m.timers.borrow_mut().drain(..).collect());
     for t in leftover {
+        // SAFETY: the callback and data a plugin registered.
         unsafe { (t.cb)(t.data) };
     }
-    CONTEXTS.with(|c| c.borrow_mut().retain(|p| *p != ctx as *const _));
+    CONTEXTS.with(|c| c.borrow_mut().retain(|p| !std::ptr::eq(*p, ctx)));
+    // SAFETY: the box leaked by `context()`, no longer registered.
     drop(unsafe { Box::from_raw(ctx as *const MockContext as *mut MockContext) });
 }
 
@@ -362,7 +370,7 @@ impl Future for YieldOnce {
 #[test]
 fn a_ready_future_does_not_take_control() {
     let ctx = context();
-    assert!(!call_hook(&ctx, async { Flow::Continue }));
+    assert!(!call_hook(ctx, async { Flow::Continue }));
     run_until(Duration::from_millis(20), || false);
     assert!(resumes().is_empty());
     cleanup(ctx);
@@ -371,7 +379,7 @@ fn a_ready_future_does_not_take_control() {
 #[test]
 fn a_pending_future_resumes_exactly_once_on_the_loop() {
     let ctx = context();
-    assert!(call_hook(&ctx, async {
+    assert!(call_hook(ctx, async {
         YieldOnce(false).await;
         Flow::Complete
     }));
@@ -387,7 +395,7 @@ fn a_pending_future_resumes_exactly_once_on_the_loop() {
 fn sleep_uses_host_timers() {
     let ctx = context();
     let start = Instant::now();
-    assert!(call_hook(&ctx, async {
+    assert!(call_hook(ctx, async {
         mq_plugin::time::sleep(Duration::from_millis(30)).await;
         Flow::Retry
     }));
@@ -416,7 +424,7 @@ fn a_wake_from_another_thread_is_polled_on_the_loop() {
     let ctx = context();
     let state: std::sync::Arc<std::sync::Mutex<(bool, Option<Waker>)>> = Default::default();
     let remote = state.clone();
-    assert!(call_hook(&ctx, async move {
+    assert!(call_hook(ctx, async move {
         FromThread(state).await;
         Flow::Continue
     }));
@@ -439,7 +447,7 @@ fn a_wake_from_another_thread_is_polled_on_the_loop() {
 #[test]
 fn a_panic_takes_the_fallback_and_is_logged() {
     let ctx = context();
-    assert!(call_hook(&ctx, async {
+    assert!(call_hook(ctx, async {
         YieldOnce(false).await;
         panic!("boom");
     }));
@@ -459,7 +467,7 @@ fn one_loop_pass_polls_at_most_the_budget() {
     let polled = Rc::new(Cell::new(0usize));
     for _ in 0..200 {
         let polled = polled.clone();
-        call_hook(&ctx, async move {
+        call_hook(ctx, async move {
             YieldOnce(false).await;
             polled.set(polled.get() + 1);
             Flow::Continue
@@ -470,6 +478,7 @@ fn one_loop_pass_polls_at_most_the_budget() {
     let fires_before = MOCK.with(|m| m.timer_fires.get());
     let due: Vec<Timer> = MOCK.with(|m| m.timers.borrow_mut().drain(..).collect());
     assert_eq!(due.len(), 1, "one notification for many wakes");
+    // SAFETY: the executor's own timer callback and data.
     unsafe { (due[0].cb)(due[0].data) };
     assert_eq!(polled.get(), rt::POLL_BUDGET_FOR_TESTS);
     run_until(Duration::from_secs(2), || polled.get() == 200);
@@ -492,7 +501,7 @@ fn context_cleanup_drops_pending_futures_without_resuming() {
     let ctx = context();
     let dropped = Rc::new(Cell::new(false));
     let guard = Guard(dropped.clone());
-    assert!(call_hook(&ctx, async move {
+    assert!(call_hook(ctx, async move {
         let _guard = guard;
         std::future::pending::<()>().await;
         Flow::Continue
