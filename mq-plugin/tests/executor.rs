@@ -511,3 +511,37 @@ fn context_cleanup_drops_pending_futures_without_resuming() {
     run_until(Duration::from_millis(20), || false);
     assert!(resumes().is_empty());
 }
+
+#[test]
+fn interval_ticks_and_timeout_lets_a_fast_future_through() {
+    let ctx = context();
+    let ticks = Rc::new(Cell::new(0u32));
+    let counted = ticks.clone();
+    let start = Instant::now();
+    assert!(call_hook(ctx, async move {
+        let mut interval = mq_plugin::time::interval(Duration::from_millis(10));
+        for _ in 0..3 {
+            interval.tick().await;
+            counted.set(counted.get() + 1);
+        }
+        let fast = mq_plugin::time::timeout(Duration::from_secs(5), async { 7 }).await;
+        let slow = mq_plugin::time::timeout(
+            Duration::from_millis(5),
+            mq_plugin::time::sleep(Duration::from_secs(5)),
+        )
+        .await;
+        if fast == Ok(7) && slow.is_err() {
+            Flow::Complete
+        } else {
+            Flow::Retry
+        }
+    }));
+    run_until(Duration::from_secs(2), || !resumes().is_empty());
+    assert_eq!(ticks.get(), 3);
+    assert!(
+        start.elapsed() >= Duration::from_millis(20),
+        "ticks at 0, 10 and 20 ms"
+    );
+    assert_eq!(resumes(), ["complete"]);
+    cleanup(ctx);
+}
