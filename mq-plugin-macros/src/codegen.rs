@@ -84,12 +84,7 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
             quote!(Connection),
         ),
         Shape::Authenticate => {
-            let (l, ll, p, pl) = (
-                format_ident!("__mq_login", span = span),
-                format_ident!("__mq_login_size", span = span),
-                format_ident!("__mq_password", span = span),
-                format_ident!("__mq_password_size", span = span),
-            );
+            let [l, ll, p, pl] = credential_params();
             (
                 quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
                        #l: *const ::core::ffi::c_char, #ll: usize, #p: *const ::core::ffi::c_char, #pl: usize),
@@ -199,12 +194,7 @@ fn async_body(
     let argument = match plan.hook.shape {
         Shape::Connection => quote!(()),
         Shape::Authenticate => {
-            let (l, ll, p, pl) = (
-                format_ident!("__mq_login", span = span),
-                format_ident!("__mq_login_size", span = span),
-                format_ident!("__mq_password", span = span),
-                format_ident!("__mq_password_size", span = span),
-            );
+            let [l, ll, p, pl] = credential_params();
             quote!(::mq_plugin::Credentials::from_raw(#l, #ll, #p, #pl))
         }
         Shape::Address => quote!(::mq_plugin::Address::from_raw(#third)),
@@ -227,4 +217,17 @@ fn async_body(
             #user_fn(#(#args),*).await
         })
     }
+}
+
+/// The C parameter names of `smtp_in_authenticate`'s credentials: login,
+/// login size, password, password size.
+fn credential_params() -> [syn::Ident; 4] {
+    let span = Span::mixed_site();
+    [
+        "__mq_login",
+        "__mq_login_size",
+        "__mq_password",
+        "__mq_password_size",
+    ]
+    .map(|n| format_ident!("{n}", span = span))
 }
