@@ -368,7 +368,7 @@ pub unsafe fn smtp_in_close_entry(
 
 pub use crate::executor::TaskCache;
 
-/// [`crate::executor::POLL_BUDGET`], for the executor's tests.
+/// How many tasks one executor loop callback polls at most (for the executor's tests).
 pub const POLL_BUDGET_FOR_TESTS: usize = crate::executor::POLL_BUDGET;
 
 /// The MIME bytes of `smtp_in_data` for an async hook's future.
