@@ -191,6 +191,14 @@ fn async_body(
         format_ident!("__mq_h_argument", span = span),
     );
     let cache = format_ident!("__MQ_TASKS", span = span);
+    let future = quote!(async move {
+        let #ha = #ha;
+        #user_fn(#(#args),*).await
+    });
+    let future = match plan.deadline_ms {
+        Some(ms) => quote!(#rt::with_deadline(::core::time::Duration::from_millis(#ms), #future)),
+        None => future,
+    };
     let argument = match plan.hook.shape {
         Shape::Connection => quote!(()),
         Shape::Authenticate => {
@@ -212,10 +220,7 @@ fn async_body(
         let #hc: &'static ::mq_plugin::Context = ::mq_plugin::Context::from_raw(#ctx);
         let #hn: &'static ::mq_plugin::Connection = ::mq_plugin::Connection::from_raw(#conn);
         let #ha = #argument;
-        #rt::hook_async(&#meta, &#cache, #ctx, #conn, async move {
-            let #ha = #ha;
-            #user_fn(#(#args),*).await
-        })
+        #rt::hook_async(&#meta, &#cache, #ctx, #conn, #future)
     }
 }
 

@@ -17,13 +17,13 @@ mod declare;
 mod diag;
 mod validate;
 
-/// Makes a function a MailerQ hook. See the `mq_plugin::mq_hook` docs.
+/// Makes a function a MailerQ hook (documented on `mq_plugin::mq_hook`).
 #[proc_macro_attribute]
 pub fn mq_hook(attr: TokenStream, item: TokenStream) -> TokenStream {
     codegen::expand_hook(attr.into(), item.into()).into()
 }
 
-/// Declares the crate a MailerQ plugin. See the `mq_plugin::declare_plugin` docs.
+/// Declares the crate a MailerQ plugin (documented on `mq_plugin::declare_plugin`).
 #[proc_macro]
 pub fn declare_plugin(input: TokenStream) -> TokenStream {
     declare::expand(input.into()).into()

@@ -17,6 +17,8 @@ pub(crate) struct Plan {
     pub(crate) params: Vec<RustParam>,
     /// An `async fn`: lowered through the executor.
     pub(crate) is_async: bool,
+    /// `deadline = ".."` in milliseconds (async hooks only).
+    pub(crate) deadline_ms: Option<u64>,
 }
 
 /// Collects errors so that all are reported together.
@@ -43,7 +45,7 @@ impl Errors {
 pub(crate) fn validate(args: &HookArgs, func: &ItemFn) -> syn::Result<Plan> {
     let mut errors = Errors::default();
     let hook = check_hook_name(args, func, &mut errors);
-    let fallback = check_options(args, hook, &mut errors);
+    let options = check_options(args, hook, func, &mut errors);
     check_signature(func, hook, &mut errors);
     let params = hook
         .map(|h| check_params(h, func, &mut errors))
@@ -51,9 +53,10 @@ pub(crate) fn validate(args: &HookArgs, func: &ItemFn) -> syn::Result<Plan> {
     match hook {
         Some(hook) => errors.into_result(Plan {
             hook,
-            fallback,
+            fallback: options.fallback,
             params,
             is_async: func.sig.asyncness.is_some(),
+            deadline_ms: options.deadline_ms,
         }),
         None => Err(errors.0.expect("a missing hook was reported")),
     }
@@ -100,12 +103,22 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The options as checked: the fallback flow and the deadline in ms.
+struct Options {
+    fallback: &'static str,
+    deadline_ms: Option<u64>,
+}
+
 fn check_options(
     args: &HookArgs,
     hook: Option<&'static Hook>,
+    func: &ItemFn,
     errors: &mut Errors,
-) -> &'static str {
-    let mut fallback = "Continue";
+) -> Options {
+    let mut options = Options {
+        fallback: "Continue",
+        deadline_ms: None,
+    };
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in &args.options {
         let k = key.to_string();
@@ -114,28 +127,67 @@ fn check_options(
             continue;
         }
         seen.push(k.clone());
+        let lifecycle = hook.is_some_and(|h| !h.may_take_control);
         match k.as_str() {
             "fallback" => {
-                if hook.is_some_and(|h| !h.may_take_control) {
+                if lifecycle {
                     errors.push(key.span(), "`fallback` applies to SMTP hooks only: lifecycle hooks cannot take control");
                 }
                 match flow_name(value) {
-                    Some(f) => fallback = f,
+                    Some(f) => options.fallback = f,
                     None => errors.push(
                         value.span(),
                         "`fallback` is one of `continue`, `complete` or `retry`",
                     ),
                 }
             }
+            "deadline" => {
+                if func.sig.asyncness.is_none() || lifecycle {
+                    errors.push(
+                        key.span(),
+                        "`deadline` applies to `async fn` SMTP hooks only: a plain `fn` returns before the host goes on",
+                    );
+                }
+                match duration_ms(value) {
+                    Some(ms) => options.deadline_ms = Some(ms),
+                    None => errors.push(
+                        value.span(),
+                        "`deadline` is a duration in a string, such as `\"500ms\"` or `\"2s\"`",
+                    ),
+                }
+            }
             other => {
-                let hint = did_you_mean(other, ["fallback"])
+                let hint = did_you_mean(other, ["fallback", "deadline"])
                     .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_else(|| "; the options are `fallback`".to_owned());
+                    .unwrap_or_else(|| "; the options are `fallback` and `deadline`".to_owned());
                 errors.push(key.span(), format!("unknown option `{other}`{hint}"));
             }
         }
     }
-    fallback
+    options
+}
+
+/// `"500ms"`, `"2s"`, `"1.5s"` in milliseconds (at least 1).
+fn duration_ms(value: &Expr) -> Option<u64> {
+    let Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Str(s),
+        ..
+    }) = value
+    else {
+        return None;
+    };
+    let text = s.value();
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let ms = (value * scale).round();
+    (value.is_finite() && ms >= 1.0 && ms <= u64::MAX as f64).then_some(ms as u64)
 }
 
 fn flow_name(value: &Expr) -> Option<&'static str> {
@@ -145,6 +197,8 @@ fn flow_name(value: &Expr) -> Option<&'static str> {
             lit: syn::Lit::Str(s),
             ..
         }) => s.value(),
+        // `continue` is a keyword: it parses as a `continue` expression.
+        Expr::Continue(c) if c.label.is_none() => "continue".to_owned(),
         _ => return None,
     };
     match text.to_ascii_lowercase().as_str() {

@@ -96,7 +96,10 @@ pub use flow::{Flow, HookReturn, LifecycleReturn};
 pub use handles::{Address, Connection, Context, Credentials, JsonError, Message};
 pub use host::uses_host_table;
 pub use mq_hook_table as hook_table;
-pub use mq_plugin_macros::{declare_plugin, mq_hook};
+#[doc = include_str!("../docs/declare_plugin.md")]
+pub use mq_plugin_macros::declare_plugin;
+#[doc = include_str!("../docs/mq_hook.md")]
+pub use mq_plugin_macros::mq_hook;
 pub use timer::Timer;
 
 /// The host could not do what was asked (a host function returned nothing).
@@ -116,4 +119,36 @@ pub mod prelude {
     pub use crate::{
         declare_plugin, mq_hook, Address, Connection, Context, Credentials, Flow, Interest, Message,
     };
+}
+
+#[cfg(test)]
+mod doc_tests {
+    /// The `#[mq_hook]` reference follows the hook table: every hook, its
+    /// symbol and its parameters.
+    #[test]
+    fn mq_hook_docs_list_every_hook_of_the_table() {
+        let docs = include_str!("../docs/mq_hook.md");
+        for hook in mq_hook_table::HOOKS {
+            let params = hook
+                .shape
+                .rust_params()
+                .iter()
+                .map(|p| format!("`{}`", p.rust_type()))
+                .collect::<Vec<_>>();
+            let params = if params.is_empty() {
+                "—".to_owned()
+            } else {
+                params.join(", ")
+            };
+            let row = format!("| `{}` | `{}` |", hook.name, hook.symbol);
+            let line = docs
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("no row for {}", hook.name));
+            assert!(
+                line.trim_end().ends_with(&format!("| {params} |")),
+                "{line}"
+            );
+        }
+    }
 }

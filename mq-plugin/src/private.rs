@@ -368,6 +368,34 @@ pub unsafe fn smtp_in_close_entry(
 
 pub use crate::executor::TaskCache;
 
+/// What a hook with `deadline = ".."` produced.
+pub enum Deadline<R> {
+    /// The hook finished in time.
+    Done(R),
+    /// The deadline passed first; the future was dropped.
+    Elapsed(crate::time::Elapsed),
+}
+
+impl<R: HookReturn> HookReturn for Deadline<R> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Deadline::Done(value) => value.into_outcome(),
+            Deadline::Elapsed(e) => Outcome::Failed(format!("its deadline passed ({e})")),
+        }
+    }
+}
+
+/// Runs an async hook's future for at most `limit` (`deadline = ".."`).
+pub async fn with_deadline<F: std::future::Future>(
+    limit: std::time::Duration,
+    future: F,
+) -> Deadline<F::Output> {
+    match crate::time::timeout(limit, future).await {
+        Ok(value) => Deadline::Done(value),
+        Err(elapsed) => Deadline::Elapsed(elapsed),
+    }
+}
+
 /// How many tasks one executor loop callback polls at most (for the executor's tests).
 pub const POLL_BUDGET_FOR_TESTS: usize = crate::executor::POLL_BUDGET;
 

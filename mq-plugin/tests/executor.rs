@@ -545,3 +545,46 @@ fn interval_ticks_and_timeout_lets_a_fast_future_through() {
     assert_eq!(resumes(), ["complete"]);
     cleanup(ctx);
 }
+
+#[test]
+fn a_deadline_drops_the_future_and_takes_the_fallback() {
+    let ctx = context();
+    let dropped = Rc::new(Cell::new(false));
+    let guard = Guard(dropped.clone());
+    let start = Instant::now();
+    attach_mock_host();
+    MOCK.with(|m| m.in_hook.set(true));
+    let future = rt::with_deadline(Duration::from_millis(20), async move {
+        let _guard = guard;
+        mq_plugin::time::sleep(Duration::from_secs(10)).await;
+        Flow::Retry
+    });
+    // SAFETY: the arguments of a hook call the mock keeps alive.
+    let took = unsafe {
+        rt::hook_async(
+            &META,
+            &DEADLINE_CACHE,
+            ctx as *const _ as *mut MQ_Context,
+            8 as *mut MQ_Connection,
+            future,
+        )
+    };
+    MOCK.with(|m| m.in_hook.set(false));
+    assert!(took);
+    run_until(Duration::from_secs(2), || !resumes().is_empty());
+    assert_eq!(resumes(), ["complete"], "META's fallback");
+    assert!(dropped.get(), "the slow future was dropped");
+    assert!(
+        start.elapsed() >= Duration::from_millis(20) && start.elapsed() < Duration::from_secs(5)
+    );
+    assert!(MOCK.with(|m| m
+        .log
+        .borrow()
+        .iter()
+        .any(|l| l.contains("failed: its deadline passed (timed out after 20ms)"))));
+    cleanup(ctx);
+}
+
+thread_local! {
+    static DEADLINE_CACHE: TaskCache = const { TaskCache::new() };
+}

@@ -41,7 +41,13 @@ async fn out_data(msg: &mut Message) -> Flow {
     Flow::Complete
 }
 
-#[mq_hook(smtp_in_close)]
+#[mq_hook(smtp_in_close, deadline = "1.5s", fallback = continue)]
 async fn close() {}
+
+#[mq_hook(smtp_out_sent, deadline = "250ms", fallback = Flow::Complete)]
+async fn out_sent(msg: &Message) -> Flow {
+    let _ = msg.recipient();
+    Flow::Continue
+}
 
 fn main() {}
