@@ -61,9 +61,35 @@ pub(crate) fn host_api() -> HostApiRef {
             local: MQ_local,
             set_local: MQ_setLocal,
             email: MQ_email,
+            refuse_start,
         }
         .leak_into_prefix()
     })
+}
+
+thread_local! {
+    /// The reason a plugin gave, during `mq_initialize` on this thread, for
+    /// refusing the start.
+    static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Table-only extension: a Rust plugin's failed `mq_initialize` refuses the
+/// start of the host that is initializing it on this thread.
+unsafe extern "C" fn refuse_start(reason: *const c_char) {
+    let reason = if reason.is_null() {
+        "(no reason given)".to_owned()
+    } else {
+        // SAFETY: a NUL-terminated string from the plugin runtime.
+        unsafe { CStr::from_ptr(reason) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let _ = REFUSAL.try_with(|r| r.borrow_mut().get_or_insert(reason).clone());
+}
+
+/// Takes the refusal recorded on this thread, if any.
+pub(crate) fn take_start_refusal() -> Option<String> {
+    REFUSAL.try_with(|r| r.borrow_mut().take()).ok().flatten()
 }
 
 /// Whether the running executable exports the `MQ_*` symbols, so that a C

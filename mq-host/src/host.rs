@@ -118,7 +118,14 @@ impl HostBuilder {
             retry_limit: self.retry_limit,
         };
         let shared = Arc::new(Shared::new(plugins, limits, log));
-        run_global_hook(&shared, "initialize");
+        if let Err((plugin, reason)) = initialize(&shared) {
+            let info = &shared.plugins[plugin].info;
+            return Err(StartError::Refused {
+                file: info.file.clone(),
+                plugin: info.name.clone(),
+                reason,
+            });
+        }
         let mut workers = Vec::with_capacity(self.workers);
         for id in 0..self.workers {
             match WorkerHandle::spawn(id, Arc::clone(&shared)) {
@@ -159,6 +166,15 @@ pub enum StartError {
     Load(LoadError),
     /// A worker thread could not start.
     Worker(String),
+    /// A plugin's `mq_initialize` failed and refused the start.
+    Refused {
+        /// The plugin's file.
+        file: PathBuf,
+        /// The plugin's name.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -166,6 +182,13 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Load(e) => write!(f, "{e}"),
             StartError::Worker(e) => write!(f, "{e}"),
+            StartError::Refused { file, reason, .. } => {
+                write!(
+                    f,
+                    "{}: mq_initialize failed, so the host does not start: {reason}",
+                    file.display()
+                )
+            }
         }
     }
 }
@@ -274,6 +297,37 @@ impl Host {
 
 /// Runs `mq_initialize` or `mq_cleanup` of every plugin, in order, on this
 /// thread; their `MQ_log` lines go to this host's log.
+/// Runs every plugin's `mq_initialize` in order; stops at the first that
+/// refuses the start (a Rust plugin whose `initialize` hook failed) and runs
+/// `mq_cleanup` of those initialized before it.
+fn initialize(shared: &Shared) -> Result<(), (usize, String)> {
+    let _scope = crate::hostlog::CallerScope::enter(&shared.log);
+    crate::capi::take_start_refusal();
+    let hooks = shared.hook_fns("initialize");
+    for (done, &(plugin, hook)) in hooks.iter().enumerate() {
+        let HookFn::Global(f) = hook else {
+            unreachable!("initialize has the global shape")
+        };
+        Counters::bump(&shared.counters.hook_calls);
+        // SAFETY: the plugin's `void mq_initialize(void)`.
+        unsafe { f() };
+        if let Some(reason) = crate::capi::take_start_refusal() {
+            let initialized: Vec<usize> = hooks[..done].iter().map(|(p, _)| *p).collect();
+            for (p, cleanup) in shared.hook_fns("cleanup") {
+                if initialized.contains(&p) {
+                    let HookFn::Global(f) = cleanup else {
+                        unreachable!("cleanup has the global shape")
+                    };
+                    // SAFETY: the plugin's `void mq_cleanup(void)`.
+                    unsafe { f() };
+                }
+            }
+            return Err((plugin, reason));
+        }
+    }
+    Ok(())
+}
+
 fn run_global_hook(shared: &Shared, name: &str) {
     let _scope = crate::hostlog::CallerScope::enter(&shared.log);
     for (_, hook) in shared.hook_fns(name) {

@@ -181,6 +181,11 @@ pub struct HostApi {
     pub set_local: unsafe extern "C" fn(*mut MQ_Message, bool),
     #[sabi(last_prefix_field)]
     pub email: unsafe extern "C" fn(*mut MQ_Address) -> *const c_char,
+    /// Not in MailerQ's API: a plugin whose `mq_initialize` failed asks the
+    /// host not to start, with the reason. Added after the prefix, so read
+    /// it with `refuse_start()`: `None` in hosts without it.
+    #[sabi(missing_field(option))]
+    pub refuse_start: unsafe extern "C" fn(*const c_char),
 }
 
 #[cfg(test)]

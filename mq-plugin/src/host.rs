@@ -29,6 +29,8 @@ pub(crate) struct HostFns {
     pub(crate) json_repr: JsonRepr,
     /// True when the functions came from `mq-host`'s table.
     pub(crate) from_table: bool,
+    /// `mq-host`'s extension for a failed `mq_initialize`, when offered.
+    pub(crate) refuse_start: Option<unsafe extern "C" fn(*const c_char)>,
 }
 
 static HOST: OnceLock<HostFns> = OnceLock::new();
@@ -47,6 +49,7 @@ pub(crate) fn attach(api: HostApiRef) {
         api: HostApiShim::from_table(api),
         json_repr: JsonRepr::Text,
         from_table: true,
+        refuse_start: api.refuse_start(),
     });
 }
 
@@ -195,6 +198,7 @@ impl HostFns {
             api: HostApiShim::from_globals_fns(),
             json_repr,
             from_table: false,
+            refuse_start: None,
         }
     }
 }

@@ -196,10 +196,27 @@ unsafe extern "C" fn resume_from_loop(data: *mut c_void) {
 
 pub unsafe fn global<R: LifecycleReturn>(meta: &HookMeta, f: impl FnOnce() -> R) {
     enter(meta);
-    match catch(|| f().into_result()) {
-        Ok(Ok(())) => {}
-        Ok(Err(message)) => report_failure(meta, "failed", &message, "the plugin may not work"),
-        Err(message) => report_failure(meta, "panicked", &message, "the plugin may not work"),
+    let (what, message) = match catch(|| f().into_result()) {
+        Ok(Ok(())) => return,
+        Ok(Err(message)) => ("failed", message),
+        Err(message) => ("panicked", message),
+    };
+    // A failed mq_initialize stops mq-host from starting; MailerQ cannot be
+    // told, so there it is logged only.
+    let refuse = (meta.hook.name == "initialize")
+        .then(|| host().refuse_start)
+        .flatten();
+    let consequence = if refuse.is_some() {
+        "the host will not start"
+    } else {
+        "the plugin may not work"
+    };
+    report_failure(meta, what, &message, consequence);
+    if let Some(refuse) = refuse {
+        let reason =
+            std::ffi::CString::new(message.replace('\0', "\\0")).expect("NUL bytes were replaced");
+        // SAFETY: mq-host's function, with a NUL-terminated string it copies.
+        unsafe { refuse(reason.as_ptr()) };
     }
 }
 

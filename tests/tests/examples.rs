@@ -249,3 +249,22 @@ fn body_hash_stamps_the_sha256_computed_off_the_loop() {
             + message()["mime"].as_str().unwrap()
     );
 }
+
+#[test]
+fn a_failed_initialize_stops_the_host_with_the_reason() {
+    let missing = std::env::temp_dir().join("mq-e2e-no-such-allowlist.txt");
+    let out = std::process::Command::new(host_binary())
+        .env("MQ_ALLOWLIST_FILE", &missing)
+        .args(["run", "--quiet", "--plugin"])
+        .arg(plugin_so("mq-example-allowlist"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "libmq_example_allowlist.so: mq_initialize failed, so the host does not start: cannot read allow-list {}: No such file or directory",
+        missing.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}

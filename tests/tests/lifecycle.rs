@@ -87,3 +87,30 @@ fn initialize_sees_all_plugins_loaded_first() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rust_plugin_whose_initialize_fails_stops_the_start() {
+    let dir = PluginDir::new("lifecycle-init-fails");
+    dir.add("10-a.so", &c_probe(), "");
+    dir.add("20-b.so", &rust_probe(), "initialize fail\n");
+    dir.add("30-c.so", &c_probe(), "");
+    let err = dir.builder().start().err().expect("refused");
+    match &err {
+        mq_host::StartError::Refused { plugin, reason, .. } => {
+            assert_eq!(plugin, "20-b");
+            assert_eq!(reason, "probe 20-b refuses to start as planned");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().ends_with("20-b.so: mq_initialize failed, so the host does not start: probe 20-b refuses to start as planned"));
+    // The same plugin in MailerQ's mode cannot refuse: it logs and runs.
+    // (Fresh copies: a loaded file keeps the host table it was given.)
+    let dir = PluginDir::new("lifecycle-init-fails-globals");
+    dir.add("20-b.so", &rust_probe(), "initialize fail\n");
+    let host = dir
+        .builder()
+        .mode(mq_host::HostMode::GlobalSymbolsOnly)
+        .start()
+        .unwrap();
+    assert!(host.log().iter().any(|l| l.text.contains("hook initialize (fn initialize) failed: probe 20-b refuses to start as planned; the plugin may not work")));
+}

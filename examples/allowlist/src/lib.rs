@@ -5,7 +5,8 @@
 //! whole domain, anything else one exact address; matching ignores ASCII
 //! case. Without the variable the built-in list is `@example.com`,
 //! `@example.org` and `postmaster@localhost`. A file that cannot be read
-//! makes the plugin refuse every recipient (fail closed) and says why.
+//! fails `initialize` with the reason: `mq-host` then refuses to start, and
+//! in MailerQ (which cannot be told) the plugin refuses every recipient.
 //!
 //! A refused recipient gets `550 5.7.1 <address>: recipient not on the
 //! allow-list` and the plugin completes the step, so later plugins are
@@ -68,7 +69,7 @@ fn load() -> Result<(), String> {
             Err(e) => {
                 let _ = LIST.set(AllowList::default());
                 return Err(format!(
-                    "cannot read allow-list {}: {e}; refusing every recipient",
+                    "cannot read allow-list {}: {e}",
                     path.to_string_lossy()
                 ));
             }

@@ -422,8 +422,15 @@ fn address_exercise(addr: &Address) {
 }
 
 #[mq_hook(initialize)]
-fn initialize() {
+fn initialize() -> Result<(), String> {
     say("initialize");
+    match probe().plan.get("initialize") {
+        Some((action, _)) if action == "fail" => Err(format!(
+            "probe {} refuses to start as planned",
+            probe().name
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[mq_hook(cleanup)]
