@@ -202,6 +202,7 @@ unsafe extern "C" fn set_local(_: *mut MQ_Message, _: bool) {}
 unsafe extern "C" fn email(_: *mut MQ_Address) -> *const c_char {
     std::ptr::null()
 }
+unsafe extern "C" fn refuse_start(_: *const c_char) {}
 
 fn attach_mock_host() {
     static ONCE: Once = Once::new();
@@ -236,6 +237,7 @@ fn attach_mock_host() {
             local,
             set_local,
             email,
+            refuse_start,
         }
         .leak_into_prefix();
         let module = rt::root_module("executor-test", "0", "", 0);
