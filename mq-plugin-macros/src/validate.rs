@@ -84,7 +84,9 @@ fn check_hook_name(args: &HookArgs, func: &ItemFn, errors: &mut Errors) -> Optio
         );
         return None;
     }
-    let lower = name.to_ascii_lowercase();
+    let full = name.to_ascii_lowercase();
+    // `MQ_continue` (5.x) and `MQ_Continue` (3.x/4.x) are host functions too.
+    let lower = full.strip_prefix("mq_").unwrap_or(&full).to_owned();
     let message = if matches!(lower.as_str(), "continue" | "complete" | "retry") {
         format!("`{name}` is a host function (`MQ_{lower}`), not a hook; return `Flow::{}` from a hook instead", capitalize(&lower))
     } else if let Some(similar) = did_you_mean(&lower, names.clone()) {
@@ -272,13 +274,14 @@ fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<
             FnArg::Typed(t) => &t.ty,
         };
         let Some((kind, mutable)) = classify(ty) else {
-            errors.push(
-                ty.span(),
-                format!(
+            let message = match by_value_handle(ty) {
+                Some(handle) => format!("take `&{handle}`: handles are borrowed for the hook call"),
+                None => format!(
                     "a hook parameter is identified by its type, and this is none of them; {}",
                     supplied_list()
                 ),
-            );
+            };
+            errors.push(ty.span(), message);
             continue;
         };
         if !supplied.contains(&kind) {
@@ -314,6 +317,17 @@ fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<
         params.push(kind);
     }
     params
+}
+
+/// The handle a by-value parameter names (`Connection` instead of `&Connection`).
+fn by_value_handle(ty: &Type) -> Option<String> {
+    let Type::Path(p) = ty else { return None };
+    let name = p.path.segments.last()?.ident.to_string();
+    matches!(
+        name.as_str(),
+        "Context" | "Connection" | "Address" | "Credentials" | "Message"
+    )
+    .then_some(name)
 }
 
 /// The parameter kind of a type and whether it is a `&mut`.
