@@ -64,23 +64,31 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
     let call_args: Vec<TokenStream> = plan.params.iter().map(arg_for).collect();
     let call = quote_spanned!(func.sig.ident.span()=> #user_fn(#(#call_args),*));
 
+    // The runtime's adapters take the hook's return type as an explicit
+    // generic argument, written with the author's own tokens: a wrong return
+    // type is then reported on it (the bound has `on_unimplemented`).
+    let ret_ty = match &func.sig.output {
+        syn::ReturnType::Type(_, ty) => quote!(#ty),
+        syn::ReturnType::Default => quote_spanned!(func.sig.ident.span()=> ()),
+    };
+    let rt_ret = quote!(#rt);
     let (c_params, ret, body, raw_variant) = match hook.shape {
         Shape::Global => (
             quote!(),
             quote!(),
-            quote!(#rt::global(&#meta, || #call)),
+            quote!(#rt_ret::global::<#ret_ty, _>(&#meta, || #call)),
             quote!(Global),
         ),
         Shape::Context => (
             quote!(#ctx: *mut #rt::MQ_Context),
             quote!(),
-            quote!(#rt::context(&#meta, #ctx, |#ctx| #call)),
+            quote!(#rt_ret::context::<#ret_ty, _>(&#meta, #ctx, |#ctx| #call)),
             quote!(Context),
         ),
         Shape::Connection => (
             quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection),
             quote!(-> bool),
-            quote!(#rt::connection(&#meta, #ctx, #conn, |#ctx, #conn| #call)),
+            quote!(#rt_ret::connection::<#ret_ty, _>(&#meta, #ctx, #conn, |#ctx, #conn| #call)),
             quote!(Connection),
         ),
         Shape::Authenticate => {
@@ -89,14 +97,14 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
                 quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
                        #l: *const ::core::ffi::c_char, #ll: usize, #p: *const ::core::ffi::c_char, #pl: usize),
                 quote!(-> bool),
-                quote!(#rt::authenticate(&#meta, #ctx, #conn, #l, #ll, #p, #pl, |#ctx, #conn, #third| #call)),
+                quote!(#rt_ret::authenticate::<#ret_ty, _>(&#meta, #ctx, #conn, #l, #ll, #p, #pl, |#ctx, #conn, #third| #call)),
                 quote!(Authenticate),
             )
         }
         Shape::Address => (
             quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Address),
             quote!(-> bool),
-            quote!(#rt::address(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(#rt_ret::address::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
             quote!(Address),
         ),
         Shape::Data => {
@@ -105,20 +113,27 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
                 quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
                        #third: *const ::core::ffi::c_char, #size: usize),
                 quote!(-> bool),
-                quote!(#rt::data(&#meta, #ctx, #conn, #third, #size, |#ctx, #conn, #third| #call)),
+                quote!(#rt_ret::data::<#ret_ty, _>(&#meta, #ctx, #conn, #third, #size, |#ctx, #conn, #third| #call)),
                 quote!(Data),
             )
         }
         Shape::Message => (
             quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Message),
             quote!(-> bool),
-            quote!(#rt::message(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(#rt_ret::message::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
             quote!(Message),
         ),
     };
 
     let body = if plan.is_async {
-        async_body(plan, &call_args_async(plan), user_fn, &meta)
+        async_body(
+            plan,
+            &call_args_async(plan),
+            user_fn,
+            &meta,
+            &rt_ret,
+            &ret_ty,
+        )
     } else {
         body
     };
@@ -179,6 +194,8 @@ fn async_body(
     args: &[TokenStream],
     user_fn: &syn::Ident,
     meta: &syn::Ident,
+    rt_ret: &TokenStream,
+    ret_ty: &TokenStream,
 ) -> TokenStream {
     let rt = quote!(::mq_plugin::__private::v1);
     let span = Span::mixed_site();
@@ -196,8 +213,14 @@ fn async_body(
         #user_fn(#(#args),*).await
     });
     let future = match plan.deadline_ms {
-        Some(ms) => quote!(#rt::with_deadline(::core::time::Duration::from_millis(#ms), #future)),
+        Some(ms) => {
+            quote!(#rt_ret::with_deadline::<#ret_ty, _>(::core::time::Duration::from_millis(#ms), #future))
+        }
         None => future,
+    };
+    let output = match plan.deadline_ms {
+        Some(_) => quote!(#rt_ret::Deadline<#ret_ty>),
+        None => ret_ty.clone(),
     };
     let argument = match plan.hook.shape {
         Shape::Connection => quote!(()),
@@ -220,7 +243,7 @@ fn async_body(
         let #hc: &'static ::mq_plugin::Context = ::mq_plugin::Context::from_raw(#ctx);
         let #hn: &'static ::mq_plugin::Connection = ::mq_plugin::Connection::from_raw(#conn);
         let #ha = #argument;
-        #rt::hook_async(&#meta, &#cache, #ctx, #conn, #future)
+        #rt_ret::hook_async::<#output, _>(&#meta, &#cache, #ctx, #conn, #future)
     }
 }
 

@@ -194,7 +194,7 @@ unsafe extern "C" fn resume_from_loop(data: *mut c_void) {
     unsafe { crate::raw::resume(pending.conn, pending.flow) };
 }
 
-pub unsafe fn global<R: LifecycleReturn>(meta: &HookMeta, f: impl FnOnce() -> R) {
+pub unsafe fn global<R: LifecycleReturn, F: FnOnce() -> R>(meta: &HookMeta, f: F) {
     enter(meta);
     let (what, message) = match catch(|| f().into_result()) {
         Ok(Ok(())) => return,
@@ -220,10 +220,10 @@ pub unsafe fn global<R: LifecycleReturn>(meta: &HookMeta, f: impl FnOnce() -> R)
     }
 }
 
-pub unsafe fn context<R: LifecycleReturn>(
+pub unsafe fn context<R: LifecycleReturn, F: FnOnce(&Context) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
-    f: impl FnOnce(&Context) -> R,
+    f: F,
 ) {
     enter(meta);
     // SAFETY: the host passed a live context.
@@ -235,11 +235,11 @@ pub unsafe fn context<R: LifecycleReturn>(
     }
 }
 
-pub unsafe fn connection<R: HookReturn>(
+pub unsafe fn connection<R: HookReturn, F: FnOnce(&Context, &Connection) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
-    f: impl FnOnce(&Context, &Connection) -> R,
+    f: F,
 ) -> bool {
     enter(meta);
     // SAFETY: the host passed live objects for the duration of the call.
@@ -251,7 +251,7 @@ pub unsafe fn connection<R: HookReturn>(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn authenticate<R: HookReturn>(
+pub unsafe fn authenticate<R: HookReturn, F: FnOnce(&Context, &Connection, &Credentials) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
@@ -259,7 +259,7 @@ pub unsafe fn authenticate<R: HookReturn>(
     login_len: usize,
     password: *const c_char,
     password_len: usize,
-    f: impl FnOnce(&Context, &Connection, &Credentials) -> R,
+    f: F,
 ) -> bool {
     enter(meta);
     // SAFETY: the host passed live objects and buffers for the call.
@@ -276,12 +276,12 @@ pub unsafe fn authenticate<R: HookReturn>(
     unsafe { finish_smtp(meta, ctx, conn, result) }
 }
 
-pub unsafe fn address<R: HookReturn>(
+pub unsafe fn address<R: HookReturn, F: FnOnce(&Context, &Connection, &Address) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
     addr: *mut MQ_Address,
-    f: impl FnOnce(&Context, &Connection, &Address) -> R,
+    f: F,
 ) -> bool {
     enter(meta);
     // SAFETY: the host passed live objects for the duration of the call.
@@ -297,13 +297,13 @@ pub unsafe fn address<R: HookReturn>(
     unsafe { finish_smtp(meta, ctx, conn, result) }
 }
 
-pub unsafe fn data<R: HookReturn>(
+pub unsafe fn data<R: HookReturn, F: FnOnce(&Context, &Connection, &[u8]) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
     mime: *const c_char,
     size: usize,
-    f: impl FnOnce(&Context, &Connection, &[u8]) -> R,
+    f: F,
 ) -> bool {
     enter(meta);
     // SAFETY: the host passed live objects and the buffer for the call.
@@ -319,12 +319,12 @@ pub unsafe fn data<R: HookReturn>(
     unsafe { finish_smtp(meta, ctx, conn, result) }
 }
 
-pub unsafe fn message<R: HookReturn>(
+pub unsafe fn message<R: HookReturn, F: FnOnce(&Context, &Connection, &mut Message) -> R>(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
     msg: *mut MQ_Message,
-    f: impl FnOnce(&Context, &Connection, &mut Message) -> R,
+    f: F,
 ) -> bool {
     enter(meta);
     // SAFETY: the host passed live objects for the duration of the call;
@@ -403,7 +403,7 @@ impl<R: HookReturn> HookReturn for Deadline<R> {
 }
 
 /// Runs an async hook's future for at most `limit` (`deadline = ".."`).
-pub async fn with_deadline<F: std::future::Future>(
+pub async fn with_deadline<R: HookReturn, F: std::future::Future<Output = R>>(
     limit: std::time::Duration,
     future: F,
 ) -> Deadline<F::Output> {
@@ -432,7 +432,7 @@ pub unsafe fn mime_slice(ptr: *const c_char, len: usize) -> &'static [u8] {
 /// # Safety
 /// As `executor::run_hook`: live arguments of this hook call, kept alive by
 /// the host until this plugin resumes; `cache` is this hook's own.
-pub unsafe fn hook_async<F>(
+pub unsafe fn hook_async<R, F>(
     meta: &'static HookMeta,
     cache: &'static std::thread::LocalKey<TaskCache>,
     ctx: *mut MQ_Context,
@@ -440,7 +440,8 @@ pub unsafe fn hook_async<F>(
     future: F,
 ) -> bool
 where
-    F: std::future::Future<Output: HookReturn> + 'static,
+    R: HookReturn,
+    F: std::future::Future<Output = R> + 'static,
 {
     enter(meta);
     // SAFETY: the caller's promise.

@@ -11,4 +11,9 @@ fn init() -> Flow {
     Flow::Continue
 }
 
+#[mq_hook(smtp_in_rcptto)]
+async fn async_wrong() -> u8 {
+    0
+}
+
 fn main() {}
