@@ -604,28 +604,32 @@ impl Session<'_> {
         if !self.open {
             return Ok(None);
         }
-        match self.direction {
-            Direction::Incoming => self.run(Event::Close).map(Some),
-            Direction::Outgoing => {
-                self.open = false;
-                let id = self.id;
-                let (tx, rx) = mpsc::channel();
-                let posted = self
-                    .host
-                    .worker(self.worker)?
-                    .remote
-                    .post(Box::new(move || {
-                        if let Some(w) = worker::current() {
-                            w.close_connection(id);
-                        }
-                        let _ = tx.send(());
-                    }));
-                if posted {
-                    let _ = rx.recv();
-                }
-                Ok(None)
+        if self.direction == Direction::Incoming {
+            match self.run(Event::Close) {
+                // A chain still held (an event submitted but not awaited):
+                // close without the close chain; the worker keeps the
+                // connection alive while the plugin holds it.
+                Err(RunError::Busy) => {}
+                other => return other.map(Some),
             }
         }
+        self.open = false;
+        let id = self.id;
+        let (tx, rx) = mpsc::channel();
+        let posted = self
+            .host
+            .worker(self.worker)?
+            .remote
+            .post(Box::new(move || {
+                if let Some(w) = worker::current() {
+                    w.close_connection(id);
+                }
+                let _ = tx.send(());
+            }));
+        if posted {
+            let _ = rx.recv();
+        }
+        Ok(None)
     }
 }
 
