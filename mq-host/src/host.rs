@@ -267,6 +267,17 @@ impl Host {
         result
     }
 
+    /// Serves SMTP on `listener` with the plugins' `smtp_in_*` hooks until
+    /// the returned [`Listener`](crate::smtp_in::Listener) is dropped.
+    pub fn serve(
+        &self,
+        listener: std::net::TcpListener,
+        config: crate::smtp_in::ServeConfig,
+    ) -> std::io::Result<crate::smtp_in::Listener> {
+        let remotes = self.workers.iter().map(|w| w.remote.clone()).collect();
+        crate::smtp_in::listen(listener, remotes, config)
+    }
+
     fn worker(&self, worker: usize) -> Result<&WorkerHandle, RunError> {
         self.workers
             .get(worker)

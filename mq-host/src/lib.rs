@@ -47,6 +47,7 @@ mod hostlog;
 mod loader;
 mod objects;
 pub mod runmode;
+pub mod smtp_in;
 mod worker;
 
 pub use chain::{ChainEnd, HookCall, Resume};

@@ -38,6 +38,27 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Serve SMTP with the plugins' smtp_in_* hooks (plain ESMTP with
+    /// pipelining for now); accepted messages are stored under --data-dir.
+    Serve {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: std::net::SocketAddr,
+        /// Directory for accepted messages (inbox/, local/, refused/).
+        #[arg(long, default_value = "mq-data")]
+        data_dir: PathBuf,
+        /// Name in the greeting.
+        #[arg(long, default_value = "localhost")]
+        hostname: String,
+        /// Largest message accepted, in bytes.
+        #[arg(long, default_value_t = 25 * 1024 * 1024)]
+        max_message_size: usize,
+        /// Seconds an idle client may stay connected.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout: u64,
+    },
     /// Show what plugin files are: name, version, API version, ABI check,
     /// and the hooks each defines. Runs nothing but `mq_version`.
     Inspect {
@@ -96,6 +117,22 @@ fn main() -> ExitCode {
             output,
         } => run(host, direction, input, output),
         Command::Inspect { files, verbose } => return inspect(&files, verbose),
+        Command::Serve {
+            host,
+            listen,
+            data_dir,
+            hostname,
+            max_message_size,
+            idle_timeout,
+        } => {
+            let config = mq_host::smtp_in::ServeConfig {
+                data_dir,
+                hostname,
+                max_message_size,
+                idle_timeout: Duration::from_secs(idle_timeout),
+            };
+            serve(host, listen, config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +172,33 @@ fn finish(host: Host, args: &HostArgs) {
     if args.counters {
         eprintln!("counters:\n{}", report.counters);
     }
+}
+
+fn serve(
+    args: HostArgs,
+    listen: std::net::SocketAddr,
+    config: mq_host::smtp_in::ServeConfig,
+) -> Result<(), String> {
+    let host = start(&args, None)?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let data_dir = config.data_dir.clone();
+    let server = host
+        .serve(listener, config)
+        .map_err(|e| format!("cannot serve: {e}"))?;
+    eprintln!(
+        "mq-host: serving SMTP on {} with {} plugin(s); messages go to {}",
+        server.local_addr(),
+        host.plugins().len(),
+        data_dir.display()
+    );
+    // Until stdin closes or the process is stopped (signal handling comes
+    // with the rest of the SMTP issue).
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    drop(server);
+    finish(host, &args);
+    Ok(())
 }
 
 fn run(

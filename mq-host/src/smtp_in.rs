@@ -1,0 +1,826 @@
+//! SMTP in: real ESMTP sessions on the workers' event loops, with the
+//! `smtp_in_*` hooks at their MailerQ moments.
+//!
+//! One acceptor thread hands each accepted socket to a worker (round
+//! robin); the session then lives on that worker's loop: an fd watcher
+//! feeds smtp-proto's request parser, each command that has a hook runs its
+//! chain, and the session goes on from the chain's end. While a plugin holds
+//! control the session simply waits (pipelined commands stay buffered), so
+//! it never blocks other sessions.
+//!
+//! A reply a plugin writes with `MQ_send` during a step replaces the host's
+//! own reply to that command; a 4xx/5xx reply refuses the command.
+//!
+//! This slice speaks plain ESMTP with pipelining: EHLO/HELO, MAIL, RCPT,
+//! DATA, RSET, NOOP, QUIT (STARTTLS, AUTH and BDAT answer 502). An accepted
+//! message is written durably (fsync, atomic rename) under the data
+//! directory — `inbox/` or, for local messages, `local/` — before the 250.
+
+use crate::chain::{self, ChainArgs, ChainReport};
+use crate::event_loop::{Interest, TimerHandle, WatcherHandle};
+use crate::hostlog::Priority;
+use crate::objects::{AddressObj, ConnectionState, Direction, MessageObj};
+use crate::worker::{self, Worker};
+use mq_hook_table::by_name;
+use serde_json::{json, Value};
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{Error as ParseError, Request};
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How `mq-host serve` behaves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where accepted messages are stored (`inbox/`, `local/`).
+    pub data_dir: PathBuf,
+    /// The name the server greets with.
+    pub hostname: String,
+    /// The largest message accepted, in bytes.
+    pub max_message_size: usize,
+    /// How long an idle client may stay connected.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("mq-data"),
+            hostname: "localhost".to_owned(),
+            max_message_size: 25 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+enum Phase {
+    /// Waiting for `smtp_in_connect` before the greeting.
+    Connecting,
+    Commands,
+    Data(DataReceiver),
+    Closing,
+}
+
+struct Session {
+    conn: Rc<ConnectionState>,
+    stream: TcpStream,
+    config: Rc<ServeConfig>,
+    watcher: Option<WatcherHandle>,
+    watching_write: bool,
+    idle: Option<TimerHandle>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    parser: RequestReceiver,
+    phase: Phase,
+    /// A chain is running: input waits.
+    busy: bool,
+    /// The end of DATA is being handled (several chains, then storage):
+    /// pipelined input waits for its reply.
+    finishing_data: bool,
+    envelope: Option<String>,
+    recipients: Vec<(String, bool)>,
+    data: Vec<u8>,
+    too_big: bool,
+    helo: Option<String>,
+}
+
+type Shared = Rc<RefCell<Session>>;
+
+thread_local! {
+    static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
+}
+
+/// On the worker: takes over an accepted socket.
+pub(crate) fn start_session(stream: TcpStream, config: Rc<ServeConfig>) {
+    let Some(w) = worker::current() else { return };
+    if let Err(e) = stream.set_nonblocking(true) {
+        w.log(
+            Priority::Warning,
+            format!("smtp: cannot make a client socket non-blocking: {e}"),
+        );
+        return;
+    }
+    let conn = w.open_connection(stream.as_raw_fd());
+    let id = conn.id;
+    let session = Rc::new(RefCell::new(Session {
+        conn,
+        stream,
+        config,
+        watcher: None,
+        watching_write: false,
+        idle: None,
+        input: Vec::new(),
+        output: Vec::new(),
+        parser: RequestReceiver::default(),
+        phase: Phase::Connecting,
+        busy: false,
+        finishing_data: false,
+        envelope: None,
+        recipients: Vec::new(),
+        data: Vec::new(),
+        too_big: false,
+        helo: None,
+    }));
+    SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
+    watch(&w, &session, false);
+    touch(&w, &session);
+    step(
+        &w,
+        &session,
+        "smtp_in_connect",
+        ChainArgs::None,
+        |w, s, sent| {
+            if refused(&sent) {
+                reply_raw(s, &sent);
+                close(w, s);
+            } else {
+                let greeting = format!("220 {} ESMTP mq-host\r\n", s.borrow().config.hostname);
+                reply_raw(
+                    s,
+                    if sent.is_empty() {
+                        greeting.as_bytes()
+                    } else {
+                        &sent
+                    },
+                );
+                s.borrow_mut().phase = Phase::Commands;
+            }
+        },
+    );
+}
+
+fn refused(sent: &[u8]) -> bool {
+    matches!(sent.first(), Some(b'4' | b'5'))
+}
+
+/// (Re)registers the socket's watcher with read, and write if output waits.
+fn watch(w: &Worker, s: &Shared, want_write: bool) {
+    let (fd, old) = {
+        let mut sess = s.borrow_mut();
+        if sess.watcher.is_some() && sess.watching_write == want_write {
+            return;
+        }
+        sess.watching_write = want_write;
+        (sess.stream.as_raw_fd(), sess.watcher.take())
+    };
+    if let Some(old) = old {
+        w.ev.unwatch_io(old);
+    }
+    let interest = if want_write {
+        Interest::BOTH
+    } else {
+        Interest::READ
+    };
+    let weak = Rc::downgrade(s);
+    let handle = w.ev.watch_io(
+        fd,
+        interest,
+        Box::new(move |_, _, ready| {
+            let (Some(s), Some(w)) = (weak.upgrade(), worker::current()) else {
+                return;
+            };
+            if ready.write {
+                flush(&w, &s);
+            }
+            if ready.read {
+                read(&w, &s);
+            }
+        }),
+    );
+    match handle {
+        Ok(h) => s.borrow_mut().watcher = Some(h),
+        Err(e) => {
+            w.log(
+                Priority::Warning,
+                format!("smtp: cannot watch a client socket: {e}"),
+            );
+            drop_session(w, s);
+        }
+    }
+}
+
+fn touch(w: &Worker, s: &Shared) {
+    let (old, after) = {
+        let sess = s.borrow();
+        (sess.idle, sess.config.idle_timeout)
+    };
+    if let Some(t) = old {
+        if w.ev.reset_timer(t, after) {
+            return;
+        }
+    }
+    let weak = Rc::downgrade(s);
+    let timer = w.ev.start_timer(
+        after,
+        Box::new(move || {
+            let (Some(s), Some(w)) = (weak.upgrade(), worker::current()) else {
+                return;
+            };
+            s.borrow_mut().idle = None;
+            reply(&s, "421 4.4.2 idle for too long, closing");
+            close(&w, &s);
+        }),
+    );
+    s.borrow_mut().idle = Some(timer);
+}
+
+fn read(w: &Worker, s: &Shared) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let result = s.borrow_mut().stream.read(&mut buf);
+        match result {
+            Ok(0) => {
+                close(w, s);
+                return;
+            }
+            Ok(n) => s.borrow_mut().input.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                close(w, s);
+                return;
+            }
+        }
+    }
+    touch(w, s);
+    process(w, s);
+}
+
+/// A parsed command, owning its text.
+enum Cmd {
+    Ehlo(String),
+    Helo(String),
+    Mail(String),
+    Rcpt(String),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    NotYet,
+    Other(&'static str),
+}
+
+fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
+    match r {
+        Request::Ehlo { host } | Request::Lhlo { host } => Cmd::Ehlo(host.into_owned()),
+        Request::Helo { host } => Cmd::Helo(host.into_owned()),
+        Request::Mail { from } => Cmd::Mail(from.address.into_owned()),
+        Request::Rcpt { to } => Cmd::Rcpt(to.address.into_owned()),
+        Request::Data => Cmd::Data,
+        Request::Rset => Cmd::Rset,
+        Request::Noop { .. } => Cmd::Noop,
+        Request::Quit => Cmd::Quit,
+        Request::StartTls | Request::Auth { .. } | Request::Bdat { .. } => Cmd::NotYet,
+        other => Cmd::Other(other.name()),
+    }
+}
+
+/// What buffered input asks for next.
+enum Action {
+    EndOfData,
+    Command(Cmd),
+    Reply(String),
+}
+
+/// Handles buffered input until it runs out or a chain takes over. The
+/// session is borrowed only to decide; acting happens without the borrow.
+fn process(w: &Worker, s: &Shared) {
+    loop {
+        let action = {
+            let mut guard = s.borrow_mut();
+            let sess = &mut *guard;
+            if sess.busy || sess.finishing_data || sess.input.is_empty() {
+                return;
+            }
+            let input = std::mem::take(&mut sess.input);
+            let mut bytes = input.iter();
+            match &mut sess.phase {
+                Phase::Connecting | Phase::Closing => {
+                    sess.input = input;
+                    return;
+                }
+                Phase::Data(receiver) => {
+                    let done = receiver.ingest(&mut bytes, &mut sess.data);
+                    sess.input = bytes.as_slice().to_vec();
+                    if sess.data.len() > sess.config.max_message_size {
+                        sess.too_big = true;
+                        sess.data.clear();
+                    }
+                    if !done {
+                        return;
+                    }
+                    sess.phase = Phase::Commands;
+                    Action::EndOfData
+                }
+                Phase::Commands => {
+                    let parsed = sess.parser.ingest(&mut bytes).map(to_cmd);
+                    sess.input = bytes.as_slice().to_vec();
+                    match parsed {
+                        Ok(cmd) => Action::Command(cmd),
+                        Err(ParseError::NeedsMoreData { .. }) => return,
+                        Err(e) => Action::Reply(parse_error(&e)),
+                    }
+                }
+            }
+        };
+        match action {
+            Action::EndOfData => end_of_data(w, s),
+            Action::Command(cmd) => command(w, s, cmd),
+            Action::Reply(line) => reply(s, &line),
+        }
+    }
+}
+
+fn parse_error(e: &ParseError) -> String {
+    match e {
+        ParseError::UnknownCommand => "500 5.5.1 unknown command".into(),
+        ParseError::InvalidSenderAddress => "501 5.1.7 invalid sender address".into(),
+        ParseError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address".into(),
+        ParseError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
+        ParseError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
+        ParseError::UnsupportedParameter { param } => {
+            format!("504 5.5.4 unsupported parameter {param}")
+        }
+        ParseError::ResponseTooLong => "500 5.5.6 line too long".into(),
+        other => format!("500 5.5.2 cannot parse the command ({other:?})"),
+    }
+}
+
+fn command(w: &Worker, s: &Shared, cmd: Cmd) {
+    match cmd {
+        Cmd::Ehlo(host) => {
+            s.borrow_mut().helo = Some(host);
+            reset(s);
+            let (name, max) = {
+                let sess = s.borrow();
+                (sess.config.hostname.clone(), sess.config.max_message_size)
+            };
+            reply(
+                s,
+                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE {max}"),
+            );
+        }
+        Cmd::Helo(host) => {
+            s.borrow_mut().helo = Some(host);
+            reset(s);
+            let name = s.borrow().config.hostname.clone();
+            reply(s, &format!("250 {name}"));
+        }
+        Cmd::Mail(from) => {
+            if s.borrow().helo.is_none() {
+                return reply(s, "503 5.5.1 say EHLO or HELO first");
+            }
+            if s.borrow().envelope.is_some() {
+                return reply(s, "503 5.5.1 a transaction is already open; RSET first");
+            }
+            let address = Box::new(AddressObj::new(Some(&from)));
+            step(
+                w,
+                s,
+                "smtp_in_mailfrom",
+                ChainArgs::Address(address),
+                move |_, s, sent| {
+                    if refused(&sent) {
+                        reply_raw(s, &sent);
+                    } else {
+                        s.borrow_mut().envelope = Some(from);
+                        reply_or(s, &sent, "250 2.1.0 sender ok");
+                    }
+                },
+            );
+        }
+        Cmd::Rcpt(to) => {
+            if s.borrow().envelope.is_none() {
+                return reply(s, "503 5.5.1 MAIL FROM first");
+            }
+            let address = Box::new(AddressObj::new(Some(&to)));
+            let email = to;
+            step_with(
+                w,
+                s,
+                "smtp_in_rcptto",
+                ChainArgs::Address(address),
+                move |_, s, sent, args| {
+                    if refused(&sent) {
+                        reply_raw(s, &sent);
+                    } else {
+                        let local = matches!(&args, ChainArgs::Address(a) if a.local.get());
+                        s.borrow_mut().recipients.push((email, local));
+                        reply_or(s, &sent, "250 2.1.5 recipient ok");
+                    }
+                    args
+                },
+            );
+        }
+        Cmd::Data => {
+            if s.borrow().recipients.is_empty() {
+                return reply(s, "554 5.5.1 no valid recipients");
+            }
+            {
+                let mut sess = s.borrow_mut();
+                sess.data.clear();
+                sess.too_big = false;
+                sess.phase = Phase::Data(DataReceiver::new());
+            }
+            reply(s, "354 end data with <CR><LF>.<CR><LF>");
+        }
+        Cmd::Rset => {
+            reset(s);
+            reply(s, "250 2.0.0 reset");
+        }
+        Cmd::Noop => reply(s, "250 2.0.0 ok"),
+        Cmd::Quit => {
+            reply(s, "221 2.0.0 bye");
+            close(w, s);
+        }
+        Cmd::NotYet => reply(s, "502 5.5.1 not implemented by this server yet"),
+        Cmd::Other(name) => reply(s, &format!("502 5.5.1 {name} is not implemented")),
+    }
+}
+
+fn reset(s: &Shared) {
+    let mut sess = s.borrow_mut();
+    sess.envelope = None;
+    sess.recipients.clear();
+    sess.data.clear();
+}
+
+/// The end of DATA: `smtp_in_data`, then `smtp_in_message` per recipient,
+/// then durable storage, then the reply.
+fn end_of_data(w: &Worker, s: &Shared) {
+    s.borrow_mut().finishing_data = true;
+    if s.borrow().too_big {
+        data_done(s);
+        reset(s);
+        let max = s.borrow().config.max_message_size;
+        return reply(s, &format!("552 5.3.4 message larger than {max} bytes"));
+    }
+    let mime = s.borrow().data.clone();
+    step(w, s, "smtp_in_data", ChainArgs::Data(mime), |w, s, sent| {
+        if refused(&sent) {
+            data_done(s);
+            reset(s);
+            return reply_raw(s, &sent);
+        }
+        let recipients = s.borrow().recipients.clone();
+        message_for(w, s, recipients, 0, Vec::new());
+    });
+}
+
+/// Runs `smtp_in_message` for recipient `i`, then the next; stores all.
+fn message_for(
+    w: &Worker,
+    s: &Shared,
+    recipients: Vec<(String, bool)>,
+    i: usize,
+    mut done: Vec<(Value, bool, Option<String>)>,
+) {
+    if i == recipients.len() {
+        return store_all(s, done);
+    }
+    let json = {
+        let sess = s.borrow();
+        let peer = sess
+            .stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        json!({
+            "envelope": sess.envelope.clone().unwrap_or_default(),
+            "recipient": recipients[i].0,
+            "mime": String::from_utf8_lossy(&sess.data),
+            "hostname": sess.config.hostname,
+            "received": now_rfc3339(),
+            "message-id": message_id(&sess.config.hostname),
+            "connection": {"peer": peer, "helo": sess.helo.clone().unwrap_or_default()},
+        })
+    };
+    let Value::Object(map) = json else {
+        unreachable!("an object")
+    };
+    let message = MessageObj::new(Direction::Incoming, map);
+    message.local.set(recipients[i].1);
+    step_with(
+        w,
+        s,
+        "smtp_in_message",
+        ChainArgs::Message(message),
+        move |w, s, sent, args| {
+            if let ChainArgs::Message(m) = &args {
+                let reason =
+                    refused(&sent).then(|| String::from_utf8_lossy(&sent).trim_end().to_owned());
+                done.push((m.json(), m.local.get(), reason));
+            }
+            let s2 = Rc::clone(s);
+            // Next recipient on a fresh turn (not inside this chain's end).
+            w.ev.defer(Box::new(move || {
+                if let Some(w) = worker::current() {
+                    message_for(&w, &s2, recipients, i + 1, done);
+                }
+            }));
+            args
+        },
+    );
+}
+
+/// The end of DATA is answered: pipelined input may go on.
+fn data_done(s: &Shared) {
+    s.borrow_mut().finishing_data = false;
+    let s2 = Rc::clone(s);
+    if let Some(w) = worker::current() {
+        w.ev.defer(Box::new(move || {
+            if let Some(w) = worker::current() {
+                process(&w, &s2);
+            }
+        }));
+    }
+}
+
+fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
+    data_done(s);
+    let dir = s.borrow().config.data_dir.clone();
+    let mut stored = 0;
+    let mut refusals = Vec::new();
+    for (mut message, local, reason) in done {
+        if let Some(reason) = reason {
+            refusals.push(reason.clone());
+            message["result"] =
+                json!({"queue": "refused", "stage": "smtp_in_message", "reply": reason});
+            if let Err(e) = store(&dir.join("refused"), &message) {
+                return reply(s, &format!("451 4.3.0 cannot store a refusal report: {e}"));
+            }
+            continue;
+        }
+        let queue = if local { "local" } else { "inbox" };
+        if let Err(e) = store(&dir.join(queue), &message) {
+            return reply(s, &format!("451 4.3.0 cannot store the message: {e}"));
+        }
+        stored += 1;
+    }
+    reset(s);
+    if stored == 0 {
+        let reason = refusals
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "554 5.7.1 refused".into());
+        reply(s, &reason);
+    } else {
+        reply(s, &format!("250 2.0.0 queued for {stored} recipient(s)"));
+    }
+}
+
+/// Writes `message` as JSON under `dir`, durably: a temporary file, fsync,
+/// rename, fsync of the directory.
+fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!(
+        "{stamp}-{}-{}.json",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(&name);
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(serde_json::to_string(message)?.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// Now as RFC 3339 UTC (`2026-11-22T21:08:37Z`).
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+fn message_id(host: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "<{stamp}.{}.{}@{host}>",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `hook`'s chain; `then` gets the bytes plugins sent.
+fn step(
+    w: &Worker,
+    s: &Shared,
+    hook: &str,
+    args: ChainArgs,
+    then: impl FnOnce(&Worker, &Shared, Vec<u8>) + 'static,
+) {
+    step_with(w, s, hook, args, move |w, s, sent, args| {
+        then(w, s, sent);
+        args
+    });
+}
+
+fn step_with(
+    w: &Worker,
+    s: &Shared,
+    hook: &str,
+    args: ChainArgs,
+    then: impl FnOnce(&Worker, &Shared, Vec<u8>, ChainArgs) -> ChainArgs + 'static,
+) {
+    let hook = by_name(hook).expect("hook in the table");
+    let conn = {
+        let mut sess = s.borrow_mut();
+        sess.busy = true;
+        Rc::clone(&sess.conn)
+    };
+    conn.take_sent();
+    let weak = Rc::downgrade(s);
+    chain::start(
+        w,
+        &conn,
+        hook,
+        args,
+        Box::new(move |conn, report: ChainReport| {
+            let sent = conn.take_sent();
+            let Some(s) = weak.upgrade() else {
+                return report.args;
+            };
+            let Some(w) = worker::current() else {
+                return report.args;
+            };
+            s.borrow_mut().busy = false;
+            let args = then(&w, &s, sent, report.args);
+            // Go on with buffered (pipelined) input on the next turn.
+            let s2 = Rc::clone(&s);
+            w.ev.defer(Box::new(move || {
+                if let Some(w) = worker::current() {
+                    process(&w, &s2);
+                }
+            }));
+            args
+        }),
+    );
+}
+
+fn reply(s: &Shared, line: &str) {
+    let mut bytes = line.as_bytes().to_vec();
+    bytes.extend_from_slice(b"\r\n");
+    reply_raw(s, &bytes);
+}
+
+/// A plugin's own reply, else the host's default.
+fn reply_or(s: &Shared, sent: &[u8], default: &str) {
+    if sent.is_empty() {
+        reply(s, default);
+    } else {
+        reply_raw(s, sent);
+    }
+}
+
+fn reply_raw(s: &Shared, bytes: &[u8]) {
+    s.borrow_mut().output.extend_from_slice(bytes);
+    if let Some(w) = worker::current() {
+        flush(&w, s);
+    }
+}
+
+fn flush(w: &Worker, s: &Shared) {
+    loop {
+        let result = {
+            let mut sess = s.borrow_mut();
+            if sess.output.is_empty() {
+                break;
+            }
+            let Session { stream, output, .. } = &mut *sess;
+            stream.write(output)
+        };
+        match result {
+            Ok(n) => {
+                s.borrow_mut().output.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return watch(w, s, true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return drop_session(w, s),
+        }
+    }
+    let closing = matches!(s.borrow().phase, Phase::Closing) && !s.borrow().busy;
+    if closing {
+        drop_session(w, s);
+    } else {
+        watch(w, s, false);
+    }
+}
+
+/// The client left or is sent away: `smtp_in_close`, then the socket goes.
+fn close(w: &Worker, s: &Shared) {
+    if matches!(s.borrow().phase, Phase::Closing) {
+        return;
+    }
+    s.borrow_mut().phase = Phase::Closing;
+    step(w, s, "smtp_in_close", ChainArgs::None, |w, s, _| {
+        flush(w, s)
+    });
+}
+
+fn drop_session(w: &Worker, s: &Shared) {
+    let (id, watcher, idle) = {
+        let mut sess = s.borrow_mut();
+        (sess.conn.id, sess.watcher.take(), sess.idle.take())
+    };
+    if let Some(h) = watcher {
+        w.ev.unwatch_io(h);
+    }
+    if let Some(t) = idle {
+        w.ev.stop_timer(t);
+    }
+    w.close_connection(id);
+    SESSIONS.with(|m| m.borrow_mut().remove(&id));
+}
+
+/// A running SMTP listener; stops accepting when dropped.
+pub struct Listener {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepts on `listener` and hands each client to a worker, round robin.
+pub(crate) fn listen(
+    listener: std::net::TcpListener,
+    remotes: Vec<crate::event_loop::LoopRemote>,
+    config: ServeConfig,
+) -> std::io::Result<Listener> {
+    let addr = listener.local_addr()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("mq-smtp-accept".into())
+        .spawn(move || {
+            let mut next = 0usize;
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let config = config.clone();
+                let remote = &remotes[next % remotes.len()];
+                next += 1;
+                remote.post(Box::new(move || start_session(stream, Rc::new(config))));
+            }
+        })?;
+    Ok(Listener {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}

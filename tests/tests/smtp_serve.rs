@@ -1,0 +1,200 @@
+//! `Host::serve`: real SMTP clients against the host with real plugins.
+
+use mq_e2e::*;
+use mq_host::smtp_in::ServeConfig;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn messages_in(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: std::net::SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    /// One reply (all its lines), e.g. "250 ..." or "250-a\n250 b".
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "connection closed; so far: {all}");
+            all.push_str(line.trim_end());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    fn send(&mut self, bytes: &str) {
+        self.writer.write_all(bytes.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn python_smtplib_delivers_through_the_hooks() {
+    let dir = PluginDir::new("serve-smtplib");
+    dir.add(
+        "10-c-allowlist.so",
+        &plugin_so("mq-example-c-allowlist"),
+        "",
+    );
+    dir.add("30-stamp.so", &plugin_so("mq-example-stamp"), "");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = host
+        .serve(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            ServeConfig {
+                data_dir: data.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+refused = s.sendmail("sender@shop.example", ["alice@example.com", "eve@example.net"], "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n")
+print(sorted(refused))
+s.quit()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.local_addr().port().to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "['eve@example.net']"
+    );
+    let stored = messages_in(&data.join("inbox"));
+    assert_eq!(stored.len(), 1);
+    let m = &stored[0];
+    assert_eq!(m["recipient"], "alice@example.com");
+    assert_eq!(m["envelope"], "sender@shop.example");
+    let mime = m["mime"].as_str().unwrap();
+    assert!(mime.starts_with("X-Stamped-By: mq-example-stamp"), "{mime}");
+    assert!(
+        mime.ends_with("Subject: hi\r\n\r\n.leading dot\r\nbody\r\n"),
+        "dot-unstuffed: {mime:?}"
+    );
+    for key in ["hostname", "received", "message-id", "connection"] {
+        assert!(m.get(key).is_some(), "{key} in {m}");
+    }
+}
+
+#[test]
+fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
+    let dir = PluginDir::new("serve-pipelining");
+    dir.add("10-tarpit.so", &plugin_so("mq-example-tarpit"), "");
+    let host = dir.builder().workers(1).start().unwrap();
+    let data = dir.path().join("data");
+    let server = host
+        .serve(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            ServeConfig {
+                data_dir: data.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut slow = Client::connect(server.local_addr());
+    assert!(slow.reply().starts_with("220 "));
+    // All at once (PIPELINING): the tarpit holds the 2nd and 3rd RCPT.
+    slow.send("EHLO client\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x1@example.org>\r\nRCPT TO:<x2@example.org>\r\nRCPT TO:<x3@example.org>\r\nDATA\r\n");
+    let started = Instant::now();
+    assert!(slow.reply().contains("PIPELINING"));
+    assert!(slow.reply().starts_with("250 2.1.0"));
+    assert!(slow.reply().starts_with("250 2.1.5"));
+    // Meanwhile another session on the same worker is served at once.
+    let mut fast = Client::connect(server.local_addr());
+    assert!(fast.reply().starts_with("220 "));
+    fast.send("NOOP\r\n");
+    assert!(fast.reply().starts_with("250"));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "not blocked by the held session"
+    );
+    assert!(slow.reply().starts_with("250 2.1.5"));
+    assert!(slow.reply().starts_with("250 2.1.5"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "0 + 100 + 200 ms of tarpit"
+    );
+    assert!(slow.reply().starts_with("354"));
+    slow.send("Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    assert_eq!(slow.reply(), "250 2.0.0 queued for 3 recipient(s)");
+    assert!(slow.reply().starts_with("221"));
+    assert_eq!(messages_in(&data.join("inbox")).len(), 3);
+}
+
+#[test]
+fn bad_input_gets_smtp_errors_and_the_worker_survives() {
+    let dir = PluginDir::new("serve-errors");
+    dir.add("10-probe.so", &c_probe(), "");
+    let host = dir.builder().workers(1).start().unwrap();
+    let data = dir.path().join("data");
+    let config = ServeConfig {
+        data_dir: data.clone(),
+        max_message_size: 64,
+        ..Default::default()
+    };
+    let server = host
+        .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+        .unwrap();
+    let mut c = Client::connect(server.local_addr());
+    c.reply();
+    for (send, expect) in [
+        ("FROBNICATE\r\n", "500 5.5.1"),
+        ("MAIL FROM:<a@b>\r\n", "503 5.5.1 say EHLO"),
+        ("HELO me\r\n", "250 "),
+        ("RCPT TO:<c@d>\r\n", "503 5.5.1 MAIL FROM first"),
+        ("DATA\r\n", "554 5.5.1 no valid recipients"),
+        ("MAIL FROM:<not an address\r\n", "501"),
+        ("STARTTLS\r\n", "502"),
+        ("MAIL FROM:<a@b.example>\r\n", "250 2.1.0"),
+        ("RCPT TO:<c@d.example>\r\n", "250 2.1.5"),
+        ("DATA\r\n", "354"),
+        (&format!("{}\r\n.\r\n", "x".repeat(200)), "552 5.3.4"),
+        (&format!("{}\r\n", "y".repeat(5000)), "500 5.5."),
+        ("NOOP\r\n", "250"),
+    ] {
+        c.send(send);
+        let r = c.reply();
+        assert!(r.starts_with(expect), "{send:?} -> {r}");
+    }
+    assert!(messages_in(&data.join("inbox")).is_empty());
+    // The worker still serves new sessions.
+    let mut d = Client::connect(server.local_addr());
+    assert!(d.reply().starts_with("220"));
+}
