@@ -11,8 +11,9 @@
 //! A reply a plugin writes with `MQ_send` during a step replaces the host's
 //! own reply to that command; a 4xx/5xx reply refuses the command.
 //!
-//! This slice speaks plain ESMTP with pipelining: EHLO/HELO, MAIL, RCPT,
-//! DATA, RSET, NOOP, QUIT (STARTTLS, AUTH and BDAT answer 502). An accepted
+//! This slice speaks plain ESMTP with pipelining: EHLO/HELO, AUTH PLAIN and
+//! LOGIN (`smtp_in_authenticate`), MAIL, RCPT, DATA, RSET, NOOP, QUIT
+//! (STARTTLS and BDAT answer 502). An accepted
 //! message is written durably (fsync, atomic rename) under the data
 //! directory — `inbox/` or, for local messages, `local/` — before the 250.
 
@@ -62,6 +63,12 @@ enum Phase {
     /// Waiting for `smtp_in_connect` before the greeting.
     Connecting,
     Commands,
+    /// AUTH PLAIN without an initial response: the next line is it.
+    AuthPlain,
+    /// AUTH LOGIN: the next line is the user name.
+    AuthLoginUser,
+    /// AUTH LOGIN: the next line is the password for this user name.
+    AuthLoginPassword(Vec<u8>),
     Data(DataReceiver),
     Closing,
 }
@@ -261,6 +268,8 @@ enum Cmd {
     Rset,
     Noop,
     Quit,
+    /// AUTH with its mechanism and initial response (may be empty).
+    Auth(u64, String),
     NotYet,
     Other(&'static str),
 }
@@ -275,7 +284,11 @@ fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
         Request::Rset => Cmd::Rset,
         Request::Noop { .. } => Cmd::Noop,
         Request::Quit => Cmd::Quit,
-        Request::StartTls | Request::Auth { .. } | Request::Bdat { .. } => Cmd::NotYet,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Cmd::Auth(mechanism, initial_response.into_owned()),
+        Request::StartTls | Request::Bdat { .. } => Cmd::NotYet,
         other => Cmd::Other(other.name()),
     }
 }
@@ -285,6 +298,8 @@ enum Action {
     EndOfData,
     Command(Cmd),
     Reply(String),
+    /// A line answering an AUTH challenge.
+    AuthLine(Vec<u8>),
 }
 
 /// Handles buffered input until it runs out or a chain takes over. The
@@ -317,6 +332,18 @@ fn process(w: &Worker, s: &Shared) {
                     sess.phase = Phase::Commands;
                     Action::EndOfData
                 }
+                Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
+                    let Some(end) = input.iter().position(|b| *b == b'\n') else {
+                        sess.input = input;
+                        return;
+                    };
+                    let line = input[..end]
+                        .strip_suffix(b"\r")
+                        .unwrap_or(&input[..end])
+                        .to_vec();
+                    sess.input = input[end + 1..].to_vec();
+                    Action::AuthLine(line)
+                }
                 Phase::Commands => {
                     let parsed = sess.parser.ingest(&mut bytes).map(to_cmd);
                     sess.input = bytes.as_slice().to_vec();
@@ -332,6 +359,7 @@ fn process(w: &Worker, s: &Shared) {
             Action::EndOfData => end_of_data(w, s),
             Action::Command(cmd) => command(w, s, cmd),
             Action::Reply(line) => reply(s, &line),
+            Action::AuthLine(line) => auth_line(w, s, line),
         }
     }
 }
@@ -362,7 +390,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             };
             reply(
                 s,
-                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE {max}"),
+                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
             );
         }
         Cmd::Helo(host) => {
@@ -438,9 +466,105 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             reply(s, "221 2.0.0 bye");
             close(w, s);
         }
+        Cmd::Auth(mechanism, initial) => auth(w, s, mechanism, initial),
         Cmd::NotYet => reply(s, "502 5.5.1 not implemented by this server yet"),
         Cmd::Other(name) => reply(s, &format!("502 5.5.1 {name} is not implemented")),
     }
+}
+
+fn auth(w: &Worker, s: &Shared, mechanism: u64, initial: String) {
+    if s.borrow().helo.is_none() {
+        return reply(s, "503 5.5.1 say EHLO first");
+    }
+    if s.borrow().conn.auth.get().authenticated {
+        return reply(s, "503 5.5.1 already authenticated");
+    }
+    match mechanism {
+        smtp_proto::AUTH_PLAIN if initial.is_empty() => {
+            s.borrow_mut().phase = Phase::AuthPlain;
+            reply(s, "334 ");
+        }
+        smtp_proto::AUTH_PLAIN => plain(w, s, initial.as_bytes()),
+        smtp_proto::AUTH_LOGIN if initial.is_empty() => {
+            s.borrow_mut().phase = Phase::AuthLoginUser;
+            reply(s, "334 VXNlcm5hbWU6");
+        }
+        smtp_proto::AUTH_LOGIN => match decode(initial.as_bytes()) {
+            Some(user) => {
+                s.borrow_mut().phase = Phase::AuthLoginPassword(user);
+                reply(s, "334 UGFzc3dvcmQ6");
+            }
+            None => reply(s, "501 5.5.2 the initial response is not base64"),
+        },
+        _ => reply(
+            s,
+            "504 5.5.4 unrecognized authentication mechanism (PLAIN and LOGIN are offered)",
+        ),
+    }
+}
+
+fn decode(line: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(line.trim_ascii())
+        .ok()
+}
+
+/// A line answering an AUTH challenge (`*` cancels, RFC 4954).
+fn auth_line(w: &Worker, s: &Shared, line: Vec<u8>) {
+    let phase = std::mem::replace(&mut s.borrow_mut().phase, Phase::Commands);
+    if line == b"*" {
+        return reply(s, "501 5.0.0 authentication cancelled");
+    }
+    match phase {
+        Phase::AuthPlain => plain(w, s, &line),
+        Phase::AuthLoginUser => match decode(&line) {
+            Some(user) => {
+                s.borrow_mut().phase = Phase::AuthLoginPassword(user);
+                reply(s, "334 UGFzc3dvcmQ6");
+            }
+            None => reply(s, "501 5.5.2 not base64"),
+        },
+        Phase::AuthLoginPassword(user) => match decode(&line) {
+            Some(password) => authenticate(w, s, user, password),
+            None => reply(s, "501 5.5.2 not base64"),
+        },
+        other => s.borrow_mut().phase = other,
+    }
+}
+
+/// AUTH PLAIN's response: `[authzid] NUL authcid NUL password`.
+fn plain(w: &Worker, s: &Shared, response: &[u8]) {
+    let Some(decoded) = decode(response) else {
+        return reply(s, "501 5.5.2 not base64");
+    };
+    let mut parts = decoded.splitn(3, |b| *b == 0);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(user), Some(password)) => {
+            authenticate(w, s, user.to_vec(), password.to_vec())
+        }
+        _ => reply(s, "501 5.5.2 malformed PLAIN response"),
+    }
+}
+
+/// `smtp_in_authenticate`: accepted only if a plugin set authenticated
+/// and none refused (the connection's auth state, reset per attempt).
+fn authenticate(w: &Worker, s: &Shared, login: Vec<u8>, password: Vec<u8>) {
+    s.borrow().conn.auth.set(Default::default());
+    step(
+        w,
+        s,
+        "smtp_in_authenticate",
+        ChainArgs::Authenticate { login, password },
+        |_, s, sent| {
+            let ok = s.borrow().conn.auth.get().authenticated;
+            match (ok, sent.is_empty()) {
+                (_, false) => reply_raw(s, &sent),
+                (true, true) => reply(s, "235 2.7.0 authentication succeeded"),
+                (false, true) => reply(s, "535 5.7.8 authentication credentials invalid"),
+            }
+        },
+    );
 }
 
 fn reset(s: &Shared) {

@@ -198,3 +198,60 @@ fn bad_input_gets_smtp_errors_and_the_worker_survives() {
     let mut d = Client::connect(server.local_addr());
     assert!(d.reply().starts_with("220"));
 }
+
+#[test]
+fn auth_plain_and_login_ask_the_plugins() {
+    let dir = PluginDir::new("serve-auth");
+    dir.add("10-probe.so", &c_probe(), "smtp_in_authenticate exercise\n");
+    let host = dir.start();
+    let config = ServeConfig {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let server = host
+        .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+        .unwrap();
+    let script = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.ehlo()
+print("advertised", " ".join(sorted(s.esmtp_features["auth"].split())))
+try:
+    s.login("bad", "secret")
+except smtplib.SMTPAuthenticationError as e:
+    print("bad", e.smtp_code)
+s.login("good", "secret")
+print("plain ok")
+s.quit()
+t = smtplib.SMTP("127.0.0.1", port, timeout=10)
+t.ehlo()
+t.user, t.password = "good", "pw"
+code, _ = t.auth("LOGIN", t.auth_login)
+print("login", code)
+t.quit()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.local_addr().port().to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["advertised LOGIN PLAIN", "bad 535", "plain ok", "login 235"]
+    );
+    let log: Vec<String> = host.log().iter().map(|l| l.text.clone()).collect();
+    for line in [
+        "probe 10-probe login bad",
+        "probe 10-probe login good",
+        "probe 10-probe password secret",
+        "probe 10-probe password pw",
+    ] {
+        assert!(log.iter().any(|l| l == line), "{line} missing: {log:#?}");
+    }
+}
