@@ -12,8 +12,8 @@
 //! own reply to that command; a 4xx/5xx reply refuses the command.
 //!
 //! This slice speaks plain ESMTP with pipelining: EHLO/HELO, AUTH PLAIN and
-//! LOGIN (`smtp_in_authenticate`), MAIL, RCPT, DATA, RSET, NOOP, QUIT
-//! (STARTTLS and BDAT answer 502). An accepted
+//! LOGIN (`smtp_in_authenticate`), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET,
+//! NOOP, QUIT (STARTTLS answers 502). An accepted
 //! message is written durably (fsync, atomic rename) under the data
 //! directory — `inbox/` or, for local messages, `local/` — before the 250.
 
@@ -24,7 +24,9 @@ use crate::objects::{AddressObj, ConnectionState, Direction, MessageObj};
 use crate::worker::{self, Worker};
 use mq_hook_table::by_name;
 use serde_json::{json, Value};
-use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::request::receiver::{
+    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
+};
 use smtp_proto::{Error as ParseError, Request};
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -70,6 +72,10 @@ enum Phase {
     /// AUTH LOGIN: the next line is the password for this user name.
     AuthLoginPassword(Vec<u8>),
     Data(DataReceiver),
+    /// A BDAT chunk being read (CHUNKING).
+    Bdat(BdatReceiver),
+    /// A BDAT chunk of a refused command being skipped, then this reply.
+    SkipBdat(DummyDataReceiver, String),
     Closing,
 }
 
@@ -270,6 +276,8 @@ enum Cmd {
     Quit,
     /// AUTH with its mechanism and initial response (may be empty).
     Auth(u64, String),
+    /// BDAT with the chunk size and whether it is the last.
+    Bdat(usize, bool),
     NotYet,
     Other(&'static str),
 }
@@ -288,7 +296,11 @@ fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
             mechanism,
             initial_response,
         } => Cmd::Auth(mechanism, initial_response.into_owned()),
-        Request::StartTls | Request::Bdat { .. } => Cmd::NotYet,
+        Request::Bdat {
+            chunk_size,
+            is_last,
+        } => Cmd::Bdat(chunk_size, is_last),
+        Request::StartTls => Cmd::NotYet,
         other => Cmd::Other(other.name()),
     }
 }
@@ -296,6 +308,8 @@ fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
 /// What buffered input asks for next.
 enum Action {
     EndOfData,
+    /// A BDAT chunk that is not the last was read.
+    ChunkDone(usize),
     Command(Cmd),
     Reply(String),
     /// A line answering an AUTH challenge.
@@ -332,6 +346,37 @@ fn process(w: &Worker, s: &Shared) {
                     sess.phase = Phase::Commands;
                     Action::EndOfData
                 }
+                Phase::Bdat(receiver) => {
+                    let done = receiver.ingest(&mut bytes, &mut sess.data);
+                    sess.input = bytes.as_slice().to_vec();
+                    if sess.data.len() > sess.config.max_message_size {
+                        sess.too_big = true;
+                        sess.data.clear();
+                    }
+                    if !done {
+                        return;
+                    }
+                    let last = receiver.is_last;
+                    sess.phase = Phase::Commands;
+                    if last {
+                        Action::EndOfData
+                    } else {
+                        Action::ChunkDone(sess.data.len())
+                    }
+                }
+                Phase::SkipBdat(receiver, _) => {
+                    let done = receiver.ingest(&mut bytes);
+                    sess.input = bytes.as_slice().to_vec();
+                    if !done {
+                        return;
+                    }
+                    let Phase::SkipBdat(_, line) =
+                        std::mem::replace(&mut sess.phase, Phase::Commands)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    Action::Reply(line)
+                }
                 Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
                     let Some(end) = input.iter().position(|b| *b == b'\n') else {
                         sess.input = input;
@@ -357,6 +402,9 @@ fn process(w: &Worker, s: &Shared) {
         };
         match action {
             Action::EndOfData => end_of_data(w, s),
+            Action::ChunkDone(total) => {
+                reply(s, &format!("250 2.0.0 {total} octets received so far"))
+            }
             Action::Command(cmd) => command(w, s, cmd),
             Action::Reply(line) => reply(s, &line),
             Action::AuthLine(line) => auth_line(w, s, line),
@@ -390,7 +438,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             };
             reply(
                 s,
-                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
+                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
             );
         }
         Cmd::Helo(host) => {
@@ -467,6 +515,30 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             close(w, s);
         }
         Cmd::Auth(mechanism, initial) => auth(w, s, mechanism, initial),
+        Cmd::Bdat(0, last) if !s.borrow().recipients.is_empty() => {
+            // An empty chunk: nothing to read.
+            if last {
+                end_of_data(w, s);
+            } else {
+                let total = s.borrow().data.len();
+                reply(s, &format!("250 2.0.0 {total} octets received so far"));
+            }
+        }
+        Cmd::Bdat(size, last) => {
+            let mut sess = s.borrow_mut();
+            sess.phase = if sess.recipients.is_empty() {
+                // The chunk's bytes still arrive: skip them, then refuse.
+                Phase::SkipBdat(
+                    DummyDataReceiver::new_bdat(size),
+                    "554 5.5.1 no valid recipients".into(),
+                )
+            } else {
+                if !matches!(sess.phase, Phase::Bdat(_)) && sess.data.is_empty() {
+                    sess.too_big = false;
+                }
+                Phase::Bdat(BdatReceiver::new(size, last))
+            };
+        }
         Cmd::NotYet => reply(s, "502 5.5.1 not implemented by this server yet"),
         Cmd::Other(name) => reply(s, &format!("502 5.5.1 {name} is not implemented")),
     }

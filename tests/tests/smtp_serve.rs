@@ -255,3 +255,39 @@ t.quit()
         assert!(log.iter().any(|l| l == line), "{line} missing: {log:#?}");
     }
 }
+
+#[test]
+fn bdat_chunks_make_one_message() {
+    let dir = PluginDir::new("serve-bdat");
+    dir.add("10-probe.so", &c_probe(), "");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = host
+        .serve(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            ServeConfig {
+                data_dir: data.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut c = Client::connect(server.local_addr());
+    c.reply();
+    c.send("EHLO me\r\n");
+    assert!(c.reply().contains("250-CHUNKING"));
+    // A chunk without a transaction is read and refused.
+    c.send("BDAT 4\r\nabcd");
+    assert!(c.reply().starts_with("554 5.5.1"));
+    c.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 10\r\n0123456789BDAT 0\r\nBDAT 5 LAST\r\nabcde");
+    assert!(c.reply().starts_with("250 2.1.0"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
+    assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
+    assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
+    let stored = messages_in(&data.join("inbox"));
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0]["mime"], "0123456789abcde",
+        "binary-exact, no dot handling"
+    );
+}
