@@ -58,6 +58,9 @@ enum Command {
         /// Seconds an idle client may stay connected.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
+        /// Seconds open sessions may take to finish after SIGINT/SIGTERM.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
     /// and the hooks each defines. Runs nothing but `mq_version`.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             hostname,
             max_message_size,
             idle_timeout,
+            grace,
         } => {
             let config = mq_host::smtp_in::ServeConfig {
                 data_dir,
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
                 max_message_size,
                 idle_timeout: Duration::from_secs(idle_timeout),
             };
-            serve(host, listen, config)
+            serve(host, listen, config, Duration::from_secs(grace))
         }
     };
     match result {
@@ -174,11 +178,39 @@ fn finish(host: Host, args: &HostArgs) {
     }
 }
 
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after
+/// it, so that `wait_for_stop` receives them synchronously.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a zeroed set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+fn wait_for_stop(set: &libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: `set` holds the blocked signals; sigwait writes one to `signal`.
+    unsafe { libc::sigwait(set, &mut signal) };
+    if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+
 fn serve(
     args: HostArgs,
     listen: std::net::SocketAddr,
     config: mq_host::smtp_in::ServeConfig,
+    grace: Duration,
 ) -> Result<(), String> {
+    let signals = block_stop_signals();
     let host = start(&args, None)?;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -192,12 +224,14 @@ fn serve(
         host.plugins().len(),
         data_dir.display()
     );
-    // Until stdin closes or the process is stopped (signal handling comes
-    // with the rest of the SMTP issue).
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    drop(server);
+    let signal = wait_for_stop(&signals);
+    eprintln!("mq-host: {signal}: no new connections; open sessions get {grace:?} to finish");
+    let cut = server.shutdown(grace);
+    if cut > 0 {
+        eprintln!("mq-host: {cut} session(s) did not finish in time and were told 421");
+    }
     finish(host, &args);
+    eprintln!("mq-host: stopped");
     Ok(())
 }
 

@@ -35,6 +35,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How `mq-host serve` behaves.
@@ -80,6 +81,8 @@ enum Phase {
 }
 
 struct Session {
+    /// Open sessions of this listener (shared with its accept thread).
+    open: Arc<OpenSessions>,
     conn: Rc<ConnectionState>,
     stream: TcpStream,
     config: Rc<ServeConfig>,
@@ -104,12 +107,37 @@ struct Session {
 
 type Shared = Rc<RefCell<Session>>;
 
+/// How many sessions are open, for a graceful shutdown to wait on.
+#[derive(Default)]
+struct OpenSessions {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl OpenSessions {
+    fn add(&self, delta: isize) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_add_signed(delta);
+        self.changed.notify_all();
+    }
+
+    /// Waits until no session is open or `limit` passed; true if none is.
+    fn wait_idle(&self, limit: Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, limit, |c| *c > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *count == 0
+    }
+}
+
 thread_local! {
     static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
 }
 
 /// On the worker: takes over an accepted socket.
-pub(crate) fn start_session(stream: TcpStream, config: Rc<ServeConfig>) {
+fn start_session(stream: TcpStream, config: Rc<ServeConfig>, open: Arc<OpenSessions>) {
     let Some(w) = worker::current() else { return };
     if let Err(e) = stream.set_nonblocking(true) {
         w.log(
@@ -120,7 +148,9 @@ pub(crate) fn start_session(stream: TcpStream, config: Rc<ServeConfig>) {
     }
     let conn = w.open_connection(stream.as_raw_fd());
     let id = conn.id;
+    open.add(1);
     let session = Rc::new(RefCell::new(Session {
+        open,
         conn,
         stream,
         config,
@@ -951,9 +981,14 @@ fn close(w: &Worker, s: &Shared) {
 }
 
 fn drop_session(w: &Worker, s: &Shared) {
-    let (id, watcher, idle) = {
+    let id = s.borrow().conn.id;
+    // Once per session, however it ends.
+    if SESSIONS.with(|m| m.borrow_mut().remove(&id)).is_none() {
+        return;
+    }
+    let (watcher, idle) = {
         let mut sess = s.borrow_mut();
-        (sess.conn.id, sess.watcher.take(), sess.idle.take())
+        (sess.watcher.take(), sess.idle.take())
     };
     if let Some(h) = watcher {
         w.ev.unwatch_io(h);
@@ -962,14 +997,29 @@ fn drop_session(w: &Worker, s: &Shared) {
         w.ev.stop_timer(t);
     }
     w.close_connection(id);
-    SESSIONS.with(|m| m.borrow_mut().remove(&id));
+    let open = Arc::clone(&s.borrow().open);
+    open.add(-1);
+}
+
+/// On a worker: tells every session of this worker the server goes away.
+fn close_all_sessions() {
+    let Some(w) = worker::current() else { return };
+    let sessions: Vec<Shared> = SESSIONS.with(|m| m.borrow().values().cloned().collect());
+    for s in sessions {
+        if !matches!(s.borrow().phase, Phase::Closing) {
+            reply(&s, "421 4.3.2 the server is shutting down");
+            close(&w, &s);
+        }
+    }
 }
 
 /// A running SMTP listener; stops accepting when dropped.
 pub struct Listener {
     addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    open: Arc<OpenSessions>,
+    remotes: Vec<crate::event_loop::LoopRemote>,
 }
 
 impl Listener {
@@ -977,16 +1027,39 @@ impl Listener {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
     }
-}
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+    /// Graceful shutdown: stops accepting, lets open sessions finish for up
+    /// to `grace`, then sends the rest `421` and closes them (running
+    /// `smtp_in_close`). Returns how many had to be cut.
+    pub fn shutdown(mut self, grace: Duration) -> usize {
+        self.stop_accepting();
+        if self.open.wait_idle(grace) {
+            return 0;
+        }
+        let left = *self.open.count.lock().unwrap_or_else(|e| e.into_inner());
+        for remote in &self.remotes {
+            remote.post(Box::new(close_all_sessions));
+        }
+        // Their close chains run; give them the same bound again.
+        self.open.wait_idle(grace);
+        left
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // Wake the blocking accept with a connection of our own.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop_accepting();
     }
 }
 
@@ -997,8 +1070,11 @@ pub(crate) fn listen(
     config: ServeConfig,
 ) -> std::io::Result<Listener> {
     let addr = listener.local_addr()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = std::sync::Arc::clone(&stop);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let open = Arc::new(OpenSessions::default());
+    let open_for_thread = Arc::clone(&open);
+    let remotes_for_thread = remotes.clone();
     let thread = std::thread::Builder::new()
         .name("mq-smtp-accept".into())
         .spawn(move || {
@@ -1009,14 +1085,19 @@ pub(crate) fn listen(
                 }
                 let Ok(stream) = stream else { continue };
                 let config = config.clone();
-                let remote = &remotes[next % remotes.len()];
+                let open = Arc::clone(&open_for_thread);
+                let remote = &remotes_for_thread[next % remotes_for_thread.len()];
                 next += 1;
-                remote.post(Box::new(move || start_session(stream, Rc::new(config))));
+                remote.post(Box::new(move || {
+                    start_session(stream, Rc::new(config), open)
+                }));
             }
         })?;
     Ok(Listener {
         addr,
         stop,
         thread: Some(thread),
+        open,
+        remotes,
     })
 }

@@ -291,3 +291,70 @@ fn bdat_chunks_make_one_message() {
         "binary-exact, no dot handling"
     );
 }
+
+#[test]
+fn sigterm_stops_accepting_lets_sessions_finish_then_cuts_the_rest() {
+    let dir = PluginDir::new("serve-sigterm");
+    let probe = dir.add("10-p.so", &c_probe(), "");
+    let mut child = std::process::Command::new(host_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace",
+            "1",
+            "--workers",
+            "1",
+            "--plugin",
+        ])
+        .arg(&probe)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let mut idle = Client::connect(addr);
+    assert!(idle.reply().starts_with("220"));
+    idle.send("EHLO me\r\n");
+    idle.reply();
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The open session is told after the grace period, then the host stops.
+    assert_eq!(idle.reply(), "421 4.3.2 the server is shutting down");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "after the grace period"
+    );
+    assert!(child.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(rest.contains("SIGTERM: no new connections"), "{rest}");
+    assert!(
+        rest.contains("1 session(s) did not finish in time and were told 421"),
+        "{rest}"
+    );
+    let close = rest
+        .find("probe 10-p smtp_in_close")
+        .expect("the close chain ran");
+    let cleanup = rest.find("probe 10-p cleanup").expect("mq_cleanup ran");
+    assert!(
+        close < cleanup && rest.trim_end().ends_with("mq-host: stopped"),
+        "{rest}"
+    );
+    assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
