@@ -55,6 +55,12 @@ counters! {
     retry_loops_cut,
     /// Host function calls made on the wrong thread or with a foreign handle: refused and logged.
     wrong_thread_calls,
+    /// SMTP sessions accepted by `serve`.
+    smtp_sessions,
+    /// Messages stored durably by `serve` (one per recipient).
+    messages_stored,
+    /// Messages a plugin refused at `smtp_in_message` (reported under `refused/`).
+    messages_refused,
 }
 
 impl Counters {

@@ -58,7 +58,8 @@ enum Command {
         /// Seconds an idle client may stay connected.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
-        /// Seconds open sessions may take to finish after SIGINT/SIGTERM.
+        /// Seconds open sessions may take to finish after SIGINT/SIGTERM
+        /// (SIGUSR1 prints the counters).
         #[arg(long, default_value_t = 10)]
         grace: u64,
     },
@@ -187,20 +188,24 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Waits for SIGINT or SIGTERM; returns its name.
-fn wait_for_stop(set: &libc::sigset_t) -> &'static str {
-    let mut signal = 0;
-    // SAFETY: `set` holds the blocked signals; sigwait writes one to `signal`.
-    unsafe { libc::sigwait(set, &mut signal) };
-    if signal == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
+/// Waits for SIGINT or SIGTERM (returns its name); prints the counters on
+/// each SIGUSR1 meanwhile.
+fn wait_for_stop(set: &libc::sigset_t, host: &Host) -> &'static str {
+    loop {
+        let mut signal = 0;
+        // SAFETY: `set` holds the blocked signals; sigwait writes one to `signal`.
+        unsafe { libc::sigwait(set, &mut signal) };
+        match signal {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            _ => eprintln!("counters:\n{}", host.counters()),
+        }
     }
 }
 
@@ -224,7 +229,7 @@ fn serve(
         host.plugins().len(),
         data_dir.display()
     );
-    let signal = wait_for_stop(&signals);
+    let signal = wait_for_stop(&signals, &host);
     eprintln!("mq-host: {signal}: no new connections; open sessions get {grace:?} to finish");
     let cut = server.shutdown(grace);
     if cut > 0 {

@@ -149,6 +149,7 @@ fn start_session(stream: TcpStream, config: Rc<ServeConfig>, open: Arc<OpenSessi
     let conn = w.open_connection(stream.as_raw_fd());
     let id = conn.id;
     open.add(1);
+    crate::counters::Counters::bump(&w.shared.counters.smtp_sessions);
     let session = Rc::new(RefCell::new(Session {
         open,
         conn,
@@ -780,6 +781,7 @@ fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
             if let Err(e) = store(&dir.join("refused"), &message) {
                 return reply(s, &format!("451 4.3.0 cannot store a refusal report: {e}"));
             }
+            count(|c| &c.messages_refused);
             continue;
         }
         let queue = if local { "local" } else { "inbox" };
@@ -787,6 +789,7 @@ fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
             return reply(s, &format!("451 4.3.0 cannot store the message: {e}"));
         }
         stored += 1;
+        count(|c| &c.messages_stored);
     }
     reset(s);
     if stored == 0 {
@@ -797,6 +800,12 @@ fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
         reply(s, &reason);
     } else {
         reply(s, &format!("250 2.0.0 queued for {stored} recipient(s)"));
+    }
+}
+
+fn count(counter: impl FnOnce(&crate::counters::Counters) -> &AtomicU64) {
+    if let Some(w) = worker::current() {
+        crate::counters::Counters::bump(counter(&w.shared.counters));
     }
 }
 

@@ -358,3 +358,96 @@ fn sigterm_stops_accepting_lets_sessions_finish_then_cuts_the_rest() {
     );
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
+
+#[test]
+fn swaks_delivers_and_sigusr1_prints_the_counters() {
+    let dir = PluginDir::new("serve-swaks");
+    let stamp = dir.add("30-stamp.so", &plugin_so("mq-example-stamp"), "");
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(host_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace",
+            "1",
+            "--plugin",
+        ])
+        .arg(&stamp)
+        .arg("--data-dir")
+        .arg(&data)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let out = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--from",
+            "a@shop.example",
+            "--to",
+            "alice@example.com",
+            "--body",
+            "hello from swaks",
+        ])
+        .output()
+        .expect("swaks must be installed (.ci/run installs it)");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{transcript}");
+    assert!(
+        transcript.contains("<-  250 2.0.0 queued for 1 recipient(s)"),
+        "{transcript}"
+    );
+    let stored = messages_in(&data.join("inbox"));
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0]["mime"]
+        .as_str()
+        .unwrap()
+        .contains("hello from swaks"));
+    assert!(stored[0]["mime"]
+        .as_str()
+        .unwrap()
+        .starts_with("X-Stamped-By: mq-example-stamp"));
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut seen = String::new();
+    while !seen.contains("messages_stored") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    seen.push_str(&line);
+    let value = |name: &str| {
+        seen.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(value("smtp_sessions"), "1", "{seen}");
+    assert_eq!(value("messages_stored"), "1", "{seen}");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}
