@@ -58,6 +58,16 @@ enum Command {
         /// Seconds an idle client may stay connected.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
+        /// PEM certificate chain for STARTTLS (with --tls-key); without it a
+        /// self-signed development certificate is generated.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for STARTTLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Do not offer STARTTLS.
+        #[arg(long, conflicts_with = "tls_cert")]
+        no_tls: bool,
         /// Seconds open sessions may take to finish after SIGINT/SIGTERM
         /// (SIGUSR1 prints the counters).
         #[arg(long, default_value_t = 10)]
@@ -129,12 +139,30 @@ fn main() -> ExitCode {
             max_message_size,
             idle_timeout,
             grace,
+            tls_cert,
+            tls_key,
+            no_tls,
         } => {
+            let tls = match (no_tls, tls_cert, tls_key) {
+                (true, _, _) => Ok(None),
+                (false, Some(cert), Some(key)) => {
+                    mq_host::smtp_in::tls_from_pem(&cert, &key).map(Some)
+                }
+                _ => mq_host::smtp_in::self_signed_tls(&hostname).map(Some),
+            };
+            let tls = match tls {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("mq-host: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let config = mq_host::smtp_in::ServeConfig {
                 data_dir,
                 hostname,
                 max_message_size,
                 idle_timeout: Duration::from_secs(idle_timeout),
+                tls,
             };
             serve(host, listen, config, Duration::from_secs(grace))
         }

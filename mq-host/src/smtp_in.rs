@@ -11,9 +11,11 @@
 //! A reply a plugin writes with `MQ_send` during a step replaces the host's
 //! own reply to that command; a 4xx/5xx reply refuses the command.
 //!
-//! This slice speaks plain ESMTP with pipelining: EHLO/HELO, AUTH PLAIN and
-//! LOGIN (`smtp_in_authenticate`), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET,
-//! NOOP, QUIT (STARTTLS answers 502). An accepted
+//! It speaks ESMTP with pipelining: EHLO/HELO, STARTTLS (rustls;
+//! `smtp_in_secure` after the handshake), AUTH PLAIN and LOGIN
+//! (`smtp_in_authenticate`), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET, NOOP,
+//! QUIT. A panic in a session's handling (a host bug) ends that session,
+//! never the worker. An accepted
 //! message is written durably (fsync, atomic rename) under the data
 //! directory — `inbox/` or, for local messages, `local/` — before the 250.
 
@@ -49,6 +51,42 @@ pub struct ServeConfig {
     pub max_message_size: usize,
     /// How long an idle client may stay connected.
     pub idle_timeout: Duration,
+    /// TLS for STARTTLS; `None` does not offer it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS configuration with a self-signed certificate for `hostname`, for
+/// development when no certificate is configured.
+pub fn self_signed_tls(hostname: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certified = rcgen::generate_simple_self_signed(vec![hostname.to_owned()])
+        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    tls_config(vec![certified.cert.der().clone()], key.into())
+}
+
+/// A TLS configuration from PEM files (certificate chain, private key).
+pub fn tls_from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: cannot read the certificate: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read the key: {e}", key.display()))?;
+    tls_config(chain, key)
+}
+
+fn tls_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+    .map_err(|e| format!("bad TLS certificate or key: {e}"))?;
+    Ok(Arc::new(config))
 }
 
 impl Default for ServeConfig {
@@ -58,6 +96,7 @@ impl Default for ServeConfig {
             hostname: "localhost".to_owned(),
             max_message_size: 25 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -85,6 +124,10 @@ struct Session {
     open: Arc<OpenSessions>,
     conn: Rc<ConnectionState>,
     stream: TcpStream,
+    /// The TLS layer after STARTTLS.
+    tls: Option<rustls::ServerConnection>,
+    /// `smtp_in_secure` is due once the TLS handshake completes.
+    secure_pending: bool,
     config: Rc<ServeConfig>,
     watcher: Option<WatcherHandle>,
     watching_write: bool,
@@ -136,6 +179,23 @@ thread_local! {
     static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
 }
 
+/// Runs a session's event handling; a panic (a host bug) is logged and
+/// ends only this session, never the worker.
+fn guarded(w: &Worker, s: &Shared, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        w.log(
+            Priority::Critical,
+            format!("smtp: a session failed ({what}); closing it"),
+        );
+        drop_session(w, s);
+    }
+}
+
 /// On the worker: takes over an accepted socket.
 fn start_session(stream: TcpStream, config: Rc<ServeConfig>, open: Arc<OpenSessions>) {
     let Some(w) = worker::current() else { return };
@@ -154,6 +214,8 @@ fn start_session(stream: TcpStream, config: Rc<ServeConfig>, open: Arc<OpenSessi
         open,
         conn,
         stream,
+        tls: None,
+        secure_pending: false,
         config,
         watcher: None,
         watching_write: false,
@@ -228,12 +290,14 @@ fn watch(w: &Worker, s: &Shared, want_write: bool) {
             let (Some(s), Some(w)) = (weak.upgrade(), worker::current()) else {
                 return;
             };
-            if ready.write {
-                flush(&w, &s);
-            }
-            if ready.read {
-                read(&w, &s);
-            }
+            guarded(&w, &s, || {
+                if ready.write {
+                    flush(&w, &s);
+                }
+                if ready.read {
+                    read(&w, &s);
+                }
+            });
         }),
     );
     match handle {
@@ -282,7 +346,14 @@ fn read(w: &Worker, s: &Shared) {
                 close(w, s);
                 return;
             }
-            Ok(n) => s.borrow_mut().input.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                if let Err(e) = receive(s, &buf[..n]) {
+                    w.log(Priority::Warning, format!("smtp: TLS failed: {e}"));
+                    flush(w, s);
+                    drop_session(w, s);
+                    return;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => {
@@ -292,7 +363,88 @@ fn read(w: &Worker, s: &Shared) {
         }
     }
     touch(w, s);
+    // Handshake records to send, if any.
+    flush(w, s);
+    let handshake_done = {
+        let mut sess = s.borrow_mut();
+        let done = sess.secure_pending && sess.tls.as_ref().is_some_and(|t| !t.is_handshaking());
+        if done {
+            sess.secure_pending = false;
+        }
+        done
+    };
+    if handshake_done {
+        s.borrow().conn.secure.set(true);
+        return step(w, s, "smtp_in_secure", ChainArgs::None, |w, s, sent| {
+            if refused(&sent) {
+                reply_raw(s, &sent);
+                close(w, s);
+            } else if !sent.is_empty() {
+                reply_raw(s, &sent);
+            }
+        });
+    }
     process(w, s);
+}
+
+/// Bytes from the socket: plaintext, or TLS records to decrypt.
+fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
+    let mut sess = s.borrow_mut();
+    let sess = &mut *sess;
+    let Some(tls) = sess.tls.as_mut() else {
+        sess.input.extend_from_slice(bytes);
+        return Ok(());
+    };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match tls.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
+        }
+        tls.process_new_packets()?;
+    }
+    let mut plain = [0u8; 16 * 1024];
+    loop {
+        match tls.reader().read(&mut plain) {
+            Ok(0) => break,
+            Ok(n) => sess.input.extend_from_slice(&plain[..n]),
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// STARTTLS: the `220` goes out in plaintext, then TLS takes the socket.
+/// Pipelined plaintext after the command is discarded and the session
+/// starts over (RFC 3207).
+fn start_tls(s: &Shared) {
+    let config = {
+        let sess = s.borrow();
+        match (&sess.tls, &sess.config.tls) {
+            (Some(_), _) => Err("503 5.5.1 TLS is already active"),
+            (None, None) => Err("502 5.5.1 TLS is not available"),
+            (None, Some(c)) => Ok(Arc::clone(c)),
+        }
+    };
+    // The borrow ends before replying.
+    let config = match config {
+        Ok(c) => c,
+        Err(line) => return reply(s, line),
+    };
+    let conn = match rustls::ServerConnection::new(config) {
+        Ok(c) => c,
+        Err(e) => return reply(s, &format!("454 4.7.0 TLS not available now: {e}")),
+    };
+    reply(s, "220 2.0.0 ready to start TLS");
+    let mut sess = s.borrow_mut();
+    sess.tls = Some(conn);
+    sess.secure_pending = true;
+    sess.input.clear();
+    sess.helo = None;
+    sess.envelope = None;
+    sess.recipients.clear();
+    sess.data.clear();
 }
 
 /// A parsed command, owning its text.
@@ -309,7 +461,7 @@ enum Cmd {
     Auth(u64, String),
     /// BDAT with the chunk size and whether it is the last.
     Bdat(usize, bool),
-    NotYet,
+    StartTls,
     Other(&'static str),
 }
 
@@ -331,7 +483,7 @@ fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
             chunk_size,
             is_last,
         } => Cmd::Bdat(chunk_size, is_last),
-        Request::StartTls => Cmd::NotYet,
+        Request::StartTls => Cmd::StartTls,
         other => Cmd::Other(other.name()),
     }
 }
@@ -463,13 +615,18 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
         Cmd::Ehlo(host) => {
             s.borrow_mut().helo = Some(host);
             reset(s);
-            let (name, max) = {
+            let (name, max, offers_tls) = {
                 let sess = s.borrow();
-                (sess.config.hostname.clone(), sess.config.max_message_size)
+                (
+                    sess.config.hostname.clone(),
+                    sess.config.max_message_size,
+                    sess.config.tls.is_some() && sess.tls.is_none(),
+                )
             };
+            let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
             reply(
                 s,
-                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
+                &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n{starttls}250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
             );
         }
         Cmd::Helo(host) => {
@@ -570,7 +727,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
                 Phase::Bdat(BdatReceiver::new(size, last))
             };
         }
-        Cmd::NotYet => reply(s, "502 5.5.1 not implemented by this server yet"),
+        Cmd::StartTls => start_tls(s),
         Cmd::Other(name) => reply(s, &format!("502 5.5.1 {name} is not implemented")),
     }
 }
@@ -952,18 +1109,39 @@ fn reply_raw(s: &Shared, bytes: &[u8]) {
 }
 
 fn flush(w: &Worker, s: &Shared) {
+    // Under TLS, replies are encrypted first; the records go out below.
+    {
+        let mut sess = s.borrow_mut();
+        let sess = &mut *sess;
+        if let Some(tls) = sess.tls.as_mut() {
+            if !sess.output.is_empty() {
+                let _ = tls.writer().write_all(&sess.output);
+                sess.output.clear();
+            }
+        }
+    }
     loop {
         let result = {
             let mut sess = s.borrow_mut();
-            if sess.output.is_empty() {
-                break;
+            let Session {
+                stream,
+                output,
+                tls,
+                ..
+            } = &mut *sess;
+            match tls {
+                Some(tls) if tls.wants_write() => tls.write_tls(stream),
+                Some(_) => break,
+                None if output.is_empty() => break,
+                None => stream.write(output),
             }
-            let Session { stream, output, .. } = &mut *sess;
-            stream.write(output)
         };
         match result {
             Ok(n) => {
-                s.borrow_mut().output.drain(..n);
+                let mut sess = s.borrow_mut();
+                if sess.tls.is_none() {
+                    sess.output.drain(..n);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return watch(w, s, true),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

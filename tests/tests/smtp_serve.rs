@@ -451,3 +451,97 @@ fn swaks_delivers_and_sigusr1_prints_the_counters() {
         .success());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_recipient_a_plugin_marks_local_goes_to_the_local_store() {
+    let dir = PluginDir::new("serve-local");
+    // The probe's rcptto exercise marks every recipient local.
+    dir.add("10-probe.so", &c_probe(), "smtp_in_rcptto exercise\n");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = host
+        .serve(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            ServeConfig {
+                data_dir: data.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut c = Client::connect(server.local_addr());
+    c.reply();
+    c.send("HELO me\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@here.example>\r\nDATA\r\n");
+    c.reply();
+    c.reply();
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("354"));
+    c.send("Subject: local\r\n\r\nfor us\r\n.\r\n");
+    assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
+    assert_eq!(messages_in(&data.join("local")).len(), 1);
+    assert!(messages_in(&data.join("inbox")).is_empty());
+    assert_eq!(host.counters().messages_stored, 1);
+}
+
+#[test]
+fn starttls_secures_the_session_and_runs_smtp_in_secure() {
+    let dir = PluginDir::new("serve-starttls");
+    dir.add("10-probe.so", &c_probe(), "smtp_in_secure exercise\n");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let config = ServeConfig {
+        data_dir: data.clone(),
+        tls: Some(mq_host::smtp_in::self_signed_tls("localhost").unwrap()),
+        ..Default::default()
+    };
+    let server = host
+        .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+        .unwrap();
+    let script = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+s.ehlo()
+print("offered", s.has_extn("starttls"))
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+print("starttls", s.starttls(context=ctx)[0])
+s.ehlo()
+print("offered again", s.has_extn("starttls"))
+print("refused", s.sendmail("a@b.example", ["c@d.example"], "Subject: tls\r\n\r\nsecret\r\n"))
+print("cipher", s.sock.version())
+s.quit()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.local_addr().port().to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        [
+            "offered True",
+            "starttls 220",
+            "offered again False",
+            "refused {}"
+        ]
+    );
+    assert!(lines[4].starts_with("cipher TLSv1."), "{stdout}");
+    let log: Vec<String> = host.log().iter().map(|l| l.text.clone()).collect();
+    assert!(
+        log.contains(&"probe 10-probe smtp_in_secure".to_owned()),
+        "{log:#?}"
+    );
+    assert!(
+        log.contains(&"probe 10-probe secure 1".to_owned()),
+        "{log:#?}"
+    );
+    let stored = messages_in(&data.join("inbox"));
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0]["mime"].as_str().unwrap().contains("secret"));
+}
