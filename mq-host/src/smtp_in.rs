@@ -150,6 +150,17 @@ struct Session {
 
 type Shared = Rc<RefCell<Session>>;
 
+impl Session {
+    /// A message over the size limit is dropped as it arrives (and refused
+    /// with 552 at its end), so it never occupies memory.
+    fn enforce_size_limit(&mut self) {
+        if self.data.len() > self.config.max_message_size {
+            self.too_big = true;
+            self.data.clear();
+        }
+    }
+}
+
 /// How many sessions are open, for a graceful shutdown to wait on.
 #[derive(Default)]
 struct OpenSessions {
@@ -519,10 +530,7 @@ fn process(w: &Worker, s: &Shared) {
                 Phase::Data(receiver) => {
                     let done = receiver.ingest(&mut bytes, &mut sess.data);
                     sess.input = bytes.as_slice().to_vec();
-                    if sess.data.len() > sess.config.max_message_size {
-                        sess.too_big = true;
-                        sess.data.clear();
-                    }
+                    sess.enforce_size_limit();
                     if !done {
                         return;
                     }
@@ -531,15 +539,12 @@ fn process(w: &Worker, s: &Shared) {
                 }
                 Phase::Bdat(receiver) => {
                     let done = receiver.ingest(&mut bytes, &mut sess.data);
+                    let last = receiver.is_last;
                     sess.input = bytes.as_slice().to_vec();
-                    if sess.data.len() > sess.config.max_message_size {
-                        sess.too_big = true;
-                        sess.data.clear();
-                    }
+                    sess.enforce_size_limit();
                     if !done {
                         return;
                     }
-                    let last = receiver.is_last;
                     sess.phase = Phase::Commands;
                     if last {
                         Action::EndOfData

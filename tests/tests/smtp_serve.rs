@@ -22,6 +22,35 @@ fn messages_in(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Starts the `mq-host serve` binary on a free port; returns the child, its
+/// stderr (past the "serving" line) and the address.
+fn spawn_serve(
+    args: &[&std::ffi::OsStr],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+) {
+    let mut child = std::process::Command::new(host_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--grace", "1"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, stderr, addr)
+}
+
 struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -296,34 +325,15 @@ fn bdat_chunks_make_one_message() {
 fn sigterm_stops_accepting_lets_sessions_finish_then_cuts_the_rest() {
     let dir = PluginDir::new("serve-sigterm");
     let probe = dir.add("10-p.so", &c_probe(), "");
-    let mut child = std::process::Command::new(host_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--grace",
-            "1",
-            "--workers",
-            "1",
-            "--plugin",
-        ])
-        .arg(&probe)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr: std::net::SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early"
-        );
-        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let data = dir.path().join("data");
+    let (mut child, mut stderr, addr) = spawn_serve(&[
+        "--workers".as_ref(),
+        "1".as_ref(),
+        "--plugin".as_ref(),
+        probe.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     let mut idle = Client::connect(addr);
     assert!(idle.reply().starts_with("220"));
     idle.send("EHLO me\r\n");
@@ -364,32 +374,12 @@ fn swaks_delivers_and_sigusr1_prints_the_counters() {
     let dir = PluginDir::new("serve-swaks");
     let stamp = dir.add("30-stamp.so", &plugin_so("mq-example-stamp"), "");
     let data = dir.path().join("data");
-    let mut child = std::process::Command::new(host_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--grace",
-            "1",
-            "--plugin",
-        ])
-        .arg(&stamp)
-        .arg("--data-dir")
-        .arg(&data)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr: std::net::SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early"
-        );
-        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut child, mut stderr, addr) = spawn_serve(&[
+        "--plugin".as_ref(),
+        stamp.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     let out = std::process::Command::new("swaks")
         .args([
             "--server",
