@@ -22,6 +22,16 @@ fn messages_in(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Serves SMTP from `host` on a free loopback port, storing under `data`.
+fn serve(host: &mq_host::Host, data: &Path) -> mq_host::smtp_in::Listener {
+    let config = ServeConfig {
+        data_dir: data.to_owned(),
+        ..Default::default()
+    };
+    host.serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+        .unwrap()
+}
+
 /// Starts the `mq-host serve` binary on a free port; returns the child, its
 /// stderr (past the "serving" line) and the address.
 fn spawn_serve(
@@ -97,15 +107,7 @@ fn python_smtplib_delivers_through_the_hooks() {
     dir.add("30-stamp.so", &plugin_so("mq-example-stamp"), "");
     let host = dir.start();
     let data = dir.path().join("data");
-    let server = host
-        .serve(
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            ServeConfig {
-                data_dir: data.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let server = serve(&host, &data);
     let script = r#"
 import smtplib, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
@@ -148,15 +150,7 @@ fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
     dir.add("10-tarpit.so", &plugin_so("mq-example-tarpit"), "");
     let host = dir.builder().workers(1).start().unwrap();
     let data = dir.path().join("data");
-    let server = host
-        .serve(
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            ServeConfig {
-                data_dir: data.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let server = serve(&host, &data);
     let mut slow = Client::connect(server.local_addr());
     assert!(slow.reply().starts_with("220 "));
     // All at once (PIPELINING): the tarpit holds the 2nd and 3rd RCPT.
@@ -291,15 +285,7 @@ fn bdat_chunks_make_one_message() {
     dir.add("10-probe.so", &c_probe(), "");
     let host = dir.start();
     let data = dir.path().join("data");
-    let server = host
-        .serve(
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            ServeConfig {
-                data_dir: data.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let server = serve(&host, &data);
     let mut c = Client::connect(server.local_addr());
     c.reply();
     c.send("EHLO me\r\n");
@@ -449,15 +435,7 @@ fn a_recipient_a_plugin_marks_local_goes_to_the_local_store() {
     dir.add("10-probe.so", &c_probe(), "smtp_in_rcptto exercise\n");
     let host = dir.start();
     let data = dir.path().join("data");
-    let server = host
-        .serve(
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            ServeConfig {
-                data_dir: data.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let server = serve(&host, &data);
     let mut c = Client::connect(server.local_addr());
     c.reply();
     c.send("HELO me\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@here.example>\r\nDATA\r\n");
