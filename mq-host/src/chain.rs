@@ -59,6 +59,27 @@ pub struct HookCall {
     pub resumed: Option<Resume>,
 }
 
+/// A hook call as the chain records it (names are looked up only when a
+/// caller asks for [`HookCall`]s).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallRecord {
+    pub(crate) plugin: usize,
+    pub(crate) took_control: bool,
+    pub(crate) resumed: Option<Resume>,
+}
+
+/// The recorded calls with the plugins' names.
+pub(crate) fn named_calls(shared: &worker::Shared, calls: &[CallRecord]) -> Vec<HookCall> {
+    calls
+        .iter()
+        .map(|c| HookCall {
+            plugin: shared.plugins[c.plugin].info.name.clone(),
+            took_control: c.took_control,
+            resumed: c.resumed,
+        })
+        .collect()
+}
+
 /// How a plugin that took control gave it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -71,7 +92,7 @@ pub enum Resume {
 /// A finished chain.
 pub(crate) struct ChainReport {
     pub(crate) end: ChainEnd,
-    pub(crate) calls: Vec<HookCall>,
+    pub(crate) calls: Vec<CallRecord>,
     pub(crate) retries: u32,
     pub(crate) args: ChainArgs,
     pub(crate) started: Instant,
@@ -100,12 +121,11 @@ enum State {
 pub(crate) struct Chain {
     hook: &'static Hook,
     args: ChainArgs,
-    plugins: Vec<(usize, HookFn)>,
     position: usize,
     retries: u32,
     state: State,
     takeovers: u64,
-    calls: Vec<HookCall>,
+    calls: Vec<CallRecord>,
     done: Option<Done>,
     started: Instant,
     /// Plugins whose hold deadline passed in this chain: they may still
@@ -122,19 +142,9 @@ pub(crate) fn start(
     args: ChainArgs,
     done: Done,
 ) {
-    let plugins = w.shared.by_hook[hook.index()]
-        .iter()
-        .map(|&p| {
-            (
-                p,
-                w.shared.plugins[p].hooks[hook.index()].expect("indexed by hook"),
-            )
-        })
-        .collect();
     let chain = Box::new(Chain {
         hook,
         args,
-        plugins,
         position: 0,
         retries: 0,
         state: State::Ready,
@@ -186,11 +196,13 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
         let call = {
             let mut slot = conn.chain.borrow_mut();
             let Some(chain) = slot.as_mut() else { return };
-            if chain.position >= chain.plugins.len() {
+            // The plugins defining the hook, in order: derived, not copied.
+            let index = chain.hook.index();
+            let Some(&plugin) = w.shared.by_hook[index].get(chain.position) else {
                 drop(slot);
                 return finish(w, conn, ChainEnd::Finished);
-            }
-            let (plugin, hook_fn) = chain.plugins[chain.position];
+            };
+            let hook_fn = w.shared.plugins[plugin].hooks[index].expect("indexed by hook");
             chain.state = State::Calling {
                 plugin,
                 inline: None,
@@ -213,9 +225,10 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
         let State::Calling { inline, extra, .. } = chain.state else {
             unreachable!("only advance leaves the Calling state")
         };
-        let name = w.shared.plugins[call.plugin].info.name.clone();
-        chain.calls.push(HookCall {
-            plugin: name.clone(),
+        // Names only in the rare log lines: the hot path stores an index.
+        let name = &w.shared.plugins[call.plugin].info.name;
+        chain.calls.push(CallRecord {
+            plugin: call.plugin,
             took_control,
             resumed: None,
         });

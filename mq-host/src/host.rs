@@ -706,8 +706,11 @@ fn start_event(
         hook,
         args,
         Box::new(move |conn, report: ChainReport| {
+            let calls = worker::current()
+                .map(|w| chain::named_calls(&w.shared, &report.calls))
+                .unwrap_or_default();
             let (result, leftover) =
-                event_result(hook, conn, report, log.since(mark, Some(worker_id)));
+                event_result(hook, conn, report, calls, log.since(mark, Some(worker_id)));
             if hook.name == "smtp_in_close" {
                 if let Some(w) = worker::current() {
                     // After the chain has recorded what it retains.
@@ -727,6 +730,7 @@ fn event_result(
     hook: &'static Hook,
     conn: &ConnectionState,
     report: ChainReport,
+    calls: Vec<HookCall>,
     log: Vec<LogRecord>,
 ) -> (EventResult, ChainArgs) {
     let (mut message, mut smtp, mut local) = (None, None, None);
@@ -753,7 +757,7 @@ fn event_result(
     let result = EventResult {
         hook,
         end: report.end,
-        calls: report.calls,
+        calls,
         retries: report.retries,
         message,
         smtp,

@@ -259,9 +259,10 @@ impl MessageObj {
     pub(crate) fn json_ptr(&self) -> *const c_char {
         let mut cache = self.json_text.borrow_mut();
         let text = cache.get_or_insert_with(|| {
+            // Serialized from the borrow: no copy of the message (and its MIME).
             c_string(
-                Value::Object(self.json.borrow().clone())
-                    .to_string()
+                serde_json::to_string(&*self.json.borrow())
+                    .unwrap_or_default()
                     .as_bytes(),
             )
         });

@@ -529,7 +529,8 @@ fn process(w: &Worker, s: &Shared) {
                 }
                 Phase::Data(receiver) => {
                     let done = receiver.ingest(&mut bytes, &mut sess.data);
-                    sess.input = bytes.as_slice().to_vec();
+                    let left = bytes.as_slice().len();
+                    sess.input = keep_tail(input, left);
                     sess.enforce_size_limit();
                     if !done {
                         return;
@@ -540,7 +541,8 @@ fn process(w: &Worker, s: &Shared) {
                 Phase::Bdat(receiver) => {
                     let done = receiver.ingest(&mut bytes, &mut sess.data);
                     let last = receiver.is_last;
-                    sess.input = bytes.as_slice().to_vec();
+                    let left = bytes.as_slice().len();
+                    sess.input = keep_tail(input, left);
                     sess.enforce_size_limit();
                     if !done {
                         return;
@@ -554,7 +556,8 @@ fn process(w: &Worker, s: &Shared) {
                 }
                 Phase::SkipBdat(receiver, _) => {
                     let done = receiver.ingest(&mut bytes);
-                    sess.input = bytes.as_slice().to_vec();
+                    let left = bytes.as_slice().len();
+                    sess.input = keep_tail(input, left);
                     if !done {
                         return;
                     }
@@ -574,12 +577,15 @@ fn process(w: &Worker, s: &Shared) {
                         .strip_suffix(b"\r")
                         .unwrap_or(&input[..end])
                         .to_vec();
-                    sess.input = input[end + 1..].to_vec();
+                    let mut input = input;
+                    input.drain(..=end);
+                    sess.input = input;
                     Action::AuthLine(line)
                 }
                 Phase::Commands => {
                     let parsed = sess.parser.ingest(&mut bytes).map(to_cmd);
-                    sess.input = bytes.as_slice().to_vec();
+                    let left = bytes.as_slice().len();
+                    sess.input = keep_tail(input, left);
                     match parsed {
                         Ok(cmd) => Action::Command(cmd),
                         Err(ParseError::NeedsMoreData { .. }) => return,
@@ -598,6 +604,14 @@ fn process(w: &Worker, s: &Shared) {
             Action::AuthLine(line) => auth_line(w, s, line),
         }
     }
+}
+
+/// `input` without what was consumed, keeping its allocation (no copy per
+/// pipelined command).
+fn keep_tail(mut input: Vec<u8>, left: usize) -> Vec<u8> {
+    let consumed = input.len() - left;
+    input.drain(..consumed);
+    input
 }
 
 fn parse_error(e: &ParseError) -> String {

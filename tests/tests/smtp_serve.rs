@@ -22,6 +22,22 @@ fn messages_in(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs a Python script (a real smtplib client) against `server`; its
+/// stdout, after checking it succeeded.
+fn python(script: &str, server: &mq_host::smtp_in::Listener) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.local_addr().port().to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Serves SMTP from `host` on a free loopback port, storing under `data`.
 fn serve(host: &mq_host::Host, data: &Path) -> mq_host::smtp_in::Listener {
     let config = ServeConfig {
@@ -115,19 +131,7 @@ refused = s.sendmail("sender@shop.example", ["alice@example.com", "eve@example.n
 print(sorted(refused))
 s.quit()
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &server.local_addr().port().to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "['eve@example.net']"
-    );
+    assert_eq!(python(script, &server).trim(), "['eve@example.net']");
     let stored = messages_in(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     let m = &stored[0];
@@ -254,16 +258,7 @@ code, _ = t.auth("LOGIN", t.auth_login)
 print("login", code)
 t.quit()
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &server.local_addr().port().to_string()])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python(script, &server);
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         ["advertised LOGIN PLAIN", "bad 535", "plain ok", "login 235"]
@@ -479,16 +474,7 @@ print("refused", s.sendmail("a@b.example", ["c@d.example"], "Subject: tls\r\n\r\
 print("cipher", s.sock.version())
 s.quit()
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &server.local_addr().port().to_string()])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python(script, &server);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         &lines[..4],

@@ -60,6 +60,7 @@ fn probe() -> &'static Probe {
 
 /// The path of this shared object, found with dladdr.
 fn own_path() -> Option<std::path::PathBuf> {
+    // SAFETY: Dl_info is plain C data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr fills `info` for an address inside a loaded object.
     let found = unsafe { libc::dladdr(own_path as *const libc::c_void, &mut info) };
