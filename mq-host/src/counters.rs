@@ -61,6 +61,14 @@ counters! {
     messages_stored,
     /// Messages a plugin refused at `smtp_in_message` (reported under `refused/`).
     messages_refused,
+    /// Delivery attempts made to the relay.
+    delivery_attempts,
+    /// Messages the relay accepted.
+    messages_delivered,
+    /// Messages that failed for good (reported under `failures/`).
+    messages_failed,
+    /// Temporary delivery failures: the message waits for a retry.
+    messages_deferred,
 }
 
 impl Counters {

@@ -229,6 +229,15 @@ impl Host {
         self.shared.log.since(0, None)
     }
 
+    pub(crate) fn counters_live(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Writes a host log record (not from a worker).
+    pub(crate) fn host_log(&self, priority: Priority, text: String) {
+        self.shared.log.write(None, priority, Source::Host, text);
+    }
+
     /// Opens a connection on the next worker (round robin).
     pub fn open(&self, direction: Direction) -> Result<Session<'_>, RunError> {
         let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();

@@ -41,6 +41,7 @@
 mod capi;
 mod chain;
 mod counters;
+pub mod delivery;
 pub mod event_loop;
 mod host;
 mod hostlog;
@@ -48,6 +49,7 @@ mod loader;
 mod objects;
 pub mod runmode;
 pub mod smtp_in;
+mod store;
 mod worker;
 
 pub use chain::{ChainEnd, HookCall, Resume};

@@ -1,6 +1,7 @@
 //! The `mq-host` command: run MailerQ plugins outside MailerQ.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mq_host::delivery::{self, DeliveryConfig, Outbox, Status, Until};
 use mq_host::{Direction, Host, HostMode, LogEcho, PluginInfo, PluginKind};
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -38,11 +39,18 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Serve SMTP with the plugins' smtp_in_* hooks (plain ESMTP with
-    /// pipelining for now); accepted messages are stored under --data-dir.
+    /// Serve SMTP with the plugins' smtp_in_* hooks; accepted messages are
+    /// stored under --data-dir and, with --relay, delivered with the
+    /// smtp_out_* hooks. Without --plugins/--plugin: the example plugins.
     Serve {
         #[command(flatten)]
         host: HostArgs,
+        /// Deliver the outbox (DATA-DIR/inbox) to this SMTP relay
+        /// (host:port); without it, accepted messages wait there.
+        #[arg(long)]
+        relay: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: std::net::SocketAddr,
@@ -72,6 +80,28 @@ enum Command {
         /// (SIGUSR1 prints the counters).
         #[arg(long, default_value_t = 10)]
         grace: u64,
+    },
+    /// Deliver MailerQ JSON messages (one per line) to an SMTP relay with
+    /// the smtp_out_* hooks; print each final result as a JSON line and a
+    /// progress line on stderr. Without --plugins/--plugin: the example
+    /// plugins.
+    Deliver {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The SMTP relay (host:port).
+        #[arg(long)]
+        relay: String,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+        /// Keep the outbox and results here (inbox/, success/, failures/,
+        /// retry/); default: a temporary directory, removed at the end.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Input file; `-` for standard input.
+        input: PathBuf,
+        /// Output file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
     /// and the hooks each defines. Runs nothing but `mq_version`.
@@ -114,6 +144,46 @@ struct HostArgs {
     counters: bool,
 }
 
+#[derive(clap::Args)]
+struct DeliveryArgs {
+    /// Messages delivered at once (delivery connections).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Seconds before the first retry of a temporary failure; doubles for
+    /// each further retry.
+    #[arg(long, default_value_t = 60.0)]
+    retry_delay: f64,
+    /// The longest delay between retries, in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    max_retry_delay: f64,
+    /// Attempts before a temporary failure becomes a failure (a message's
+    /// own `maxattempts` wins).
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// Seconds the relay may take for each reply.
+    #[arg(long, default_value_t = 300.0)]
+    reply_timeout: f64,
+}
+
+impl DeliveryArgs {
+    fn config(&self, relay: String, helo: &str) -> Result<DeliveryConfig, String> {
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("--{name} {v}: not a number of seconds"))
+        };
+        Ok(DeliveryConfig {
+            relay,
+            helo: helo.to_owned(),
+            connections: self.connections.max(1),
+            reply_timeout: secs("reply-timeout", self.reply_timeout)?,
+            retry_delay: secs("retry-delay", self.retry_delay)?,
+            max_retry_delay: secs("max-retry-delay", self.max_retry_delay)?,
+            max_attempts: self.max_attempts.max(1),
+            ..DeliveryConfig::default()
+        })
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum DirectionArg {
     In,
@@ -131,8 +201,20 @@ fn main() -> ExitCode {
             output,
         } => run(host, direction, input, output),
         Command::Inspect { files, verbose } => return inspect(&files, verbose),
+        Command::Deliver {
+            host,
+            relay,
+            delivery,
+            data_dir,
+            input,
+            output,
+        } => delivery
+            .config(relay, "localhost")
+            .and_then(|config| deliver(host, config, data_dir, input, output)),
         Command::Serve {
             host,
+            relay,
+            delivery,
             listen,
             data_dir,
             hostname,
@@ -157,14 +239,22 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let delivery = match relay.map(|r| delivery.config(r, &hostname)).transpose() {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    eprintln!("mq-host: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let config = mq_host::smtp_in::ServeConfig {
                 data_dir,
                 hostname,
                 max_message_size,
                 idle_timeout: Duration::from_secs(idle_timeout),
                 tls,
+                outbox: None,
             };
-            serve(host, listen, config, Duration::from_secs(grace))
+            serve(host, listen, config, delivery, Duration::from_secs(grace))
         }
     };
     match result {
@@ -240,32 +330,232 @@ fn wait_for_stop(set: &libc::sigset_t, host: &Host) -> &'static str {
 fn serve(
     args: HostArgs,
     listen: std::net::SocketAddr,
-    config: mq_host::smtp_in::ServeConfig,
+    mut config: mq_host::smtp_in::ServeConfig,
+    delivery: Option<DeliveryConfig>,
     grace: Duration,
 ) -> Result<(), String> {
     let signals = block_stop_signals();
-    let host = start(&args, None)?;
+    let examples = ExamplePlugins::unless_given(&args)?;
+    let host = start(&args, examples.as_ref().map(|e| e.dir.as_path()))?;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let data_dir = config.data_dir.clone();
+    let outbox = match &delivery {
+        Some(d) => {
+            let (outbox, pickup) = Outbox::open(&data_dir)
+                .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
+            eprintln!(
+                "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
+                data_dir.join("inbox").display(),
+                pickup.waiting,
+                if pickup.finished > 0 {
+                    format!(", {} already delivered before a restart (removed)", pickup.finished)
+                } else {
+                    String::new()
+                },
+                d.relay,
+                d.connections
+            );
+            Some(outbox)
+        }
+        None => None,
+    };
+    config.outbox = outbox.clone();
     let server = host
         .serve(listener, config)
         .map_err(|e| format!("cannot serve: {e}"))?;
     eprintln!(
-        "mq-host: serving SMTP on {} with {} plugin(s); messages go to {}",
+        "mq-host: serving SMTP on {} with {} plugin(s); messages go to {}{}",
         server.local_addr(),
         host.plugins().len(),
-        data_dir.display()
+        data_dir.display(),
+        if delivery.is_none() {
+            " (no --relay: they wait in inbox/)"
+        } else {
+            ""
+        }
     );
-    let signal = wait_for_stop(&signals, &host);
-    eprintln!("mq-host: {signal}: no new connections; open sessions get {grace:?} to finish");
-    let cut = server.shutdown(grace);
-    if cut > 0 {
-        eprintln!("mq-host: {cut} session(s) did not finish in time and were told 421");
-    }
+    std::thread::scope(|scope| {
+        if let (Some(outbox), Some(delivery)) = (&outbox, &delivery) {
+            let host = &host;
+            scope.spawn(move || {
+                delivery::run(host, outbox, delivery, Until::Stopped, &|_| {});
+            });
+        }
+        let signal = wait_for_stop(&signals, &host);
+        eprintln!("mq-host: {signal}: no new connections; open sessions get {grace:?} to finish");
+        let cut = server.shutdown(grace);
+        if cut > 0 {
+            eprintln!("mq-host: {cut} session(s) did not finish in time and were told 421");
+        }
+        if let Some(outbox) = &outbox {
+            eprintln!(
+                "mq-host: finishing the deliveries on their way; {} message(s) stay in the outbox",
+                outbox.pending()
+            );
+            outbox.stop();
+        }
+    });
     finish(host, &args);
     eprintln!("mq-host: stopped");
     Ok(())
+}
+
+/// `mq-host deliver`: the file's messages into an outbox, delivered until
+/// each has its final result.
+fn deliver(
+    args: HostArgs,
+    config: DeliveryConfig,
+    data_dir: Option<PathBuf>,
+    input: PathBuf,
+    output: Option<PathBuf>,
+) -> Result<(), String> {
+    let text = if input == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(&input)
+            .map_err(|e| format!("cannot read {}: {e}", input.display()))?
+    };
+    let mut writer: Box<dyn Write + Send> = match &output {
+        None => Box::new(std::io::stdout()),
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| format!("cannot create output {}: {e}", p.display()))?,
+        ),
+    };
+    let temporary = data_dir.is_none();
+    let data_dir = data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("mq-host-deliver-{}", std::process::id()))
+    });
+    let (outbox, pickup) = Outbox::open(&data_dir)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
+    let examples = ExamplePlugins::unless_given(&args)?;
+    let host = start(&args, examples.as_ref().map(|e| e.dir.as_path()))?;
+    let mut invalid = 0;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let error = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(message @ serde_json::Value::Object(_)) => match outbox.add(&message) {
+                Ok(_) => continue,
+                Err(e) => format!("cannot store it in the outbox: {e}"),
+            },
+            Ok(_) => "a MailerQ message must be a JSON object".to_owned(),
+            Err(e) => format!("not JSON: {e}"),
+        };
+        invalid += 1;
+        let line = serde_json::json!({"error": format!("line {}: {error}", n + 1), "line": n + 1});
+        writeln!(writer, "{line}").map_err(|e| format!("cannot write a result: {e}"))?;
+    }
+    let total = outbox.pending();
+    if pickup.waiting > 0 {
+        eprintln!(
+            "mq-host: {} message(s) from an earlier run in {} are delivered too",
+            pickup.waiting,
+            data_dir.join("inbox").display()
+        );
+    }
+    let progress = Progress::new(total);
+    let writer = std::sync::Mutex::new(writer);
+    let write_error = std::sync::Mutex::new(None);
+    delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
+        progress.record(outcome.status);
+        if outcome.status != Status::Retry {
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
+                write_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e.to_string());
+            }
+        }
+    });
+    progress.finish();
+    finish(host, &args);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    if let Some(e) = write_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(format!("cannot write a result: {e}"));
+    }
+    let failed = progress.failed() + invalid;
+    if failed > 0 {
+        return Err(format!("{failed} message(s) not delivered"));
+    }
+    Ok(())
+}
+
+/// The progress line of `mq-host deliver` (stderr; redrawn in place on a
+/// terminal, a line per second otherwise).
+struct Progress {
+    total: usize,
+    state: std::sync::Mutex<ProgressState>,
+    terminal: bool,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    success: usize,
+    failure: usize,
+    retries: usize,
+    printed: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            total,
+            state: Default::default(),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn record(&self, status: Status) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            Status::Success => state.success += 1,
+            Status::Failure => state.failure += 1,
+            Status::Retry => state.retries += 1,
+        }
+        let due = state
+            .printed
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if self.terminal || due {
+            state.printed = Some(std::time::Instant::now());
+            self.print(&state, false);
+        }
+    }
+
+    fn print(&self, state: &ProgressState, last: bool) {
+        let line = format!(
+            "deliver: {}/{} done: {} delivered, {} failed; {} retr{} so far",
+            state.success + state.failure,
+            self.total,
+            state.success,
+            state.failure,
+            state.retries,
+            if state.retries == 1 { "y" } else { "ies" }
+        );
+        if self.terminal {
+            eprint!("\r\x1b[K{line}{}", if last { "\n" } else { "" });
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.print(&state, true);
+    }
+
+    fn failed(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).failure
+    }
 }
 
 fn run(
@@ -308,22 +598,30 @@ fn run(
     Ok(())
 }
 
-/// The example plugins, in the order the demo loads them.
-const DEMO_PLUGINS: [(&str, &str); 3] = [
+/// The example plugins, in the order they load.
+const EXAMPLE_PLUGINS: [(&str, &str); 4] = [
     ("10-c-allowlist.so", "libmq_example_c_allowlist.so"),
     ("20-allowlist.so", "libmq_example_allowlist.so"),
     ("30-stamp.so", "libmq_example_stamp.so"),
+    ("40-out-trace.so", "libmq_example_out_trace.so"),
 ];
 
-const DEMO_MESSAGES: &str = include_str!("demo-messages.jsonl");
+/// A temporary plugin directory with the example plugins (links to the
+/// libraries built next to this executable); removed on drop.
+struct ExamplePlugins {
+    dir: PathBuf,
+}
 
-fn demo(args: HostArgs) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-    let built = exe.parent().ok_or("this executable has no directory")?;
-    let dir = std::env::temp_dir().join(format!("mq-host-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = (|| {
-        for (name, library) in DEMO_PLUGINS {
+impl ExamplePlugins {
+    fn link() -> Result<ExamplePlugins, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let built = exe.parent().ok_or("this executable has no directory")?;
+        let dir = std::env::temp_dir().join(format!("mq-host-examples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let examples = ExamplePlugins { dir };
+        for (name, library) in EXAMPLE_PLUGINS {
             let source = built.join(library);
             if !source.is_file() {
                 return Err(format!(
@@ -331,7 +629,7 @@ fn demo(args: HostArgs) -> Result<(), String> {
                     source.display()
                 ));
             }
-            let link = dir.join(name);
+            let link = examples.dir.join(name);
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&source, &link).map_err(|e| {
                 format!(
@@ -341,28 +639,49 @@ fn demo(args: HostArgs) -> Result<(), String> {
                 )
             })?;
         }
-        let host = start(&args, Some(&dir))?;
-        eprintln!(
-            "mq-host demo: {} plugin(s), {} worker(s); sample messages in, results out:",
-            host.plugins().len(),
-            host.workers()
-        );
-        let summary = mq_host::runmode::run_jsonl(
-            &host,
-            Direction::Incoming,
-            DEMO_MESSAGES.as_bytes(),
-            std::io::stdout().lock(),
-        )
-        .map_err(|e| e.to_string())?;
-        eprintln!(
-            "mq-host demo: {} message(s): {} accepted, {} refused, {} error(s)",
-            summary.messages, summary.accepted, summary.refused, summary.errors
-        );
-        finish(host, &args);
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+        Ok(examples)
+    }
+
+    /// The example plugins, unless `args` name plugins.
+    fn unless_given(args: &HostArgs) -> Result<Option<ExamplePlugins>, String> {
+        if args.plugins.is_some() || !args.plugin_files.is_empty() {
+            return Ok(None);
+        }
+        let examples = ExamplePlugins::link()?;
+        eprintln!("mq-host: no --plugins/--plugin: loading the example plugins");
+        Ok(Some(examples))
+    }
+}
+
+impl Drop for ExamplePlugins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const DEMO_MESSAGES: &str = include_str!("demo-messages.jsonl");
+
+fn demo(args: HostArgs) -> Result<(), String> {
+    let examples = ExamplePlugins::link()?;
+    let host = start(&args, Some(&examples.dir))?;
+    eprintln!(
+        "mq-host demo: {} plugin(s), {} worker(s); sample messages in, results out:",
+        host.plugins().len(),
+        host.workers()
+    );
+    let summary = mq_host::runmode::run_jsonl(
+        &host,
+        Direction::Incoming,
+        DEMO_MESSAGES.as_bytes(),
+        std::io::stdout().lock(),
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "mq-host demo: {} message(s): {} accepted, {} refused, {} error(s)",
+        summary.messages, summary.accepted, summary.refused, summary.errors
+    );
+    finish(host, &args);
+    Ok(())
 }
 
 fn inspect(files: &[PathBuf], verbose: bool) -> ExitCode {

@@ -23,6 +23,7 @@ use crate::chain::{self, ChainArgs, ChainReport};
 use crate::event_loop::{Interest, TimerHandle, WatcherHandle};
 use crate::hostlog::Priority;
 use crate::objects::{AddressObj, ConnectionState, Direction, MessageObj};
+use crate::store::{now_rfc3339, store};
 use crate::worker::{self, Worker};
 use mq_hook_table::by_name;
 use serde_json::{json, Value};
@@ -53,6 +54,10 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// TLS for STARTTLS; `None` does not offer it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where messages stored in `inbox/` are queued for delivery (an
+    /// [`Outbox`](crate::delivery::Outbox) opened on the same data
+    /// directory); `None`: they wait in `inbox/`.
+    pub outbox: Option<crate::delivery::Outbox>,
 }
 
 /// A TLS configuration with a self-signed certificate for `hostname`, for
@@ -97,6 +102,7 @@ impl Default for ServeConfig {
             max_message_size: 25 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             tls: None,
+            outbox: None,
         }
     }
 }
@@ -961,8 +967,14 @@ fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
             continue;
         }
         let queue = if local { "local" } else { "inbox" };
-        if let Err(e) = store(&dir.join(queue), &message) {
-            return reply(s, &format!("451 4.3.0 cannot store the message: {e}"));
+        match store(&dir.join(queue), &message) {
+            Err(e) => return reply(s, &format!("451 4.3.0 cannot store the message: {e}")),
+            Ok(path) if !local => {
+                if let Some(outbox) = &s.borrow().config.outbox {
+                    outbox.push(path);
+                }
+            }
+            Ok(_) => {}
         }
         stored += 1;
         count(|c| &c.messages_stored);
@@ -983,57 +995,6 @@ fn count(counter: impl FnOnce(&crate::counters::Counters) -> &AtomicU64) {
     if let Some(w) = worker::current() {
         crate::counters::Counters::bump(counter(&w.shared.counters));
     }
-}
-
-/// Writes `message` as JSON under `dir`, durably: a temporary file, fsync,
-/// rename, fsync of the directory.
-fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let name = format!(
-        "{stamp}-{}-{}.json",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(&name);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(serde_json::to_string(message)?.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(path)
-}
-
-/// Now as RFC 3339 UTC (`2026-11-22T21:08:37Z`).
-fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
 }
 
 fn message_id(host: &str) -> String {

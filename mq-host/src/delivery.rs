@@ -1,0 +1,933 @@
+//! Delivery: messages from the outbox go over SMTP to a relay, with the
+//! `smtp_out_data` and `smtp_out_sent` hooks at their MailerQ moments.
+//!
+//! The outbox is the `inbox/` directory under the data directory (see the
+//! [storage layout](crate::smtp_in)). An [`Outbox`] picks up every message
+//! file in it when it opens, so nothing accepted before a crash or a restart
+//! is lost, and takes new ones as `serve` stores them. [`run`] delivers them
+//! with a few delivery threads, each one plain SMTP connection at a time:
+//!
+//! 1. connect, greeting, `EHLO` (`HELO` if the relay refuses it),
+//!    `MAIL FROM:<envelope>`, `RCPT TO:<recipient>`, `DATA`;
+//! 2. after the relay's `354` the connection is in the DATA state: the
+//!    `smtp_out_data` chain runs on a worker (a plugin may hold control, or
+//!    replace the MIME with `MQ_setMime`);
+//! 3. the MIME is sent (line ends made CRLF, dot-stuffed, ended with
+//!    `.`), then the `smtp_out_sent` chain runs, before the relay's reply is
+//!    read;
+//! 4. the reply decides: 2xx success, 4xx (or a network error, or a
+//!    timeout) retry, 5xx failure.
+//!
+//! The hooks run on the workers' event loops like every chain; the delivery
+//! threads only wait for them, so a plugin that holds control never blocks
+//! a worker.
+//!
+//! # Results
+//!
+//! A result is the message's MailerQ JSON with the attempt added to its
+//! `results` array, and `mime` removed unless the message sets `keepmime`:
+//!
+//! ```json
+//! {"envelope": "a@example.org", "recipient": "b@example.net",
+//!  "results": [{"time": "2026-11-30T09:12:01Z", "relay": "127.0.0.1:2526",
+//!               "attempt": 1, "status": "success", "state": "data",
+//!               "code": 250, "extended": "2.0.0", "description": "OK queued"}]}
+//! ```
+//!
+//! `status` is `success`, `failure` or `retry`; `state` names the step the
+//! reply answered (`connect`, `greeting`, `ehlo`, `mailfrom`, `rcptto`,
+//! `data`, `sent`); `code`, `extended` and `description` are the relay's
+//! reply, or for an error without one, `description` says what happened.
+//! Results are written durably to `success/`, `failures/` or `retry/` under
+//! the data directory, and handed to the caller of [`run`].
+//!
+//! # Retries
+//!
+//! A temporary failure is retried after a delay that doubles from
+//! [`DeliveryConfig::retry_delay`] up to [`DeliveryConfig::max_retry_delay`]
+//! (or, if the message has a `retries` array, its entries in seconds, the
+//! last one repeated), until `maxattempts` (the message's, or
+//! [`DeliveryConfig::max_attempts`]) attempts were made; then it is a
+//! failure. The message file stays in the outbox meanwhile, rewritten with
+//! its `results` so far and its `nextattempt`. After a restart, waiting
+//! messages are tried again at once.
+//!
+//! A message is delivered at least once: if the host dies after the relay
+//! accepted a message but before its result was written, the message is
+//! sent again after the restart (SMTP's at-least-once). A result that was
+//! written is never repeated: at pickup a message whose result exists is
+//! only removed from the outbox.
+
+use crate::host::{Event, Host};
+use crate::hostlog::Priority;
+use crate::objects::Direction;
+use crate::store;
+use serde_json::{json, Map, Value};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How messages are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The relay, as `host:port`.
+    pub relay: String,
+    /// The name given in `EHLO`.
+    pub helo: String,
+    /// Delivery threads: how many messages are on their way at once.
+    pub connections: usize,
+    /// How long connecting to the relay may take.
+    pub connect_timeout: Duration,
+    /// How long the relay may take for each reply.
+    pub reply_timeout: Duration,
+    /// The delay before the first retry; it doubles for each further one.
+    pub retry_delay: Duration,
+    /// The longest delay between retries.
+    pub max_retry_delay: Duration,
+    /// Attempts before a temporary failure becomes a failure, unless the
+    /// message sets `maxattempts`.
+    pub max_attempts: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            relay: "127.0.0.1:25".to_owned(),
+            helo: "localhost".to_owned(),
+            connections: 2,
+            connect_timeout: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(300),
+            retry_delay: Duration::from_secs(60),
+            max_retry_delay: Duration::from_secs(3600),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The relay accepted the message.
+    Success,
+    /// The message cannot be delivered: a permanent error, or its attempts
+    /// are used up.
+    Failure,
+    /// A temporary failure: the message will be tried again.
+    Retry,
+}
+
+impl Status {
+    /// `success`, `failure` or `retry`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Failure => "failure",
+            Status::Retry => "retry",
+        }
+    }
+
+    fn queue(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Failure => "failures",
+            Status::Retry => "retry",
+        }
+    }
+}
+
+/// A delivery result, as written under the data directory.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// What became of the attempt.
+    pub status: Status,
+    /// The result JSON (the message with its `results`).
+    pub result: Value,
+    /// Where the result was written.
+    pub file: PathBuf,
+}
+
+/// What an [`Outbox`] found when it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pickup {
+    /// Messages waiting for delivery.
+    pub waiting: usize,
+    /// Messages whose result had been written but which were still in the
+    /// outbox (the host stopped in between): removed, not sent again.
+    pub finished: usize,
+}
+
+/// The outbox: the message files waiting in `inbox/`, in the order they
+/// are due. Cheap to clone; all clones are one queue.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<(Mutex<Queue>, Condvar)>,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("data_dir", &self.data_dir)
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Waiting messages by due time (then order of arrival).
+    due: BinaryHeap<Reverse<(Instant, u64, PathBuf)>>,
+    seq: u64,
+    /// Messages being delivered right now.
+    in_flight: usize,
+    stopping: bool,
+}
+
+/// When [`run`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// When [`Outbox::stop`] is called (after the messages on their way).
+    Stopped,
+    /// When every message has its final result, or at [`Outbox::stop`].
+    Empty,
+}
+
+impl Outbox {
+    /// Opens the outbox under `data_dir` and picks up every message waiting
+    /// in `inbox/` (all due now).
+    pub fn open(data_dir: impl Into<PathBuf>) -> std::io::Result<(Outbox, Pickup)> {
+        let data_dir = data_dir.into();
+        let inbox = data_dir.join("inbox");
+        std::fs::create_dir_all(&inbox)?;
+        let outbox = Outbox {
+            shared: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
+            data_dir,
+        };
+        let mut pickup = Pickup::default();
+        for file in store::pending(&inbox)? {
+            let name = file.file_name().unwrap_or_default();
+            let done = ["success", "failures"]
+                .iter()
+                .any(|q| outbox.data_dir.join(q).join(name).exists());
+            if done {
+                store::remove(&file)?;
+                pickup.finished += 1;
+            } else {
+                outbox.push(file);
+                pickup.waiting += 1;
+            }
+        }
+        Ok((outbox, pickup))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stores `message` durably in the outbox and queues it.
+    pub fn add(&self, message: &Value) -> std::io::Result<PathBuf> {
+        let path = store::store(&self.data_dir.join("inbox"), message)?;
+        self.push(path.clone());
+        Ok(path)
+    }
+
+    /// Queues a message file already stored in `inbox/`, due now.
+    pub fn push(&self, file: PathBuf) {
+        self.push_at(file, Instant::now());
+    }
+
+    fn push_at(&self, file: PathBuf, due: Instant) {
+        let mut queue = self.lock();
+        queue.seq += 1;
+        let seq = queue.seq;
+        queue.due.push(Reverse((due, seq, file)));
+        drop(queue);
+        self.shared.1.notify_all();
+    }
+
+    /// Messages waiting or on their way.
+    pub fn pending(&self) -> usize {
+        let queue = self.lock();
+        queue.due.len() + queue.in_flight
+    }
+
+    /// Lets [`run`] return once the messages on their way are done; the
+    /// waiting ones stay in `inbox/` for the next start.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.shared.1.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A poisoned lock only means a delivery thread panicked while
+        // holding it; the queue itself is always consistent.
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next due message, waiting for one; `None` when `run` should end.
+    fn next(&self, until: Until) -> Option<PathBuf> {
+        let mut queue = self.lock();
+        loop {
+            if queue.stopping {
+                return None;
+            }
+            let now = Instant::now();
+            match queue.due.peek() {
+                Some(Reverse((due, _, _))) if *due <= now => {
+                    let Reverse((_, _, file)) = queue.due.pop().expect("peeked");
+                    queue.in_flight += 1;
+                    return Some(file);
+                }
+                Some(Reverse((due, _, _))) => {
+                    let wait = *due - now;
+                    queue = self.wait(queue, Some(wait));
+                }
+                None if until == Until::Empty && queue.in_flight == 0 => {
+                    // Wake the other threads: they end too.
+                    self.shared.1.notify_all();
+                    return None;
+                }
+                None => queue = self.wait(queue, None),
+            }
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        queue: MutexGuard<'a, Queue>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Queue> {
+        let cv = &self.shared.1;
+        match timeout {
+            Some(t) => {
+                cv.wait_timeout(queue, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => cv.wait(queue).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn done(&self) {
+        self.lock().in_flight -= 1;
+        self.shared.1.notify_all();
+    }
+}
+
+/// Delivers the outbox's messages with `config.connections` threads until
+/// `until`; `on_result` gets every result (success, failure and retry) as
+/// soon as it is written.
+pub fn run(
+    host: &Host,
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+    until: Until,
+    on_result: &(dyn Fn(&Outcome) + Sync),
+) {
+    std::thread::scope(|scope| {
+        for n in 0..config.connections.max(1) {
+            std::thread::Builder::new()
+                .name(format!("mq-deliver-{n}"))
+                .spawn_scoped(scope, || {
+                    while let Some(file) = outbox.next(until) {
+                        if let Some(outcome) = deliver_file(host, outbox, config, &file) {
+                            on_result(&outcome);
+                        }
+                        outbox.done();
+                    }
+                })
+                .expect("a delivery thread starts");
+        }
+    });
+}
+
+/// One attempt for the message in `file`; records its result. `None` if
+/// the result could not be recorded (logged; the message stays in the
+/// outbox for the next start).
+fn deliver_file(
+    host: &Host,
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+    file: &Path,
+) -> Option<Outcome> {
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    let message = match std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return quarantine(host, outbox, file, "not a JSON object"),
+        Err(e) => return quarantine(host, outbox, file, &e),
+    };
+    host.counters_live()
+        .delivery_attempts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let attempt = attempt(host, config, &message);
+    match record(outbox, config, file, &name, message, attempt) {
+        Ok(outcome) => {
+            let counters = host.counters_live();
+            let counter = match outcome.status {
+                Status::Success => &counters.messages_delivered,
+                Status::Failure => &counters.messages_failed,
+                Status::Retry => &counters.messages_deferred,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            host.host_log(
+                Priority::Info,
+                format!(
+                    "delivery: {name} to {}: {} ({})",
+                    outcome.result["recipient"].as_str().unwrap_or("?"),
+                    outcome.status.as_str(),
+                    last_description(&outcome.result)
+                ),
+            );
+            Some(outcome)
+        }
+        Err(e) => {
+            host.host_log(
+                Priority::Critical,
+                format!(
+                    "delivery: cannot record the result of {name}: {e}; it stays in the outbox"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn last_description(result: &Value) -> String {
+    let last = result["results"].as_array().and_then(|r| r.last());
+    match last {
+        Some(a) => match a["code"].as_u64() {
+            Some(code) => format!("{} {}", code, a["description"].as_str().unwrap_or("")),
+            None => a["description"].as_str().unwrap_or("").to_owned(),
+        },
+        None => String::new(),
+    }
+}
+
+/// A message file that is not a MailerQ message moves to `failures/`
+/// unchanged (with `.invalid` added), so it is reported, never lost.
+fn quarantine(host: &Host, outbox: &Outbox, file: &Path, why: &str) -> Option<Outcome> {
+    let failures = outbox.data_dir.join("failures");
+    let target = file.with_extension("json.invalid");
+    let moved = std::fs::rename(file, &target).and_then(|_| store::move_into(&target, &failures));
+    match moved {
+        Ok(path) => {
+            host.host_log(
+                Priority::Critical,
+                format!(
+                    "delivery: {} is not a MailerQ message ({why}); moved to {}",
+                    file.display(),
+                    path.display()
+                ),
+            );
+            host.counters_live()
+                .messages_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(Outcome {
+                status: Status::Failure,
+                result: json!({"file": file.display().to_string(), "results": [{
+                    "time": store::now_rfc3339(), "status": "failure", "state": "message",
+                    "description": format!("not a MailerQ message: {why}")}]}),
+                file: path,
+            })
+        }
+        Err(e) => {
+            host.host_log(
+                Priority::Critical,
+                format!(
+                    "delivery: {} is not a MailerQ message ({why}) and cannot be moved: {e}",
+                    file.display()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// One attempt's result, before it is recorded.
+struct Attempt {
+    status: Status,
+    state: &'static str,
+    reply: Option<Reply>,
+    error: Option<String>,
+}
+
+impl Attempt {
+    fn error(status: Status, state: &'static str, error: impl Into<String>) -> Attempt {
+        Attempt {
+            status,
+            state,
+            reply: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// The status a reply means: 2xx success, 4xx retry, anything else
+    /// failure.
+    fn from_reply(state: &'static str, reply: Reply) -> Attempt {
+        let status = match reply.code / 100 {
+            2 => Status::Success,
+            4 => Status::Retry,
+            _ => Status::Failure,
+        };
+        Attempt {
+            status,
+            state,
+            reply: Some(reply),
+            error: None,
+        }
+    }
+}
+
+/// A relay's reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reply {
+    code: u16,
+    /// The enhanced status code (`2.0.0`), if the relay gave one.
+    extended: Option<String>,
+    /// The reply's text, lines joined with a space, without the codes.
+    text: String,
+}
+
+/// An SMTP client connection to the relay (blocking, with timeouts).
+struct Relay {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+impl Relay {
+    fn connect(config: &DeliveryConfig) -> Result<Relay, String> {
+        let addrs = config
+            .relay
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve relay {}: {e}", config.relay))?;
+        let mut last = format!("relay {} has no address", config.relay);
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, config.connect_timeout) {
+                Ok(stream) => {
+                    let timeout = Some(config.reply_timeout);
+                    stream
+                        .set_read_timeout(timeout)
+                        .and_then(|_| stream.set_write_timeout(timeout))
+                        .map_err(|e| e.to_string())?;
+                    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+                    return Ok(Relay {
+                        reader: BufReader::new(stream),
+                        writer: BufWriter::new(writer),
+                    });
+                }
+                Err(e) => last = format!("cannot connect to relay {addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    fn read_reply(&mut self) -> Result<Reply, String> {
+        let mut text = Vec::new();
+        let mut extended = None;
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Err("the relay closed the connection".into()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err("the relay did not answer in time".into())
+                }
+                Err(e) => return Err(format!("reading from the relay: {e}")),
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            let (code, more, rest) = parse_reply_line(line)
+                .ok_or_else(|| format!("the relay sent a malformed reply: {line:?}"))?;
+            let (ext, rest) = split_extended(rest);
+            if extended.is_none() {
+                extended = ext;
+            }
+            if !rest.is_empty() {
+                text.push(rest.to_owned());
+            }
+            if !more {
+                return Ok(Reply {
+                    code,
+                    extended,
+                    text: text.join(" "),
+                });
+            }
+        }
+    }
+
+    fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.writer
+            .write_all(line.as_bytes())
+            .and_then(|_| self.writer.write_all(b"\r\n"))
+            .and_then(|_| self.writer.flush())
+            .map_err(|e| format!("writing to the relay: {e}"))?;
+        self.read_reply()
+    }
+
+    /// Sends `mime` as DATA content: bare LF made CRLF, lines starting
+    /// with `.` dot-stuffed, a final CRLF added if missing, then `.`.
+    fn send_data(&mut self, mime: &[u8]) -> Result<(), String> {
+        let w = &mut self.writer;
+        let mut write = || -> std::io::Result<()> {
+            let mut at_line_start = true;
+            let mut last = 0u8;
+            for (i, &b) in mime.iter().enumerate() {
+                if at_line_start && b == b'.' {
+                    w.write_all(b".")?;
+                }
+                if b == b'\n' && (i == 0 || mime[i - 1] != b'\r') {
+                    w.write_all(b"\r")?;
+                }
+                w.write_all(&[b])?;
+                at_line_start = b == b'\n';
+                last = b;
+            }
+            if !mime.is_empty() && last != b'\n' {
+                w.write_all(b"\r\n")?;
+            }
+            w.write_all(b".\r\n")?;
+            w.flush()
+        };
+        write().map_err(|e| format!("sending the message to the relay: {e}"))
+    }
+}
+
+/// `250-text` → (250, true, "text"); `250 text` or `250` → (250, false, ..).
+fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
+    let code = line.get(..3)?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let code: u16 = code.parse().ok()?;
+    match line.as_bytes().get(3) {
+        None => Some((code, false, "")),
+        Some(b'-') => Some((code, true, &line[4..])),
+        Some(b' ') => Some((code, false, &line[4..])),
+        Some(_) => None,
+    }
+}
+
+/// `2.1.0 Ok` → (Some("2.1.0"), "Ok").
+fn split_extended(text: &str) -> (Option<String>, &str) {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let parts: Vec<_> = first.split('.').collect();
+    let extended = parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    if extended {
+        (Some(first.to_owned()), rest.trim_start())
+    } else {
+        (None, text)
+    }
+}
+
+/// One delivery attempt of `message` to the relay, with the out hooks.
+fn attempt(host: &Host, config: &DeliveryConfig, message: &Map<String, Value>) -> Attempt {
+    let envelope = message
+        .get("envelope")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let recipient = match message.get("recipient").and_then(Value::as_str) {
+        Some(r) if !r.trim().is_empty() => r,
+        _ => return Attempt::error(Status::Failure, "message", "the message has no `recipient`"),
+    };
+    let mut relay = match Relay::connect(config) {
+        Ok(relay) => relay,
+        Err(e) => return Attempt::error(Status::Retry, "connect", e),
+    };
+    let attempt = converse(host, config, &mut relay, message, envelope, recipient);
+    // Polite end; the result does not depend on it.
+    let _ = relay.command("QUIT");
+    attempt
+}
+
+fn converse(
+    host: &Host,
+    config: &DeliveryConfig,
+    relay: &mut Relay,
+    message: &Map<String, Value>,
+    envelope: &str,
+    recipient: &str,
+) -> Attempt {
+    macro_rules! step {
+        ($state:literal, $reply:expr, $want:expr) => {
+            match $reply {
+                Ok(reply) if reply.code / 100 == $want => reply,
+                Ok(reply) => {
+                    let mut a = Attempt::from_reply($state, reply);
+                    if a.status == Status::Success {
+                        // A 2xx where a 354 was due: the relay is confused.
+                        a.status = Status::Retry;
+                    }
+                    return a;
+                }
+                Err(e) => return Attempt::error(Status::Retry, $state, e),
+            }
+        };
+    }
+    step!("greeting", relay.read_reply(), 2);
+    match relay.command(&format!("EHLO {}", config.helo)) {
+        Ok(reply) if reply.code / 100 == 5 => {
+            step!("ehlo", relay.command(&format!("HELO {}", config.helo)), 2);
+        }
+        reply => {
+            step!("ehlo", reply, 2);
+        }
+    }
+    step!(
+        "mailfrom",
+        relay.command(&format!("MAIL FROM:<{envelope}>")),
+        2
+    );
+    step!(
+        "rcptto",
+        relay.command(&format!("RCPT TO:<{recipient}>")),
+        2
+    );
+    step!("data", relay.command("DATA"), 3);
+
+    // The connection is in the DATA state: the out hooks run now.
+    let mut session = match host.open(Direction::Outgoing) {
+        Ok(session) => session,
+        Err(e) => {
+            return Attempt::error(
+                Status::Retry,
+                "data",
+                format!("the host cannot run smtp_out_data: {e}"),
+            )
+        }
+    };
+    let mime = match session.run(Event::OutData(Value::Object(message.clone()))) {
+        Ok(out) => out.smtp.and_then(|smtp| smtp.mime),
+        Err(e) => {
+            return Attempt::error(
+                Status::Retry,
+                "data",
+                format!("the host cannot run smtp_out_data: {e}"),
+            )
+        }
+    };
+    let Some(mime) = mime else {
+        // Closing the connection in DATA aborts the transaction.
+        let _ = session.close();
+        return Attempt::error(
+            Status::Failure,
+            "data",
+            "the message has no `mime` and no plugin set one in smtp_out_data",
+        );
+    };
+    if let Err(e) = relay.send_data(&mime) {
+        let _ = session.close();
+        return Attempt::error(Status::Retry, "data", e);
+    }
+    let sent = session.run(Event::OutSent);
+    let _ = session.close();
+    if let Err(e) = sent {
+        host.host_log(
+            Priority::Warning,
+            format!("delivery: smtp_out_sent did not run: {e}"),
+        );
+    }
+    match relay.read_reply() {
+        Ok(reply) => Attempt::from_reply("sent", reply),
+        Err(e) => Attempt::error(Status::Retry, "sent", e),
+    }
+}
+
+/// The attempts a message may have.
+fn max_attempts(message: &Map<String, Value>, config: &DeliveryConfig) -> u64 {
+    message
+        .get("maxattempts")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(config.max_attempts))
+        .max(1)
+}
+
+/// The delay after the `attempts`-th attempt failed for now.
+fn retry_delay(message: &Map<String, Value>, config: &DeliveryConfig, attempts: usize) -> Duration {
+    if let Some(retries) = message.get("retries").and_then(Value::as_array) {
+        let secs: Vec<f64> = retries.iter().filter_map(Value::as_f64).collect();
+        if let Some(&last) = secs.last() {
+            let s = secs
+                .get(attempts.saturating_sub(1))
+                .copied()
+                .unwrap_or(last);
+            return Duration::from_secs_f64(s.max(0.0));
+        }
+    }
+    let doublings = attempts.saturating_sub(1).min(32) as u32;
+    config
+        .retry_delay
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(config.max_retry_delay)
+}
+
+fn keeps_mime(message: &Map<String, Value>) -> bool {
+    match message.get("keepmime") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !s.is_empty() && s != "0" && s != "false",
+        _ => false,
+    }
+}
+
+/// Writes the attempt's result and moves the message on: to `success/` or
+/// `failures/` (out of the outbox), or back into the outbox for a retry.
+fn record(
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+    file: &Path,
+    name: &str,
+    mut message: Map<String, Value>,
+    attempt: Attempt,
+) -> std::io::Result<Outcome> {
+    let allowed = max_attempts(&message, config);
+    let results = message
+        .entry("results")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !results.is_array() {
+        *results = Value::Array(Vec::new());
+    }
+    let results = results.as_array_mut().expect("made an array");
+    let number = results.len() + 1;
+    let mut status = attempt.status;
+    let mut entry = json!({
+        "time": store::now_rfc3339(),
+        "relay": config.relay,
+        "attempt": number,
+        "state": attempt.state,
+    });
+    if let Some(reply) = &attempt.reply {
+        entry["code"] = json!(reply.code);
+        if let Some(ext) = &reply.extended {
+            entry["extended"] = json!(ext);
+        }
+        entry["description"] = json!(reply.text);
+    }
+    if let Some(error) = &attempt.error {
+        entry["description"] = json!(error);
+    }
+    let attempts = number;
+    if status == Status::Retry && attempts as u64 >= allowed {
+        status = Status::Failure;
+        entry["gaveup"] = json!(format!("{attempts} attempt(s) made"));
+    }
+    entry["status"] = json!(status.as_str());
+    results.push(entry);
+
+    let mut result = message.clone();
+    if !keeps_mime(&message) {
+        result.remove("mime");
+    }
+    let queue = outbox.data_dir.join(status.queue());
+    match status {
+        Status::Success | Status::Failure => {
+            let result = Value::Object(result);
+            let path = store::store_as(&queue, name, &result)?;
+            store::remove(file)?;
+            Ok(Outcome {
+                status,
+                result,
+                file: path,
+            })
+        }
+        Status::Retry => {
+            let delay = retry_delay(&message, config, attempts);
+            let next = store::rfc3339(SystemTime::now() + delay);
+            message.insert("nextattempt".into(), json!(next));
+            result.insert("nextattempt".into(), json!(next));
+            let inbox = outbox.data_dir.join("inbox");
+            store::store_as(&inbox, name, &Value::Object(message))?;
+            let stem = name.strip_suffix(".json").unwrap_or(name);
+            let result = Value::Object(result);
+            let path = store::store_as(&queue, &format!("{stem}.{attempts}.json"), &result)?;
+            outbox.push_at(file.to_owned(), Instant::now() + delay);
+            Ok(Outcome {
+                status,
+                result,
+                file: path,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(
+            parse_reply_line("250-PIPELINING"),
+            Some((250, true, "PIPELINING"))
+        );
+        assert_eq!(
+            parse_reply_line("250 2.0.0 Ok"),
+            Some((250, false, "2.0.0 Ok"))
+        );
+        assert_eq!(parse_reply_line("354"), Some((354, false, "")));
+        assert_eq!(parse_reply_line("25 x"), None);
+        assert_eq!(parse_reply_line("250x"), None);
+        assert_eq!(split_extended("2.1.5 Ok"), (Some("2.1.5".into()), "Ok"));
+        assert_eq!(split_extended("5.7.1"), (Some("5.7.1".into()), ""));
+        assert_eq!(split_extended("Ok then"), (None, "Ok then"));
+        assert_eq!(split_extended("3.1.4 pi"), (None, "3.1.4 pi"));
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_or_follow_the_message() {
+        let config = DeliveryConfig {
+            retry_delay: Duration::from_secs(10),
+            max_retry_delay: Duration::from_secs(35),
+            ..Default::default()
+        };
+        let plain = Map::new();
+        let delays: Vec<_> = (1..=4)
+            .map(|n| retry_delay(&plain, &config, n).as_secs())
+            .collect();
+        assert_eq!(delays, [10, 20, 35, 35]);
+        let Value::Object(own) = json!({"retries": [1, 5]}) else {
+            unreachable!()
+        };
+        let delays: Vec<_> = (1..=3)
+            .map(|n| retry_delay(&own, &config, n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 5, 5]);
+        let Value::Object(limited) = json!({"maxattempts": 2}) else {
+            unreachable!()
+        };
+        assert_eq!(max_attempts(&limited, &config), 2);
+        assert_eq!(max_attempts(&plain, &config), 5);
+    }
+
+    #[test]
+    fn keepmime_values() {
+        for (value, keeps) in [
+            (json!(true), true),
+            (json!(1), true),
+            (json!(false), false),
+            (json!(0), false),
+            (json!("yes"), true),
+        ] {
+            let Value::Object(m) = json!({"keepmime": value}) else {
+                unreachable!()
+            };
+            assert_eq!(keeps_mime(&m), keeps, "{value}");
+        }
+        assert!(!keeps_mime(&Map::new()));
+    }
+}

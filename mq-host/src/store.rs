@@ -1,0 +1,171 @@
+//! Durable message files under the data directory.
+//!
+//! Every message the host accepted lives in exactly one file at a time, and
+//! every file is written the same way: a temporary file (`.NAME.tmp`),
+//! `fsync`, an atomic `rename` over the final name, and an `fsync` of the
+//! directory. A crash leaves either the old file or the new one, never a
+//! torn one; a leftover `.tmp` file was never acknowledged and is removed
+//! when the directory is picked up again.
+//!
+//! The layout (`mq-host serve` and `mq-host deliver`):
+//!
+//! | directory    | holds                                                     |
+//! |--------------|-----------------------------------------------------------|
+//! | `inbox/`     | the outbox: accepted messages waiting for delivery        |
+//! | `local/`     | messages a plugin marked local (`MQ_setLocal`)            |
+//! | `refused/`   | messages a plugin refused at `smtp_in_message`, with the reply |
+//! | `success/`   | delivery results: delivered                               |
+//! | `failures/`  | delivery results: failed for good                         |
+//! | `retry/`     | delivery results: failed for now, to be retried           |
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes `message` as JSON under `dir` with a new, unique name, durably.
+pub(crate) fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!(
+        "{stamp}-{}-{}.json",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    store_as(dir, &name, message)
+}
+
+/// Writes `message` as JSON to `dir/name`, durably, replacing a file of
+/// that name atomically.
+pub(crate) fn store_as(dir: &Path, name: &str, message: &Value) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut file, message)?;
+        file.flush()?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Removes `path` durably (the removal itself is fsync'd in its directory).
+pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Moves `path` into `dir` under the same name, durably.
+pub(crate) fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join(path.file_name().unwrap_or_default());
+    std::fs::rename(path, &target)?;
+    sync_dir(dir)?;
+    if let Some(from) = path.parent() {
+        sync_dir(from)?;
+    }
+    Ok(target)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The message files in `dir` (`*.json`, oldest name first); leftover
+/// temporary files of an interrupted write are removed. A missing
+/// directory holds no messages.
+pub(crate) fn pending(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            std::fs::remove_file(&path)?;
+        } else if !name.starts_with('.') && name.ends_with(".json") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Now as RFC 3339 UTC (`2026-11-22T21:08:37Z`).
+pub(crate) fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `time` as RFC 3339 UTC, to the second.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_827_696);
+        assert_eq!(rfc3339(leap), "2000-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn store_replace_and_pending() {
+        let dir = std::env::temp_dir().join(format!("mq-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = store(&dir, &serde_json::json!({"n": 1})).unwrap();
+        std::fs::write(dir.join(".half.json.tmp"), b"{").unwrap();
+        let name = first.file_name().unwrap().to_str().unwrap().to_owned();
+        store_as(&dir, &name, &serde_json::json!({"n": 2})).unwrap();
+        assert_eq!(pending(&dir).unwrap(), vec![first.clone()]);
+        assert!(!dir.join(".half.json.tmp").exists(), "leftover tmp removed");
+        let back: Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+        assert_eq!(back["n"], 2);
+        remove(&first).unwrap();
+        assert!(pending(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            pending(&dir).unwrap().is_empty(),
+            "a missing directory is empty"
+        );
+    }
+}
