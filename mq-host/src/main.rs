@@ -340,26 +340,14 @@ fn serve(
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let data_dir = config.data_dir.clone();
-    let outbox = match &delivery {
-        Some(d) => {
-            let (outbox, pickup) = Outbox::open(&data_dir)
-                .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
-            eprintln!(
-                "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
-                data_dir.join("inbox").display(),
-                pickup.waiting,
-                if pickup.finished > 0 {
-                    format!(", {} already delivered before a restart (removed)", pickup.finished)
-                } else {
-                    String::new()
-                },
-                d.relay,
-                d.connections
-            );
-            Some(outbox)
-        }
+    let opened = match &delivery {
+        Some(_) => Some(
+            Outbox::open(&data_dir)
+                .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?,
+        ),
         None => None,
     };
+    let outbox = opened.as_ref().map(|(outbox, _)| outbox.clone());
     config.outbox = outbox.clone();
     let server = host
         .serve(listener, config)
@@ -375,6 +363,23 @@ fn serve(
             ""
         }
     );
+    if let (Some((_, pickup)), Some(d)) = (&opened, &delivery) {
+        eprintln!(
+            "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
+            data_dir.join("inbox").display(),
+            pickup.waiting,
+            if pickup.finished > 0 {
+                format!(
+                    ", {} already delivered before a restart (removed)",
+                    pickup.finished
+                )
+            } else {
+                String::new()
+            },
+            d.relay,
+            d.connections
+        );
+    }
     std::thread::scope(|scope| {
         if let (Some(outbox), Some(delivery)) = (&outbox, &delivery) {
             let host = &host;

@@ -18,6 +18,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-tarpit",
     "mq-example-body-hash",
     "mq-example-redis-allowlist",
+    "mq-example-out-trace",
     "mq-test-abi-mismatch",
     "mq-host",
 ];
@@ -176,4 +177,154 @@ pub fn assert_no_failures(lines: &[String]) {
         failures.is_empty(),
         "probe checks failed: {failures:#?}\nall lines: {lines:#?}"
     );
+}
+
+/// A Python interpreter that has aiosmtpd (`python3`, else the system's).
+pub fn python_with_aiosmtpd() -> &'static str {
+    static FOUND: OnceLock<&'static str> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|python| {
+                Command::new(python)
+                    .args(["-c", "import aiosmtpd"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("the delivery tests need aiosmtpd: apt-get install python3-aiosmtpd")
+    })
+}
+
+/// A real SMTP server to deliver to: `tests/support/sink.py` (aiosmtpd),
+/// storing what it receives; killed on drop.
+pub struct Sink {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+/// One message a [`Sink`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// `MAIL FROM`.
+    pub mail_from: String,
+    /// `RCPT TO`s.
+    pub rcpt_tos: Vec<String>,
+    /// The DATA content, exactly as received (after dot-unstuffing).
+    pub data: Vec<u8>,
+}
+
+impl Sink {
+    /// Starts a sink storing into `dir`, with `args` (`--fail-first N`,
+    /// `--reject DOMAIN`, `--delay SECS`).
+    pub fn start(dir: &Path, args: &[&str]) -> Sink {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/sink.py");
+        let mut child = Command::new(python_with_aiosmtpd())
+            .arg(script)
+            .arg(dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the SMTP sink");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("sink stdout"))
+            .read_line(&mut line)
+            .expect("the sink prints its port");
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the sink did not start: {line:?}")
+        });
+        Sink {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn relay(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        names.retain(|p: &PathBuf| p.extension().is_some_and(|e| e == "eml"));
+        names.sort();
+        names
+            .iter()
+            .map(|eml| {
+                let meta: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(eml.with_extension("json")).unwrap())
+                        .unwrap();
+                Received {
+                    mail_from: meta["mail_from"].as_str().unwrap_or("").to_owned(),
+                    rcpt_tos: meta["rcpt_tos"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.as_str().unwrap().to_owned())
+                        .collect(),
+                    data: std::fs::read(eml).unwrap(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON files in `dir` (sorted by name); none if it does not exist.
+pub fn json_files(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
+/// Starts the `mq-host serve` binary on a free port; returns the child, its
+/// stderr (past the "serving" line) and the address.
+pub fn spawn_serve(
+    args: &[&std::ffi::OsStr],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+) {
+    let mut child = std::process::Command::new(host_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--grace", "1"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    use std::io::BufRead;
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, stderr, addr)
 }

@@ -7,21 +7,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn messages_in(dir: &Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
-        .collect()
-}
-
 /// Runs a Python script (a real smtplib client) against `server`; its
 /// stdout, after checking it succeeded.
 fn python(script: &str, server: &mq_host::smtp_in::Listener) -> String {
@@ -46,35 +31,6 @@ fn serve(host: &mq_host::Host, data: &Path) -> mq_host::smtp_in::Listener {
     };
     host.serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
         .unwrap()
-}
-
-/// Starts the `mq-host serve` binary on a free port; returns the child, its
-/// stderr (past the "serving" line) and the address.
-fn spawn_serve(
-    args: &[&std::ffi::OsStr],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStderr>,
-    std::net::SocketAddr,
-) {
-    let mut child = std::process::Command::new(host_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--grace", "1"])
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early"
-        );
-        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    (child, stderr, addr)
 }
 
 struct Client {
@@ -132,7 +88,7 @@ print(sorted(refused))
 s.quit()
 "#;
     assert_eq!(python(script, &server).trim(), "['eve@example.net']");
-    let stored = messages_in(&data.join("inbox"));
+    let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     let m = &stored[0];
     assert_eq!(m["recipient"], "alice@example.com");
@@ -182,7 +138,7 @@ fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
     slow.send("Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
     assert_eq!(slow.reply(), "250 2.0.0 queued for 3 recipient(s)");
     assert!(slow.reply().starts_with("221"));
-    assert_eq!(messages_in(&data.join("inbox")).len(), 3);
+    assert_eq!(json_files(&data.join("inbox")).len(), 3);
 }
 
 #[test]
@@ -220,7 +176,7 @@ fn bad_input_gets_smtp_errors_and_the_worker_survives() {
         let r = c.reply();
         assert!(r.starts_with(expect), "{send:?} -> {r}");
     }
-    assert!(messages_in(&data.join("inbox")).is_empty());
+    assert!(json_files(&data.join("inbox")).is_empty());
     // The worker still serves new sessions.
     let mut d = Client::connect(server.local_addr());
     assert!(d.reply().starts_with("220"));
@@ -294,7 +250,7 @@ fn bdat_chunks_make_one_message() {
     assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
     assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
     assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
-    let stored = messages_in(&data.join("inbox"));
+    let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     assert_eq!(
         stored[0]["mime"], "0123456789abcde",
@@ -380,7 +336,7 @@ fn swaks_delivers_and_sigusr1_prints_the_counters() {
         transcript.contains("<-  250 2.0.0 queued for 1 recipient(s)"),
         "{transcript}"
     );
-    let stored = messages_in(&data.join("inbox"));
+    let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     assert!(stored[0]["mime"]
         .as_str()
@@ -440,8 +396,8 @@ fn a_recipient_a_plugin_marks_local_goes_to_the_local_store() {
     assert!(c.reply().starts_with("354"));
     c.send("Subject: local\r\n\r\nfor us\r\n.\r\n");
     assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
-    assert_eq!(messages_in(&data.join("local")).len(), 1);
-    assert!(messages_in(&data.join("inbox")).is_empty());
+    assert_eq!(json_files(&data.join("local")).len(), 1);
+    assert!(json_files(&data.join("inbox")).is_empty());
     assert_eq!(host.counters().messages_stored, 1);
 }
 
@@ -495,7 +451,7 @@ s.quit()
         log.contains(&"probe 10-probe secure 1".to_owned()),
         "{log:#?}"
     );
-    let stored = messages_in(&data.join("inbox"));
+    let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     assert!(stored[0]["mime"].as_str().unwrap().contains("secret"));
 }

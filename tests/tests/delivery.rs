@@ -1,0 +1,450 @@
+//! Delivery: the outbox to a real SMTP server (aiosmtpd), with the
+//! `smtp_out_data` / `smtp_out_sent` hooks, result JSON, retries, and a
+//! host killed mid-delivery.
+
+use mq_e2e::*;
+use mq_host::delivery::{self, DeliveryConfig, Outbox, Outcome, Status, Until};
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn config(sink: &Sink) -> DeliveryConfig {
+    DeliveryConfig {
+        relay: sink.relay(),
+        helo: "mq-host.test".into(),
+        reply_timeout: Duration::from_secs(20),
+        retry_delay: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+/// Delivers everything in `outbox` with the out-trace example plugin;
+/// returns every outcome (retries included), in order.
+fn deliver_all(dir: &PluginDir, outbox: &Outbox, config: &DeliveryConfig) -> Vec<Outcome> {
+    let host = dir.start();
+    let outcomes = Mutex::new(Vec::new());
+    delivery::run(&host, outbox, config, Until::Empty, &|o| {
+        outcomes.lock().unwrap().push(o.clone())
+    });
+    let counters = host.shutdown().counters;
+    let outcomes = outcomes.into_inner().unwrap();
+    assert_eq!(counters.delivery_attempts, outcomes.len() as u64);
+    outcomes
+}
+
+fn traced(attempt: usize, mime: &str) -> Vec<u8> {
+    format!("X-Out-Trace: mq-example-out-trace 0.1.0; attempt {attempt}\r\n{mime}").into_bytes()
+}
+
+#[test]
+fn messages_reach_the_relay_byte_for_byte_with_the_out_hooks() {
+    let dir = PluginDir::new("deliver-bytes");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let (outbox, pickup) = Outbox::open(dir.path().join("data")).unwrap();
+    assert_eq!(pickup.waiting, 0);
+    let dotted = "Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n";
+    outbox
+        .add(
+            &json!({"envelope": "a@shop.example", "recipient": "b@example.net",
+                      "mime": dotted, "key": "k1"}),
+        )
+        .unwrap();
+    // Bare LF and no final line end: sent as CRLF lines; keepmime keeps it.
+    outbox
+        .add(&json!({"envelope": "", "recipient": "c@example.net",
+                      "mime": "Subject: lf\n\nonly lf", "keepmime": true}))
+        .unwrap();
+
+    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes.iter().all(|o| o.status == Status::Success));
+
+    let mut received = sink.received();
+    received.sort_by(|a, b| a.rcpt_tos.cmp(&b.rcpt_tos));
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].mail_from, "a@shop.example");
+    assert_eq!(received[0].rcpt_tos, ["b@example.net"]);
+    assert_eq!(received[0].data, traced(1, dotted));
+    assert_eq!(received[1].mail_from, "<>", "empty envelope: MAIL FROM:<>");
+    assert_eq!(
+        received[1].data,
+        traced(1, "Subject: lf\r\n\r\nonly lf\r\n")
+    );
+
+    // Result JSON: the message with `results`; mime only with keepmime.
+    let by_key = |rcpt: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.result["recipient"] == rcpt)
+            .unwrap()
+            .result
+            .clone()
+    };
+    let first = by_key("b@example.net");
+    assert_eq!(first["key"], "k1", "custom properties are kept");
+    assert!(first.get("mime").is_none(), "mime stripped: {first}");
+    let result = &first["results"][0];
+    assert_eq!(result["status"], "success");
+    assert_eq!(result["state"], "sent");
+    assert_eq!(result["code"], 250);
+    assert_eq!(result["extended"], "2.0.0");
+    assert!(result["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("OK stored as"));
+    assert_eq!(result["relay"], sink.relay());
+    assert_eq!(by_key("c@example.net")["mime"], "Subject: lf\n\nonly lf");
+
+    let data = dir.path().join("data");
+    assert_eq!(json_files(&data.join("success")).len(), 2);
+    assert!(json_files(&data.join("inbox")).is_empty(), "outbox empty");
+}
+
+#[test]
+fn temporary_failures_are_retried_with_backoff_until_delivered() {
+    let dir = PluginDir::new("deliver-retry");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let sink = Sink::start(&dir.path().join("sink"), &["--fail-first", "2"]);
+    let (outbox, _) = Outbox::open(dir.path().join("data")).unwrap();
+    outbox
+        .add(
+            &json!({"envelope": "a@shop.example", "recipient": "b@example.net",
+                      "mime": "Subject: again\r\n\r\nx\r\n"}),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    let statuses: Vec<_> = outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(statuses, [Status::Retry, Status::Retry, Status::Success]);
+    // 50 ms, then 100 ms.
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    let last = &outcomes[2].result;
+    let results = last["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["status"], "retry");
+    assert_eq!(results[0]["code"], 451);
+    assert_eq!(results[0]["extended"], "4.3.0");
+    assert_eq!(results[0]["state"], "sent");
+    assert_eq!(results[2]["status"], "success");
+    // The plugin saw the earlier attempts in the message JSON.
+    assert_eq!(
+        sink.received()[0].data,
+        traced(3, "Subject: again\r\n\r\nx\r\n")
+    );
+    let data = dir.path().join("data");
+    let retries = json_files(&data.join("retry"));
+    assert_eq!(retries.len(), 2);
+    assert!(retries[0]["nextattempt"].is_string());
+    assert!(retries.iter().all(|r| r.get("mime").is_none()));
+}
+
+#[test]
+fn permanent_errors_and_used_up_attempts_are_failures() {
+    let dir = PluginDir::new("deliver-fail");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let sink = Sink::start(
+        &dir.path().join("sink"),
+        &["--reject", "gone.example", "--fail-first", "5"],
+    );
+    let (outbox, _) = Outbox::open(dir.path().join("data")).unwrap();
+    outbox
+        .add(&json!({"recipient": "x@gone.example", "mime": "a\r\n"}))
+        .unwrap();
+    outbox
+        .add(&json!({"recipient": "y@example.net", "mime": "b\r\n", "maxattempts": 2}))
+        .unwrap();
+    outbox.add(&json!({"recipient": "z@example.net"})).unwrap();
+    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    let finals: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != Status::Retry)
+        .collect();
+    assert_eq!(finals.len(), 3);
+    assert!(finals.iter().all(|o| o.status == Status::Failure));
+    let find = |rcpt: &str| {
+        let r = &finals
+            .iter()
+            .find(|o| o.result["recipient"] == rcpt)
+            .unwrap()
+            .result["results"];
+        r.as_array().unwrap().clone()
+    };
+    let rejected = find("x@gone.example");
+    assert_eq!(rejected.len(), 1, "a 5xx is not retried");
+    assert_eq!(rejected[0]["state"], "rcptto");
+    assert_eq!(rejected[0]["code"], 550);
+    assert_eq!(rejected[0]["extended"], "5.1.1");
+    let used_up = find("y@example.net");
+    assert_eq!(used_up.len(), 2, "maxattempts 2");
+    assert_eq!(used_up[1]["status"], "failure");
+    assert_eq!(used_up[1]["gaveup"], "2 attempt(s) made");
+    let no_mime = find("z@example.net");
+    assert_eq!(no_mime[0]["state"], "data");
+    assert!(no_mime[0]["description"]
+        .as_str()
+        .unwrap()
+        .contains("no `mime`"));
+    assert!(sink.received().is_empty());
+    let data = dir.path().join("data");
+    assert_eq!(json_files(&data.join("failures")).len(), 3);
+    assert!(json_files(&data.join("inbox")).is_empty());
+}
+
+#[test]
+fn an_unreachable_relay_is_a_temporary_failure_and_broken_files_are_reported() {
+    let dir = PluginDir::new("deliver-down");
+    let data = dir.path().join("data");
+    // A file in the outbox that is not a MailerQ message.
+    std::fs::create_dir_all(data.join("inbox")).unwrap();
+    std::fs::write(data.join("inbox/0-broken.json"), b"{not json").unwrap();
+    let (outbox, pickup) = Outbox::open(&data).unwrap();
+    assert_eq!(pickup.waiting, 1);
+    outbox
+        .add(&json!({"recipient": "b@example.net", "mime": "x\r\n"}))
+        .unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = free.local_addr().unwrap().to_string();
+    drop(free);
+    let config = DeliveryConfig {
+        relay,
+        retry_delay: Duration::from_millis(10),
+        max_attempts: 2,
+        ..Default::default()
+    };
+    let host = dir.start();
+    let outcomes = Mutex::new(Vec::new());
+    delivery::run(&host, &outbox, &config, Until::Empty, &|o| {
+        outcomes.lock().unwrap().push(o.clone())
+    });
+    drop(host);
+    let outcomes = outcomes.into_inner().unwrap();
+    let broken = outcomes
+        .iter()
+        .find(|o| o.result.get("file").is_some())
+        .unwrap();
+    assert_eq!(broken.status, Status::Failure);
+    assert!(broken.file.ends_with("failures/0-broken.json.invalid"));
+    assert_eq!(std::fs::read(&broken.file).unwrap(), b"{not json");
+    let down: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.result.get("file").is_none())
+        .collect();
+    assert_eq!(down.len(), 2);
+    assert_eq!(down[0].status, Status::Retry);
+    assert_eq!(down[1].status, Status::Failure);
+    let result = &down[1].result["results"][1];
+    assert_eq!(result["state"], "connect");
+    assert!(
+        result["description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to relay"),
+        "{result}"
+    );
+}
+
+#[test]
+fn deliver_command_prints_results_and_progress() {
+    let dir = PluginDir::new("deliver-cli");
+    let sink = Sink::start(&dir.path().join("sink"), &["--reject", "gone.example"]);
+    let input = dir.path().join("batch.jsonl");
+    let mut lines = String::new();
+    for n in 0..5 {
+        let msg = json!({"envelope": "a@shop.example", "recipient": format!("r{n}@example.net"),
+                         "mime": format!("Subject: {n}\r\n\r\nbody {n}\r\n")});
+        lines.push_str(&format!("{msg}\n"));
+    }
+    lines.push_str("{\"recipient\": \"x@gone.example\", \"mime\": \"no\\r\\n\"}\n");
+    lines.push_str("not json\n");
+    std::fs::write(&input, lines).unwrap();
+    let out = std::process::Command::new(host_binary())
+        .args(["deliver", "--quiet", "--relay", &sink.relay()])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mq-host: 2 message(s) not delivered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("deliver: 6/6 done: 5 delivered, 1 failed; 0 retries so far"),
+        "{stderr}"
+    );
+    let results: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 7, "{stdout}");
+    assert_eq!(
+        results[0]["error"],
+        "line 7: not JSON: expected ident at line 1 column 2"
+    );
+    let statuses: Vec<_> = results[1..]
+        .iter()
+        .map(|r| r["results"][0]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "success").count(), 5);
+    assert_eq!(statuses.iter().filter(|s| **s == "failure").count(), 1);
+    // The example plugins ran (no --plugins): out-trace added its header.
+    let received = sink.received();
+    assert_eq!(received.len(), 5);
+    assert!(received
+        .iter()
+        .all(|r| r.data.starts_with(b"X-Out-Trace: mq-example-out-trace")));
+}
+
+fn send_with_smtplib(addr: std::net::SocketAddr, count: usize) {
+    let script = r#"
+import smtplib, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+with smtplib.SMTP("127.0.0.1", port) as s:
+    for n in range(count):
+        s.sendmail("a@shop.example", ["user%d@example.com" % n],
+                   "Subject: crash %d\r\n\r\nbody %d\r\n" % (n, n))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &addr.port().to_string(), &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn subjects(received: &[Received]) -> Vec<String> {
+    let mut subjects: Vec<_> = received
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.data);
+            let line = text.lines().find(|l| l.starts_with("Subject:")).unwrap();
+            line.to_owned()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    subjects
+}
+
+#[test]
+fn serve_delivers_with_both_hook_sets_and_survives_a_kill_mid_delivery() {
+    const COUNT: usize = 6;
+    let dir = PluginDir::new("deliver-crash");
+    let data = dir.path().join("data");
+    let sink_dir = dir.path().join("sink");
+    // A slow relay: each message takes 2 s after its data.
+    let slow = Sink::start(&sink_dir, &["--delay", "2"]);
+    let (mut child, _stderr, addr) = spawn_serve(&[
+        "--quiet".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        slow.relay().as_ref(),
+    ]);
+    send_with_smtplib(addr, COUNT);
+    // Every message is stored (acknowledged) before its 250...
+    assert_eq!(json_files(&data.join("inbox")).len(), COUNT);
+    // ...and two are on their way to the slow relay: kill the host now.
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = json_files(&data.join("success")).len();
+    assert!(before < COUNT, "the kill came mid-delivery");
+    drop(slow);
+
+    // Restart with a working relay: the outbox is picked up again.
+    let sink = Sink::start(&sink_dir, &[]);
+    let (mut child, mut stderr, _) = spawn_serve(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        sink.relay().as_ref(),
+    ]);
+    wait_for("the outbox to empty", Duration::from_secs(60), || {
+        json_files(&data.join("inbox")).is_empty()
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+
+    // Every accepted message was delivered (some maybe twice: the kill may
+    // have come after the relay took one but before its result was kept);
+    // each has exactly one success result, and nothing failed.
+    let received = sink.received();
+    let expected: Vec<_> = (0..COUNT).map(|n| format!("Subject: crash {n}")).collect();
+    assert_eq!(subjects(&received), expected);
+    assert!(
+        received.len() <= COUNT + 2,
+        "at most the in-flight ones twice"
+    );
+    assert_eq!(json_files(&data.join("success")).len(), COUNT);
+    assert!(json_files(&data.join("failures")).is_empty());
+    // Both hook sets ran on each message: stamp (in) and out-trace (out).
+    for r in &received {
+        let text = String::from_utf8_lossy(&r.data);
+        assert!(
+            text.starts_with("X-Out-Trace: mq-example-out-trace"),
+            "{text}"
+        );
+        assert!(text.contains("X-Stamped-By: mq-example-stamp"), "{text}");
+    }
+    assert!(
+        log.lines().next().unwrap().contains(&format!(
+            "message(s) waiting; delivering to {}",
+            sink.relay()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("sent "), "smtp_out_sent logged: {log}");
+}
+
+#[test]
+fn sigterm_lets_deliveries_on_their_way_finish() {
+    let dir = PluginDir::new("deliver-sigterm");
+    let data = dir.path().join("data");
+    let sink = Sink::start(&dir.path().join("sink"), &["--delay", "1"]);
+    let (mut child, mut stderr, addr) = spawn_serve(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        sink.relay().as_ref(),
+        "--connections".as_ref(),
+        "1".as_ref(),
+    ]);
+    send_with_smtplib(addr, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    // The one on its way finished; the others wait for the next start.
+    let delivered = json_files(&data.join("success")).len();
+    let waiting = json_files(&data.join("inbox")).len();
+    assert!(delivered >= 1, "{log}");
+    assert_eq!(delivered + waiting, 3, "{log}");
+    assert_eq!(sink.received().len(), delivered);
+    assert!(
+        log.contains("finishing the deliveries on their way"),
+        "{log}"
+    );
+}
