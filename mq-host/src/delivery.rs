@@ -1,8 +1,9 @@
 //! Delivery: messages from the outbox go over SMTP to a relay, with the
 //! `smtp_out_data` and `smtp_out_sent` hooks at their MailerQ moments.
 //!
-//! The outbox is the `inbox/` directory under the data directory (see the
-//! [storage layout](crate::smtp_in)). An [`Outbox`] picks up every message
+//! The outbox is the `inbox/` directory under the data directory, next to
+//! `local/` and `refused/` (written by [`serve`](crate::Host::serve)) and
+//! the results: `success/`, `failures/` and `retry/`. An [`Outbox`] picks up every message
 //! file in it when it opens, so nothing accepted before a crash or a restart
 //! is lost, and takes new ones as `serve` stores them. [`run`] delivers them
 //! with a few delivery threads, each one plain SMTP connection at a time:

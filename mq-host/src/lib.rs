@@ -21,6 +21,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## SMTP in and out
+//!
+//! [`Host::serve`] serves real ESMTP with the `smtp_in_*` hooks
+//! ([`smtp_in`]) and stores accepted messages durably; [`delivery`] sends
+//! the outbox to a relay with `smtp_out_data` and `smtp_out_sent`:
+//!
+//! ```no_run
+//! use mq_host::delivery::{self, DeliveryConfig, Outbox, Until};
+//! use mq_host::Host;
+//! use serde_json::json;
+//!
+//! let host = Host::builder().plugin_dir("plugins").start()?;
+//! let (outbox, _pickup) = Outbox::open("mq-data")?;
+//! outbox.add(&json!({"envelope": "a@example.com", "recipient": "b@example.org",
+//!                    "mime": "Subject: hi\r\n\r\nhello\r\n"}))?;
+//! let config = DeliveryConfig { relay: "127.0.0.1:2526".into(), ..Default::default() };
+//! delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
+//!     println!("{}: {}", outcome.status.as_str(), outcome.result);
+//! });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Embedding and C plugins
 //!
 //! C plugins resolve the host's `MQ_*` functions from the executable, so an

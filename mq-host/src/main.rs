@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the example plugins (C allow-list, Rust allow-list, Rust stamp)
-    /// on built-in sample messages. Build them first: `cargo build --workspace`.
+    /// Run the example plugins on built-in sample messages through an SMTP
+    /// session's hooks, without network. Build them first: `cargo build --workspace`.
     Demo {
         #[command(flatten)]
         host: HostArgs,
