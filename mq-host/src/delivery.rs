@@ -186,6 +186,12 @@ struct Queue {
     /// Messages being delivered right now.
     in_flight: usize,
     stopping: bool,
+    /// Relay connections of the deliveries on their way, to cut them
+    /// short at shutdown.
+    connections: std::collections::HashMap<u64, TcpStream>,
+    next_connection: u64,
+    /// The connections were cut: their attempts are not recorded.
+    cut: bool,
 }
 
 /// When [`run`] returns.
@@ -264,6 +270,48 @@ impl Outbox {
         self.shared.1.notify_all();
     }
 
+    /// Like [`Outbox::stop`], then waits up to `grace` for the deliveries
+    /// on their way; those still going then are cut short (their messages
+    /// stay in `inbox/`, unchanged, for the next start). Returns how many
+    /// were cut.
+    pub fn stop_within(&self, grace: Duration) -> usize {
+        self.stop();
+        let deadline = Instant::now() + grace;
+        let mut queue = self.lock();
+        while queue.in_flight > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            queue = self.wait(queue, Some(deadline - now));
+        }
+        if queue.in_flight == 0 {
+            return 0;
+        }
+        queue.cut = true;
+        for stream in queue.connections.values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        queue.in_flight
+    }
+
+    /// Keeps a clone of a relay connection until the guard drops.
+    fn track(&self, stream: &TcpStream) -> Option<Tracked> {
+        let clone = stream.try_clone().ok()?;
+        let mut queue = self.lock();
+        queue.next_connection += 1;
+        let id = queue.next_connection;
+        queue.connections.insert(id, clone);
+        Some(Tracked {
+            outbox: self.clone(),
+            id,
+        })
+    }
+
+    fn was_cut(&self) -> bool {
+        self.lock().cut
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A poisoned lock only means a delivery thread panicked while
         // holding it; the queue itself is always consistent.
@@ -320,6 +368,18 @@ impl Outbox {
     }
 }
 
+/// A tracked relay connection (see [`Outbox::track`]).
+struct Tracked {
+    outbox: Outbox,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.outbox.lock().connections.remove(&self.id);
+    }
+}
+
 /// Delivers the outbox's messages with `config.connections` threads until
 /// `until`; `on_result` gets every result (success, failure and retry) as
 /// soon as it is written.
@@ -365,10 +425,17 @@ fn deliver_file(
         Ok(_) => return quarantine(host, outbox, file, "not a JSON object"),
         Err(e) => return quarantine(host, outbox, file, &e),
     };
+    let attempt = attempt(host, outbox, config, &message);
+    if outbox.was_cut() {
+        host.host_log(
+            Priority::Warning,
+            format!("delivery: {name} was cut short by the shutdown; it stays in the outbox"),
+        );
+        return None;
+    }
     host.counters_live()
         .delivery_attempts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let attempt = attempt(host, config, &message);
     match record(outbox, config, file, &name, message, attempt) {
         Ok(outcome) => {
             let counters = host.counters_live();
@@ -637,7 +704,12 @@ fn split_extended(text: &str) -> (Option<String>, &str) {
 }
 
 /// One delivery attempt of `message` to the relay, with the out hooks.
-fn attempt(host: &Host, config: &DeliveryConfig, message: &Map<String, Value>) -> Attempt {
+fn attempt(
+    host: &Host,
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+    message: &Map<String, Value>,
+) -> Attempt {
     let envelope = message
         .get("envelope")
         .and_then(Value::as_str)
@@ -650,9 +722,13 @@ fn attempt(host: &Host, config: &DeliveryConfig, message: &Map<String, Value>) -
         Ok(relay) => relay,
         Err(e) => return Attempt::error(Status::Retry, "connect", e),
     };
+    let _tracked = outbox.track(relay.reader.get_ref());
     let attempt = converse(host, config, &mut relay, message, envelope, recipient);
-    // Polite end; the result does not depend on it.
-    let _ = relay.command("QUIT");
+    // A polite end, if the conversation is still in step (after an error
+    // the connection is broken, or aborted in DATA: just close it).
+    if attempt.error.is_none() {
+        let _ = relay.command("QUIT");
+    }
     attempt
 }
 

@@ -224,7 +224,7 @@ impl Host {
         self.shared.counters.snapshot()
     }
 
-    /// Every log record so far.
+    /// The log records so far (the most recent 100 000).
     pub fn log(&self) -> Vec<LogRecord> {
         self.shared.log.since(0, None)
     }

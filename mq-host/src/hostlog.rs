@@ -98,8 +98,20 @@ pub enum LogEcho {
 /// The in-memory log of one host.
 #[derive(Debug)]
 pub(crate) struct HostLog {
-    records: Mutex<Vec<LogRecord>>,
+    records: Mutex<Records>,
     echo: LogEcho,
+}
+
+/// How many records a log keeps: the oldest are dropped beyond this, so a
+/// long-running `serve` does not grow without bound (the stderr echo sees
+/// every record).
+const RETAINED: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Records {
+    /// The sequence number of `list[0]`.
+    base: u64,
+    list: std::collections::VecDeque<LogRecord>,
 }
 
 static FALLBACK: RwLock<Option<Weak<HostLog>>> = RwLock::new(None);
@@ -129,7 +141,7 @@ impl Drop for CallerScope {
 impl HostLog {
     pub(crate) fn new(echo: LogEcho) -> Arc<HostLog> {
         Arc::new(HostLog {
-            records: Mutex::new(Vec::new()),
+            records: Mutex::new(Records::default()),
             echo,
         })
     }
@@ -161,7 +173,7 @@ impl HostLog {
     ) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let record = LogRecord {
-            seq: records.len() as u64,
+            seq: records.base + records.list.len() as u64,
             worker,
             priority,
             source,
@@ -171,21 +183,54 @@ impl HostLog {
         if self.echo == LogEcho::Stderr {
             let _ = writeln!(std::io::stderr().lock(), "{record}");
         }
-        records.push(record);
+        if records.list.len() == RETAINED {
+            records.list.pop_front();
+            records.base += 1;
+        }
+        records.list.push_back(record);
     }
 
     /// The next sequence number (a mark for [`HostLog::since`]).
     pub(crate) fn mark(&self) -> u64 {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.base + records.list.len() as u64
     }
 
     /// Records from `mark` on, optionally only those of one worker.
     pub(crate) fn since(&self, mark: u64, worker: Option<usize>) -> Vec<LogRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records[(mark as usize).min(records.len())..]
+        let skip = mark.saturating_sub(records.base) as usize;
+        records
+            .list
             .iter()
+            .skip(skip)
             .filter(|r| worker.is_none() || r.worker == worker)
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_most_recent_records_and_marks_stay_valid() {
+        let log = HostLog::new(LogEcho::None);
+        for n in 0..RETAINED + 10 {
+            log.write(Some(n % 2), Priority::Info, Source::Host, n.to_string());
+        }
+        assert_eq!(log.mark(), (RETAINED + 10) as u64);
+        let all = log.since(0, None);
+        assert_eq!(all.len(), RETAINED, "the oldest ten were dropped");
+        assert_eq!(all[0].seq, 10);
+        assert_eq!(all[0].text, "10");
+        let mark = log.mark() - 3;
+        let last: Vec<_> = log.since(mark, None).into_iter().map(|r| r.text).collect();
+        assert_eq!(
+            last,
+            [RETAINED + 7, RETAINED + 8, RETAINED + 9].map(|n| n.to_string())
+        );
+        assert_eq!(log.since(mark, Some(1)).len(), 2);
     }
 }

@@ -395,10 +395,13 @@ fn serve(
         }
         if let Some(outbox) = &outbox {
             eprintln!(
-                "mq-host: finishing the deliveries on their way; {} message(s) stay in the outbox",
+                "mq-host: finishing the deliveries on their way (up to {grace:?}); {} message(s) in the outbox",
                 outbox.pending()
             );
-            outbox.stop();
+            let cut = outbox.stop_within(grace);
+            if cut > 0 {
+                eprintln!("mq-host: {cut} delivery(ies) cut short; they stay in the outbox for the next start");
+            }
         }
     });
     finish(host, &args);
@@ -527,10 +530,13 @@ impl Progress {
             Status::Failure => state.failure += 1,
             Status::Retry => state.retries += 1,
         }
-        let due = state
-            .printed
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if self.terminal || due {
+        // The last one is printed by `finish`.
+        let last = state.success + state.failure == self.total;
+        let due = !last
+            && state
+                .printed
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if (self.terminal && !last) || due {
             state.printed = Some(std::time::Instant::now());
             self.print(&state, false);
         }

@@ -419,7 +419,7 @@ fn serve_delivers_with_both_hook_sets_and_survives_a_kill_mid_delivery() {
 fn sigterm_lets_deliveries_on_their_way_finish() {
     let dir = PluginDir::new("deliver-sigterm");
     let data = dir.path().join("data");
-    let sink = Sink::start(&dir.path().join("sink"), &["--delay", "1"]);
+    let sink = Sink::start(&dir.path().join("sink"), &["--delay", "0.4"]);
     let (mut child, mut stderr, addr) = spawn_serve(&[
         "--data-dir".as_ref(),
         data.as_os_str(),
@@ -447,4 +447,43 @@ fn sigterm_lets_deliveries_on_their_way_finish() {
         log.contains("finishing the deliveries on their way"),
         "{log}"
     );
+}
+
+#[test]
+fn sigterm_cuts_a_delivery_that_outlasts_the_grace_period() {
+    let dir = PluginDir::new("deliver-cut");
+    let data = dir.path().join("data");
+    let sink = Sink::start(&dir.path().join("sink"), &["--delay", "30"]);
+    let (mut child, mut stderr, addr) = spawn_serve(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        sink.relay().as_ref(),
+    ]);
+    send_with_smtplib(addr, 1);
+    let stored = std::fs::read_dir(data.join("inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let bytes = std::fs::read(&stored).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by --grace 1"
+    );
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("1 delivery(ies) cut short"), "{log}");
+    assert!(log.contains("was cut short by the shutdown"), "{log}");
+    // The message waits, unchanged (no attempt recorded), for the next start.
+    assert_eq!(std::fs::read(&stored).unwrap(), bytes);
+    assert!(json_files(&data.join("retry")).is_empty());
+    assert!(json_files(&data.join("success")).is_empty());
 }
