@@ -193,6 +193,7 @@ fn arg_ptrs(args: &ChainArgs) -> ArgPtrs {
 /// Calls plugins until one takes control or the chain ends.
 fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
     loop {
+        let chain_hook;
         let call = {
             let mut slot = conn.chain.borrow_mut();
             let Some(chain) = slot.as_mut() else { return };
@@ -203,6 +204,7 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
                 return finish(w, conn, ChainEnd::Finished);
             };
             let hook_fn = w.shared.plugins[plugin].hooks[index].expect("indexed by hook");
+            chain_hook = chain.hook;
             chain.state = State::Calling {
                 plugin,
                 inline: None,
@@ -214,7 +216,7 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
                 args: arg_ptrs(&chain.args),
             }
         };
-        Counters::bump(&w.shared.counters.hook_calls);
+        w.shared.counters.hook_called(chain_hook);
         // SAFETY: the hook has the signature of its shape; the context and
         // connection views and the argument buffers (owned by the boxed
         // chain, which is not dropped during the call) are live.

@@ -1,6 +1,7 @@
 //! Counters a user can read: the guards beyond MailerQ's own rules, and
 //! the traffic the host has seen.
 
+use mq_hook_table::{Hook, HOOKS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
@@ -9,17 +10,26 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $( pub(crate) $field: AtomicU64, )*
+            /// Hook calls per hook, indexed like [`HOOKS`].
+            pub(crate) per_hook: [AtomicU64; HOOKS.len()],
         }
 
         /// A snapshot of the host's counters.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct CounterSnapshot {
             $( $(#[$doc])* pub $field: u64, )*
+            /// Hook calls per hook, indexed like
+            /// [`HOOKS`](mq_hook_table::HOOKS) (see
+            /// [`CounterSnapshot::calls_by_hook`]).
+            pub per_hook: [u64; HOOKS.len()],
         }
 
         impl Counters {
             pub(crate) fn snapshot(&self) -> CounterSnapshot {
-                CounterSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
+                CounterSnapshot {
+                    $( $field: self.$field.load(Ordering::Relaxed), )*
+                    per_hook: std::array::from_fn(|i| self.per_hook[i].load(Ordering::Relaxed)),
+                }
             }
         }
 
@@ -75,12 +85,33 @@ impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts a call of `hook` into a plugin.
+    pub(crate) fn hook_called(&self, hook: &Hook) {
+        Counters::bump(&self.hook_calls);
+        Counters::bump(&self.per_hook[hook.index()]);
+    }
+}
+
+impl CounterSnapshot {
+    /// The hooks called at least once, with how often, in table order.
+    pub fn calls_by_hook(&self) -> Vec<(&'static str, u64)> {
+        HOOKS
+            .iter()
+            .zip(self.per_hook)
+            .filter(|(_, n)| *n > 0)
+            .map(|(hook, n)| (hook.name, n))
+            .collect()
+    }
 }
 
 impl std::fmt::Display for CounterSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (name, value) in self.entries() {
             writeln!(f, "{name:<22} {value}")?;
+        }
+        for (hook, value) in self.calls_by_hook() {
+            writeln!(f, "  {hook:<20} {value}")?;
         }
         Ok(())
     }

@@ -328,7 +328,9 @@ fn initialize(shared: &Shared) -> Result<(), (usize, String)> {
         let HookFn::Global(f) = hook else {
             unreachable!("initialize has the global shape")
         };
-        Counters::bump(&shared.counters.hook_calls);
+        shared
+            .counters
+            .hook_called(by_name("initialize").expect("in the table"));
         // SAFETY: the plugin's `void mq_initialize(void)`.
         unsafe { f() };
         if let Some(reason) = crate::capi::take_start_refusal() {
@@ -354,7 +356,9 @@ fn run_global_hook(shared: &Shared, name: &str) {
         let HookFn::Global(f) = hook else {
             unreachable!("{name} has the global shape")
         };
-        Counters::bump(&shared.counters.hook_calls);
+        shared
+            .counters
+            .hook_called(by_name(name).expect("in the table"));
         // SAFETY: the plugin's `void mq_<name>(void)`.
         unsafe { f() };
     }

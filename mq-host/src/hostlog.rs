@@ -66,6 +66,42 @@ pub struct LogRecord {
     pub time: SystemTime,
 }
 
+impl LogRecord {
+    /// The record as one JSON object (`--log-format json`): `time` (RFC 3339
+    /// UTC, milliseconds), `level` (`critical`, `warning`, `info`),
+    /// `worker` (a number, or null off the workers), `source` (`plugin` or
+    /// `host`), `seq` and `text`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let since = self
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = crate::store::rfc3339(self.time);
+        let time = format!(
+            "{}.{:03}Z",
+            seconds.trim_end_matches('Z'),
+            since.subsec_millis()
+        );
+        let level = match self.priority {
+            Priority::Critical => "critical",
+            Priority::Warning => "warning",
+            Priority::Info => "info",
+        };
+        let source = match self.source {
+            Source::Plugin => "plugin",
+            Source::Host => "host",
+        };
+        serde_json::json!({
+            "time": time,
+            "level": level,
+            "worker": self.worker,
+            "source": source,
+            "seq": self.seq,
+            "text": self.text,
+        })
+    }
+}
+
 impl std::fmt::Display for LogRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let worker = match self.worker {
@@ -93,6 +129,9 @@ pub enum LogEcho {
     None,
     /// Also print every record to stderr (the binary's default).
     Stderr,
+    /// Also print every record to stderr as one JSON object per line
+    /// ([`LogRecord::to_json`]).
+    StderrJson,
 }
 
 /// The in-memory log of one host.
@@ -180,8 +219,14 @@ impl HostLog {
             text,
             time: SystemTime::now(),
         };
-        if self.echo == LogEcho::Stderr {
-            let _ = writeln!(std::io::stderr().lock(), "{record}");
+        match self.echo {
+            LogEcho::None => {}
+            LogEcho::Stderr => {
+                let _ = writeln!(std::io::stderr().lock(), "{record}");
+            }
+            LogEcho::StderrJson => {
+                let _ = writeln!(std::io::stderr().lock(), "{}", record.to_json());
+            }
         }
         if records.list.len() == RETAINED {
             records.list.pop_front();
@@ -232,5 +277,22 @@ mod tests {
             [RETAINED + 7, RETAINED + 8, RETAINED + 9].map(|n| n.to_string())
         );
         assert_eq!(log.since(mark, Some(1)).len(), 2);
+    }
+
+    #[test]
+    fn json_records() {
+        let record = LogRecord {
+            seq: 7,
+            worker: Some(1),
+            priority: Priority::Warning,
+            source: Source::Plugin,
+            text: "[p] hello".into(),
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_millis(86_400_250),
+        };
+        assert_eq!(
+            record.to_json(),
+            serde_json::json!({"time": "1970-01-02T00:00:00.250Z", "level": "warning",
+                               "worker": 1, "source": "plugin", "seq": 7, "text": "[p] hello"})
+        );
     }
 }

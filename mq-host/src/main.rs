@@ -139,6 +139,10 @@ struct HostArgs {
     /// Do not print the log to stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// How the log is printed to stderr: text lines, or one JSON object
+    /// per line (time, level, worker, source, seq, text).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print the host's counters to stderr at the end.
     #[arg(long)]
     counters: bool,
@@ -182,6 +186,12 @@ impl DeliveryArgs {
             ..DeliveryConfig::default()
         })
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,10 +283,10 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
         .hold_deadline(
             (args.hold_deadline > 0.0).then(|| Duration::from_secs_f64(args.hold_deadline)),
         )
-        .log_echo(if args.quiet {
-            LogEcho::None
-        } else {
-            LogEcho::Stderr
+        .log_echo(match (args.quiet, args.log_format) {
+            (true, _) => LogEcho::None,
+            (false, LogFormat::Text) => LogEcho::Stderr,
+            (false, LogFormat::Json) => LogEcho::StderrJson,
         });
     if args.global_symbols_only {
         builder = builder.mode(HostMode::GlobalSymbolsOnly);

@@ -101,7 +101,9 @@ impl Worker {
             let HookFn::Context(f) = hook else {
                 unreachable!("context hooks have the context shape")
             };
-            Counters::bump(&self.shared.counters.hook_calls);
+            self.shared
+                .counters
+                .hook_called(by_name(name).expect("in the table"));
             // SAFETY: the plugin's hook of this shape, with its own live context.
             unsafe { f(self.contexts[plugin].as_raw()) };
         }

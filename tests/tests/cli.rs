@@ -111,3 +111,24 @@ fn run_without_plugins_says_what_is_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn json_log_format_prints_one_object_per_record() {
+    let (ok, _, err) = run(&["demo", "--log-format", "json", "--counters"]);
+    assert!(ok, "{err}");
+    let records: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let stamped = records
+        .iter()
+        .find(|r| r["text"].as_str().unwrap().contains("stamped message"))
+        .expect("the stamp plugin's record");
+    assert_eq!(stamped["level"], "info");
+    assert_eq!(stamped["source"], "plugin");
+    assert!(stamped["worker"].is_u64());
+    assert!(stamped["time"].as_str().unwrap().ends_with('Z'));
+    // The counters at the end include the calls per hook.
+    assert!(err.contains("  smtp_in_rcptto"), "{err}");
+}

@@ -20,7 +20,11 @@ fn config(sink: &Sink) -> DeliveryConfig {
 
 /// Delivers everything in `outbox` with the out-trace example plugin;
 /// returns every outcome (retries included), in order.
-fn deliver_all(dir: &PluginDir, outbox: &Outbox, config: &DeliveryConfig) -> Vec<Outcome> {
+fn deliver_all(
+    dir: &PluginDir,
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+) -> (Vec<Outcome>, mq_host::CounterSnapshot) {
     let host = dir.start();
     let outcomes = Mutex::new(Vec::new());
     delivery::run(&host, outbox, config, Until::Empty, &|o| {
@@ -29,7 +33,7 @@ fn deliver_all(dir: &PluginDir, outbox: &Outbox, config: &DeliveryConfig) -> Vec
     let counters = host.shutdown().counters;
     let outcomes = outcomes.into_inner().unwrap();
     assert_eq!(counters.delivery_attempts, outcomes.len() as u64);
-    outcomes
+    (outcomes, counters)
 }
 
 fn traced(attempt: usize, mime: &str) -> Vec<u8> {
@@ -56,8 +60,12 @@ fn messages_reach_the_relay_byte_for_byte_with_the_out_hooks() {
                       "mime": "Subject: lf\n\nonly lf", "keepmime": true}))
         .unwrap();
 
-    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    let (outcomes, counters) = deliver_all(&dir, &outbox, &config(&sink));
     assert_eq!(outcomes.len(), 2);
+    assert_eq!(counters.messages_delivered, 2);
+    let calls = counters.calls_by_hook();
+    assert!(calls.contains(&("smtp_out_data", 2)), "{calls:?}");
+    assert!(calls.contains(&("smtp_out_sent", 2)), "{calls:?}");
     assert!(outcomes.iter().all(|o| o.status == Status::Success));
 
     let mut received = sink.received();
@@ -114,7 +122,7 @@ fn temporary_failures_are_retried_with_backoff_until_delivered() {
         )
         .unwrap();
     let started = Instant::now();
-    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    let (outcomes, _) = deliver_all(&dir, &outbox, &config(&sink));
     let statuses: Vec<_> = outcomes.iter().map(|o| o.status).collect();
     assert_eq!(statuses, [Status::Retry, Status::Retry, Status::Success]);
     // 50 ms, then 100 ms.
@@ -155,7 +163,7 @@ fn permanent_errors_and_used_up_attempts_are_failures() {
         .add(&json!({"recipient": "y@example.net", "mime": "b\r\n", "maxattempts": 2}))
         .unwrap();
     outbox.add(&json!({"recipient": "z@example.net"})).unwrap();
-    let outcomes = deliver_all(&dir, &outbox, &config(&sink));
+    let (outcomes, _) = deliver_all(&dir, &outbox, &config(&sink));
     let finals: Vec<_> = outcomes
         .iter()
         .filter(|o| o.status != Status::Retry)
