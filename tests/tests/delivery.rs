@@ -495,3 +495,41 @@ fn sigterm_cuts_a_delivery_that_outlasts_the_grace_period() {
     assert!(json_files(&data.join("retry")).is_empty());
     assert!(json_files(&data.join("success")).is_empty());
 }
+
+#[test]
+fn a_plugin_holding_smtp_out_data_holds_only_its_delivery() {
+    let dir = PluginDir::new("deliver-held");
+    // async-probe's smtp_out_data never completes: the hold deadline moves
+    // each chain on; out-trace runs after it.
+    dir.add("10-async-probe.so", &plugin_so("mq-test-async-probe"), "");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let (outbox, _) = Outbox::open(dir.path().join("data")).unwrap();
+    for n in 0..3 {
+        outbox
+            .add(&json!({"recipient": format!("r{n}@example.net"), "mime": "Subject: held\r\n\r\nx\r\n"}))
+            .unwrap();
+    }
+    let host = dir
+        .builder()
+        .hold_deadline(Some(Duration::from_millis(200)))
+        .start()
+        .unwrap();
+    let config = DeliveryConfig {
+        connections: 3,
+        ..config(&sink)
+    };
+    let outcomes = Mutex::new(Vec::new());
+    delivery::run(&host, &outbox, &config, Until::Empty, &|o| {
+        outcomes.lock().unwrap().push(o.status)
+    });
+    let shutdown = host.shutdown();
+    assert_eq!(outcomes.into_inner().unwrap(), [Status::Success; 3]);
+    assert_eq!(shutdown.counters.held_past_deadline, 3);
+    assert_eq!(shutdown.counters.messages_delivered, 3);
+    let received = sink.received();
+    assert_eq!(received.len(), 3);
+    assert!(received
+        .iter()
+        .all(|r| r.data.starts_with(b"X-Out-Trace: mq-example-out-trace")));
+}
