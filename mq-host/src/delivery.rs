@@ -50,8 +50,8 @@
 //! last one repeated), until `maxattempts` (the message's, or
 //! [`DeliveryConfig::max_attempts`]) attempts were made; then it is a
 //! failure. The message file stays in the outbox meanwhile, rewritten with
-//! its `results` so far and its `nextattempt`. After a restart, waiting
-//! messages are tried again at once.
+//! its `results` so far and its `nextattempt` (RFC 3339 UTC), which a
+//! restart honours; other waiting messages are due at once.
 //!
 //! A message is delivered at least once: if the host dies after the relay
 //! accepted a message but before its result was written, the message is
@@ -194,6 +194,16 @@ struct Queue {
     cut: bool,
 }
 
+/// When a waiting message's `nextattempt` (written at its last retry) is
+/// due, as an `Instant`; `None` if it has none or it cannot be read (then
+/// it is due now; a broken file is reported when its turn comes).
+fn next_attempt(file: &Path) -> Option<Instant> {
+    let message: Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    let at = store::parse_rfc3339(message.get("nextattempt")?.as_str()?)?;
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Some(Instant::now() + wait)
+}
+
 /// When [`run`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
@@ -224,7 +234,8 @@ impl Outbox {
                 store::remove(&file)?;
                 pickup.finished += 1;
             } else {
-                outbox.push(file);
+                let due = next_attempt(&file).unwrap_or_else(Instant::now);
+                outbox.push_at(file, due);
                 pickup.waiting += 1;
             }
         }
@@ -989,6 +1000,43 @@ mod tests {
         };
         assert_eq!(max_attempts(&limited, &config), 2);
         assert_eq!(max_attempts(&plain, &config), 5);
+    }
+
+    #[test]
+    fn pickup_honours_nextattempt_and_skips_finished_messages() {
+        let dir = std::env::temp_dir().join(format!("mq-pickup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let inbox = dir.join("inbox");
+        let later = store::rfc3339(SystemTime::now() + Duration::from_secs(3600));
+        store::store_as(
+            &inbox,
+            "a.json",
+            &json!({"recipient": "a@x", "nextattempt": later}),
+        )
+        .unwrap();
+        store::store_as(&inbox, "b.json", &json!({"recipient": "b@x"})).unwrap();
+        // c was delivered, but the host stopped before removing it.
+        store::store_as(&inbox, "c.json", &json!({"recipient": "c@x"})).unwrap();
+        store::store_as(&dir.join("success"), "c.json", &json!({"recipient": "c@x"})).unwrap();
+
+        let (outbox, pickup) = Outbox::open(&dir).unwrap();
+        assert_eq!(
+            pickup,
+            Pickup {
+                waiting: 2,
+                finished: 1
+            }
+        );
+        assert!(!inbox.join("c.json").exists());
+        assert_eq!(outbox.next(Until::Empty), Some(inbox.join("b.json")));
+        {
+            let queue = outbox.lock();
+            let Reverse((due, _, file)) = queue.due.peek().unwrap();
+            assert_eq!(file, &inbox.join("a.json"));
+            assert!(*due > Instant::now() + Duration::from_secs(3500));
+        }
+        outbox.done();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
