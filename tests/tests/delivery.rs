@@ -5,6 +5,7 @@
 use mq_e2e::*;
 use mq_host::delivery::{self, DeliveryConfig, Outbox, Outcome, Status, Until};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -347,6 +348,37 @@ fn subjects(received: &[Received]) -> Vec<String> {
     subjects
 }
 
+type Served = (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+);
+
+/// `mq-host serve` (example plugins) storing under `data`, relaying to `sink`.
+fn serve_relaying(data: &Path, sink: &Sink, extra: &[&str]) -> Served {
+    let relay = sink.relay();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--relay".as_ref(),
+        relay.as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    spawn_serve(&args)
+}
+
+/// SIGTERM: the host stops cleanly; its log after the "serving" line.
+fn terminate(mut child: std::process::Child, mut stderr: impl std::io::Read) -> String {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    log
+}
+
 #[test]
 fn serve_delivers_with_both_hook_sets_and_survives_a_kill_mid_delivery() {
     const COUNT: usize = 6;
@@ -355,13 +387,7 @@ fn serve_delivers_with_both_hook_sets_and_survives_a_kill_mid_delivery() {
     let sink_dir = dir.path().join("sink");
     // A slow relay: each message takes 2 s after its data.
     let slow = Sink::start(&sink_dir, &["--delay", "2"]);
-    let (mut child, _stderr, addr) = spawn_serve(&[
-        "--quiet".as_ref(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--relay".as_ref(),
-        slow.relay().as_ref(),
-    ]);
+    let (mut child, _stderr, addr) = serve_relaying(&data, &slow, &["--quiet"]);
     send_with_smtplib(addr, COUNT);
     // Every message is stored (acknowledged) before its 250...
     assert_eq!(json_files(&data.join("inbox")).len(), COUNT);
@@ -375,22 +401,11 @@ fn serve_delivers_with_both_hook_sets_and_survives_a_kill_mid_delivery() {
 
     // Restart with a working relay: the outbox is picked up again.
     let sink = Sink::start(&sink_dir, &[]);
-    let (mut child, mut stderr, _) = spawn_serve(&[
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--relay".as_ref(),
-        sink.relay().as_ref(),
-    ]);
+    let (child, stderr, _) = serve_relaying(&data, &sink, &[]);
     wait_for("the outbox to empty", Duration::from_secs(60), || {
         json_files(&data.join("inbox")).is_empty()
     });
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let log = terminate(child, stderr);
 
     // Every accepted message was delivered (some maybe twice: the kill may
     // have come after the relay took one but before its result was kept);
@@ -428,23 +443,10 @@ fn sigterm_lets_deliveries_on_their_way_finish() {
     let dir = PluginDir::new("deliver-sigterm");
     let data = dir.path().join("data");
     let sink = Sink::start(&dir.path().join("sink"), &["--delay", "0.4"]);
-    let (mut child, mut stderr, addr) = spawn_serve(&[
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--relay".as_ref(),
-        sink.relay().as_ref(),
-        "--connections".as_ref(),
-        "1".as_ref(),
-    ]);
+    let (child, stderr, addr) = serve_relaying(&data, &sink, &["--connections", "1"]);
     send_with_smtplib(addr, 3);
     std::thread::sleep(Duration::from_millis(300));
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let log = terminate(child, stderr);
     // The one on its way finished; the others wait for the next start.
     let delivered = json_files(&data.join("success")).len();
     let waiting = json_files(&data.join("inbox")).len();
@@ -462,12 +464,7 @@ fn sigterm_cuts_a_delivery_that_outlasts_the_grace_period() {
     let dir = PluginDir::new("deliver-cut");
     let data = dir.path().join("data");
     let sink = Sink::start(&dir.path().join("sink"), &["--delay", "30"]);
-    let (mut child, mut stderr, addr) = spawn_serve(&[
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--relay".as_ref(),
-        sink.relay().as_ref(),
-    ]);
+    let (child, stderr, addr) = serve_relaying(&data, &sink, &[]);
     send_with_smtplib(addr, 1);
     let stored = std::fs::read_dir(data.join("inbox"))
         .unwrap()
@@ -477,17 +474,11 @@ fn sigterm_cuts_a_delivery_that_outlasts_the_grace_period() {
     let bytes = std::fs::read(&stored).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let log = terminate(child, stderr);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "bounded by --grace 1"
     );
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
     assert!(log.contains("1 delivery(ies) cut short"), "{log}");
     assert!(log.contains("was cut short by the shutdown"), "{log}");
     // The message waits, unchanged (no attempt recorded), for the next start.
