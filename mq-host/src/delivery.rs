@@ -55,9 +55,10 @@
 //!
 //! A message is delivered at least once: if the host dies after the relay
 //! accepted a message but before its result was written, the message is
-//! sent again after the restart (SMTP's at-least-once). A result that was
-//! written is never repeated: at pickup a message whose result exists is
-//! only removed from the outbox.
+//! sent again after the restart (SMTP's at-least-once). A message whose
+//! final result was written is never sent again: an outbox file whose
+//! result exists is only removed. `DATA_DIR/.lock` keeps a second process
+//! from delivering the same outbox.
 
 use crate::host::{Event, Host};
 use crate::hostlog::Priority;
@@ -167,6 +168,9 @@ pub struct Pickup {
 pub struct Outbox {
     shared: Arc<(Mutex<Queue>, Condvar)>,
     data_dir: PathBuf,
+    /// `DATA_DIR/.lock`, locked while any clone lives: one process per
+    /// data directory.
+    _lock: Arc<std::fs::File>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -201,7 +205,7 @@ fn next_attempt(file: &Path) -> Option<Instant> {
     let message: Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
     let at = store::parse_rfc3339(message.get("nextattempt")?.as_str()?)?;
     let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(Instant::now() + wait)
+    Some(due_in(wait))
 }
 
 /// When [`run`] returns.
@@ -215,14 +219,34 @@ pub enum Until {
 
 impl Outbox {
     /// Opens the outbox under `data_dir` and picks up every message waiting
-    /// in `inbox/` (all due now).
+    /// in `inbox/` (due now, or at their `nextattempt`). Fails if another
+    /// outbox (in this or another process) has the directory open.
     pub fn open(data_dir: impl Into<PathBuf>) -> std::io::Result<(Outbox, Pickup)> {
         let data_dir = data_dir.into();
         let inbox = data_dir.join("inbox");
         std::fs::create_dir_all(&inbox)?;
+        let lock_path = data_dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        if let Err(e) = lock.try_lock() {
+            let why = match e {
+                std::fs::TryLockError::WouldBlock => {
+                    "another mq-host uses this data directory".to_owned()
+                }
+                std::fs::TryLockError::Error(e) => e.to_string(),
+            };
+            return Err(std::io::Error::other(format!(
+                "cannot lock {}: {why}",
+                lock_path.display()
+            )));
+        }
         let outbox = Outbox {
             shared: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
             data_dir,
+            _lock: Arc::new(lock),
         };
         let mut pickup = Pickup::default();
         for file in store::pending(&inbox)? {
@@ -268,6 +292,12 @@ impl Outbox {
         self.shared.1.notify_all();
     }
 
+    /// Message files in `inbox/` now (waiting, on their way, or left
+    /// there by a turn that recorded nothing).
+    pub fn pending_files(&self) -> usize {
+        store::pending(&self.data_dir.join("inbox")).map_or(0, |f| f.len())
+    }
+
     /// Messages waiting or on their way.
     pub fn pending(&self) -> usize {
         let queue = self.lock();
@@ -287,14 +317,14 @@ impl Outbox {
     /// were cut.
     pub fn stop_within(&self, grace: Duration) -> usize {
         self.stop();
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now() + grace.min(LONGEST_DELAY);
         let mut queue = self.lock();
         while queue.in_flight > 0 {
-            let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 break;
             }
-            queue = self.wait(queue, Some(deadline - now));
+            queue = self.wait(queue, Some(left));
         }
         if queue.in_flight == 0 {
             return 0;
@@ -307,9 +337,13 @@ impl Outbox {
     }
 
     /// Keeps a clone of a relay connection until the guard drops.
+    /// `None` once the shutdown cut the connections.
     fn track(&self, stream: &TcpStream) -> Option<Tracked> {
         let clone = stream.try_clone().ok()?;
         let mut queue = self.lock();
+        if queue.cut {
+            return None;
+        }
         queue.next_connection += 1;
         let id = queue.next_connection;
         queue.connections.insert(id, clone);
@@ -321,6 +355,10 @@ impl Outbox {
 
     fn was_cut(&self) -> bool {
         self.lock().cut
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.lock().stopping
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -394,6 +432,11 @@ impl Drop for Tracked {
 /// Delivers the outbox's messages with `config.connections` threads until
 /// `until`; `on_result` gets every result (success, failure and retry) as
 /// soon as it is written.
+///
+/// A message whose turn records nothing (its file cannot be read, its
+/// result cannot be written, or the host is stopping) stays in the outbox:
+/// with [`Until::Stopped`] it is due again after `config.retry_delay`; with
+/// [`Until::Empty`] it waits for the next [`Outbox::open`].
 pub fn run(
     host: &Host,
     outbox: &Outbox,
@@ -407,10 +450,8 @@ pub fn run(
                 .name(format!("mq-deliver-{n}"))
                 .spawn_scoped(scope, || {
                     while let Some(file) = outbox.next(until) {
-                        if let Some(outcome) = deliver_file(host, outbox, config, &file) {
-                            on_result(&outcome);
-                        }
-                        outbox.done();
+                        let _in_flight = InFlight(outbox);
+                        take_turn(host, outbox, config, until, on_result, file);
                     }
                 })
                 .expect("a delivery thread starts");
@@ -418,37 +459,129 @@ pub fn run(
     });
 }
 
-/// One attempt for the message in `file`; records its result. `None` if
-/// the result could not be recorded (logged; the message stays in the
-/// outbox for the next start).
-fn deliver_file(
+/// Marks a message's turn as over, however it ends (a panic included).
+struct InFlight<'a>(&'a Outbox);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+fn take_turn(
     host: &Host,
     outbox: &Outbox,
     config: &DeliveryConfig,
-    file: &Path,
-) -> Option<Outcome> {
-    let name = file.file_name()?.to_string_lossy().into_owned();
-    let message = match std::fs::read(file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
-    {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return quarantine(host, outbox, file, "not a JSON object"),
-        Err(e) => return quarantine(host, outbox, file, &e),
+    until: Until,
+    on_result: &(dyn Fn(&Outcome) + Sync),
+    file: PathBuf,
+) {
+    let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        deliver_file(host, outbox, config, &file)
+    }))
+    .unwrap_or_else(|_| {
+        host.host_log(
+            Priority::Critical,
+            format!(
+                "delivery: handling {} panicked (a host bug); it stays in the outbox",
+                file.display()
+            ),
+        );
+        Turn::Later
+    });
+    match turn {
+        Turn::Recorded(outcome, again) => {
+            if let Some(delay) = again {
+                outbox.push_at(file, due_in(delay));
+            }
+            let reported =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_result(&outcome)));
+            if reported.is_err() {
+                host.host_log(
+                    Priority::Critical,
+                    "delivery: the result callback panicked".to_owned(),
+                );
+            }
+        }
+        Turn::Later if until == Until::Stopped && !outbox.is_stopping() => {
+            outbox.push_at(file, due_in(config.retry_delay));
+        }
+        Turn::Later | Turn::Cut => {}
+    }
+}
+
+/// The longest any delay may be (retries, `nextattempt`): 30 days.
+const LONGEST_DELAY: Duration = Duration::from_secs(30 * 86_400);
+
+/// `delay` from now, at most [`LONGEST_DELAY`].
+fn due_in(delay: Duration) -> Instant {
+    Instant::now() + delay.min(LONGEST_DELAY)
+}
+
+/// What one turn of a message came to.
+enum Turn {
+    /// A result was written; `Some(delay)`: a retry, due after it.
+    Recorded(Outcome, Option<Duration>),
+    /// Nothing was recorded; the message stays in the outbox as it is.
+    Later,
+    /// The shutdown cut the attempt short; the message stays as it is.
+    Cut,
+}
+
+/// One attempt for the message in `file`, and its result recorded.
+fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Path) -> Turn {
+    let name = match file.file_name() {
+        Some(name) => name.to_string_lossy().into_owned(),
+        None => return Turn::Later,
     };
-    let attempt = attempt(host, outbox, config, &message);
-    if outbox.was_cut() {
+    let finished = ["success", "failures"]
+        .iter()
+        .any(|q| outbox.data_dir.join(q).join(&name).exists());
+    if finished {
+        // Recorded before, but not removed from the outbox (a removal
+        // failed): only the removal is due.
+        if let Err(e) = store::remove(file) {
+            host.host_log(
+                Priority::Critical,
+                format!(
+                    "delivery: cannot remove the delivered {}: {e}",
+                    file.display()
+                ),
+            );
+        }
+        return Turn::Cut;
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            host.host_log(
+                Priority::Critical,
+                format!(
+                    "delivery: cannot read {}: {e}; it stays in the outbox",
+                    file.display()
+                ),
+            );
+            return Turn::Later;
+        }
+    };
+    let message = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return quarantine(host, outbox, file, &name, "not a JSON object"),
+        Err(e) => return quarantine(host, outbox, file, &name, &e.to_string()),
+    };
+    let (attempt, relay) = attempt(host, outbox, config, &message);
+    if attempt.error.is_some() && outbox.was_cut() {
         host.host_log(
             Priority::Warning,
             format!("delivery: {name} was cut short by the shutdown; it stays in the outbox"),
         );
-        return None;
+        return Turn::Cut;
     }
     host.counters_live()
         .delivery_attempts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match record(outbox, config, file, &name, message, attempt) {
-        Ok(outcome) => {
+    let turn = match record(outbox, config, file, &name, message, attempt) {
+        Ok((outcome, again)) => {
             let counters = host.counters_live();
             let counter = match outcome.status {
                 Status::Success => &counters.messages_delivered,
@@ -465,7 +598,7 @@ fn deliver_file(
                     last_description(&outcome.result)
                 ),
             );
-            Some(outcome)
+            Turn::Recorded(outcome, again)
         }
         Err(e) => {
             host.host_log(
@@ -474,9 +607,14 @@ fn deliver_file(
                     "delivery: cannot record the result of {name}: {e}; it stays in the outbox"
                 ),
             );
-            None
+            Turn::Later
         }
+    };
+    // The result is safe: now a polite end, if the conversation is in step.
+    if let Some(mut relay) = relay {
+        relay.quit();
     }
+    turn
 }
 
 fn last_description(result: &Value) -> String {
@@ -490,13 +628,12 @@ fn last_description(result: &Value) -> String {
     }
 }
 
-/// A message file that is not a MailerQ message moves to `failures/`
-/// unchanged (with `.invalid` added), so it is reported, never lost.
-fn quarantine(host: &Host, outbox: &Outbox, file: &Path, why: &str) -> Option<Outcome> {
+/// A message file that is not a MailerQ message moves to `failures/` in one
+/// rename, unchanged but for `.invalid` added to its name, so it is
+/// reported, never lost.
+fn quarantine(host: &Host, outbox: &Outbox, file: &Path, name: &str, why: &str) -> Turn {
     let failures = outbox.data_dir.join("failures");
-    let target = file.with_extension("json.invalid");
-    let moved = std::fs::rename(file, &target).and_then(|_| store::move_into(&target, &failures));
-    match moved {
+    match store::move_as(file, &failures, &format!("{name}.invalid")) {
         Ok(path) => {
             host.host_log(
                 Priority::Critical,
@@ -509,13 +646,17 @@ fn quarantine(host: &Host, outbox: &Outbox, file: &Path, why: &str) -> Option<Ou
             host.counters_live()
                 .messages_failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Some(Outcome {
-                status: Status::Failure,
-                result: json!({"file": file.display().to_string(), "results": [{
-                    "time": store::now_rfc3339(), "status": "failure", "state": "message",
-                    "description": format!("not a MailerQ message: {why}")}]}),
-                file: path,
-            })
+            let result = json!({"file": file.display().to_string(), "results": [{
+                "time": store::now_rfc3339(), "status": "failure", "state": "message",
+                "description": format!("not a MailerQ message: {why}")}]});
+            Turn::Recorded(
+                Outcome {
+                    status: Status::Failure,
+                    result,
+                    file: path,
+                },
+                None,
+            )
         }
         Err(e) => {
             host.host_log(
@@ -525,7 +666,7 @@ fn quarantine(host: &Host, outbox: &Outbox, file: &Path, why: &str) -> Option<Ou
                     file.display()
                 ),
             );
-            None
+            Turn::Later
         }
     }
 }
@@ -579,7 +720,15 @@ struct Reply {
 struct Relay {
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
+    reply_timeout: Duration,
+    /// Lets a shutdown cut this connection.
+    tracked: Option<Tracked>,
 }
+
+/// The longest reply line read from a relay (RFC 5321 allows 512 octets).
+const LONGEST_REPLY_LINE: usize = 4096;
+/// The most lines a relay's reply may have.
+const MOST_REPLY_LINES: usize = 100;
 
 impl Relay {
     fn connect(config: &DeliveryConfig) -> Result<Relay, String> {
@@ -591,15 +740,15 @@ impl Relay {
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, config.connect_timeout) {
                 Ok(stream) => {
-                    let timeout = Some(config.reply_timeout);
                     stream
-                        .set_read_timeout(timeout)
-                        .and_then(|_| stream.set_write_timeout(timeout))
+                        .set_write_timeout(Some(config.reply_timeout))
                         .map_err(|e| e.to_string())?;
                     let writer = stream.try_clone().map_err(|e| e.to_string())?;
                     return Ok(Relay {
                         reader: BufReader::new(stream),
                         writer: BufWriter::new(writer),
+                        reply_timeout: config.reply_timeout,
+                        tracked: None,
                     });
                 }
                 Err(e) => last = format!("cannot connect to relay {addr}: {e}"),
@@ -608,13 +757,33 @@ impl Relay {
         Err(last)
     }
 
+    /// One reply (all its lines), within `reply_timeout` for the whole
+    /// reply; lines longer than [`LONGEST_REPLY_LINE`] or replies of more
+    /// than [`MOST_REPLY_LINES`] lines are errors.
     fn read_reply(&mut self) -> Result<Reply, String> {
+        let deadline = Instant::now() + self.reply_timeout;
         let mut text = Vec::new();
         let mut extended = None;
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
+        for _ in 0..MOST_REPLY_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("the relay did not answer in time".into());
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| format!("reading from the relay: {e}"))?;
+            let mut line = Vec::new();
+            let read = std::io::Read::take(&mut self.reader, LONGEST_REPLY_LINE as u64)
+                .read_until(b'\n', &mut line);
+            match read {
                 Ok(0) => return Err("the relay closed the connection".into()),
+                Ok(_) if line.last() != Some(&b'\n') => {
+                    if line.len() >= LONGEST_REPLY_LINE {
+                        return Err("the relay sent a reply line that is too long".into());
+                    }
+                    return Err("the relay closed the connection".into());
+                }
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -626,6 +795,7 @@ impl Relay {
                 }
                 Err(e) => return Err(format!("reading from the relay: {e}")),
             }
+            let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\r', '\n']);
             let (code, more, rest) = parse_reply_line(line)
                 .ok_or_else(|| format!("the relay sent a malformed reply: {line:?}"))?;
@@ -644,6 +814,15 @@ impl Relay {
                 });
             }
         }
+        Err(format!(
+            "the relay sent a reply of more than {MOST_REPLY_LINES} lines"
+        ))
+    }
+
+    /// `QUIT`, waiting briefly for the answer; the result is already known.
+    fn quit(&mut self) {
+        self.reply_timeout = self.reply_timeout.min(Duration::from_secs(5));
+        let _ = self.command("QUIT");
     }
 
     fn command(&mut self, line: &str) -> Result<Reply, String> {
@@ -655,25 +834,41 @@ impl Relay {
         self.read_reply()
     }
 
-    /// Sends `mime` as DATA content: bare LF made CRLF, lines starting
-    /// with `.` dot-stuffed, a final CRLF added if missing, then `.`.
+    /// Sends `mime` as DATA content: every line end (CRLF, or a bare LF or
+    /// CR) sent as CRLF, lines starting with `.` dot-stuffed, a final CRLF
+    /// added if missing, then `.`. A bare CR never reaches the relay, so
+    /// no relay can read an end of data into the content.
     fn send_data(&mut self, mime: &[u8]) -> Result<(), String> {
         let w = &mut self.writer;
         let mut write = || -> std::io::Result<()> {
             let mut at_line_start = true;
-            let mut last = 0u8;
-            for (i, &b) in mime.iter().enumerate() {
+            let mut i = 0;
+            while i < mime.len() {
+                let b = mime[i];
                 if at_line_start && b == b'.' {
                     w.write_all(b".")?;
                 }
-                if b == b'\n' && (i == 0 || mime[i - 1] != b'\r') {
-                    w.write_all(b"\r")?;
+                match b {
+                    b'\r' => {
+                        // CRLF, or a bare CR: one line end either way.
+                        if mime.get(i + 1) == Some(&b'\n') {
+                            i += 1;
+                        }
+                        w.write_all(b"\r\n")?;
+                        at_line_start = true;
+                    }
+                    b'\n' => {
+                        w.write_all(b"\r\n")?;
+                        at_line_start = true;
+                    }
+                    _ => {
+                        w.write_all(&[b])?;
+                        at_line_start = false;
+                    }
                 }
-                w.write_all(&[b])?;
-                at_line_start = b == b'\n';
-                last = b;
+                i += 1;
             }
-            if !mime.is_empty() && last != b'\n' {
+            if !at_line_start {
                 w.write_all(b"\r\n")?;
             }
             w.write_all(b".\r\n")?;
@@ -714,33 +909,51 @@ fn split_extended(text: &str) -> (Option<String>, &str) {
     }
 }
 
-/// One delivery attempt of `message` to the relay, with the out hooks.
+/// One delivery attempt of `message` to the relay, with the out hooks;
+/// the relay connection too while the conversation is still in step (for
+/// a polite `QUIT` once the result is recorded).
 fn attempt(
     host: &Host,
     outbox: &Outbox,
     config: &DeliveryConfig,
     message: &Map<String, Value>,
-) -> Attempt {
+) -> (Attempt, Option<Relay>) {
     let envelope = message
         .get("envelope")
         .and_then(Value::as_str)
         .unwrap_or("");
     let recipient = match message.get("recipient").and_then(Value::as_str) {
         Some(r) if !r.trim().is_empty() => r,
-        _ => return Attempt::error(Status::Failure, "message", "the message has no `recipient`"),
+        _ => {
+            let e = "the message has no `recipient`";
+            return (Attempt::error(Status::Failure, "message", e), None);
+        }
     };
+    for (what, address) in [("envelope", envelope), ("recipient", recipient)] {
+        if let Some(bad) = address
+            .chars()
+            .find(|c| matches!(c, '\r' | '\n' | '\0' | '<' | '>'))
+        {
+            let e = format!("the message's `{what}` holds {bad:?}, which no SMTP address may");
+            return (Attempt::error(Status::Failure, "message", e), None);
+        }
+    }
     let mut relay = match Relay::connect(config) {
         Ok(relay) => relay,
-        Err(e) => return Attempt::error(Status::Retry, "connect", e),
+        Err(e) => return (Attempt::error(Status::Retry, "connect", e), None),
     };
-    let _tracked = outbox.track(relay.reader.get_ref());
-    let attempt = converse(host, config, &mut relay, message, envelope, recipient);
-    // A polite end, if the conversation is still in step (after an error
-    // the connection is broken, or aborted in DATA: just close it).
-    if attempt.error.is_none() {
-        let _ = relay.command("QUIT");
+    match outbox.track(relay.reader.get_ref()) {
+        Some(tracked) => relay.tracked = Some(tracked),
+        None => {
+            let e = "the host is stopping";
+            return (Attempt::error(Status::Retry, "connect", e), None);
+        }
     }
-    attempt
+    let attempt = converse(host, config, &mut relay, message, envelope, recipient);
+    // After an error the connection is broken, or aborted in DATA: it is
+    // only closed.
+    let relay = attempt.error.is_none().then_some(relay);
+    (attempt, relay)
 }
 
 fn converse(
@@ -757,8 +970,10 @@ fn converse(
                 Ok(reply) if reply.code / 100 == $want => reply,
                 Ok(reply) => {
                     let mut a = Attempt::from_reply($state, reply);
-                    if a.status == Status::Success {
-                        // A 2xx where a 354 was due: the relay is confused.
+                    // A 2xx where a 354 was due: the relay is confused. A
+                    // 5xx to the greeting or EHLO/HELO speaks of the
+                    // connection (busy, our name), not of this message.
+                    if a.status == Status::Success || ($state == "greeting" || $state == "ehlo") {
                         a.status = Status::Retry;
                     }
                     return a;
@@ -854,7 +1069,8 @@ fn retry_delay(message: &Map<String, Value>, config: &DeliveryConfig, attempts: 
                 .get(attempts.saturating_sub(1))
                 .copied()
                 .unwrap_or(last);
-            return Duration::from_secs_f64(s.max(0.0));
+            let longest = LONGEST_DELAY.as_secs_f64();
+            return Duration::try_from_secs_f64(s.clamp(0.0, longest)).unwrap_or(LONGEST_DELAY);
         }
     }
     let doublings = attempts.saturating_sub(1).min(32) as u32;
@@ -862,6 +1078,7 @@ fn retry_delay(message: &Map<String, Value>, config: &DeliveryConfig, attempts: 
         .retry_delay
         .saturating_mul(2u32.saturating_pow(doublings))
         .min(config.max_retry_delay)
+        .min(LONGEST_DELAY)
 }
 
 fn keeps_mime(message: &Map<String, Value>) -> bool {
@@ -882,7 +1099,7 @@ fn record(
     name: &str,
     mut message: Map<String, Value>,
     attempt: Attempt,
-) -> std::io::Result<Outcome> {
+) -> std::io::Result<(Outcome, Option<Duration>)> {
     let allowed = max_attempts(&message, config);
     let results = message
         .entry("results")
@@ -927,28 +1144,31 @@ fn record(
             let result = Value::Object(result);
             let path = store::store_as(&queue, name, &result)?;
             store::remove(file)?;
-            Ok(Outcome {
+            let outcome = Outcome {
                 status,
                 result,
                 file: path,
-            })
+            };
+            Ok((outcome, None))
         }
         Status::Retry => {
             let delay = retry_delay(&message, config, attempts);
             let next = store::rfc3339(SystemTime::now() + delay);
             message.insert("nextattempt".into(), json!(next));
             result.insert("nextattempt".into(), json!(next));
-            let inbox = outbox.data_dir.join("inbox");
-            store::store_as(&inbox, name, &Value::Object(message))?;
+            // The result first: if the host stops in between, the attempt
+            // is made again and its result written again under this name.
             let stem = name.strip_suffix(".json").unwrap_or(name);
             let result = Value::Object(result);
             let path = store::store_as(&queue, &format!("{stem}.{attempts}.json"), &result)?;
-            outbox.push_at(file.to_owned(), Instant::now() + delay);
-            Ok(Outcome {
+            let inbox = outbox.data_dir.join("inbox");
+            store::store_as(&inbox, name, &Value::Object(message))?;
+            let outcome = Outcome {
                 status,
                 result,
                 file: path,
-            })
+            };
+            Ok((outcome, Some(delay)))
         }
     }
 }
@@ -1036,6 +1256,63 @@ mod tests {
             assert!(*due > Instant::now() + Duration::from_secs(3500));
         }
         outbox.done();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn data_is_sent_with_crlf_line_ends_and_dot_stuffed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = DeliveryConfig {
+            relay: listener.local_addr().unwrap().to_string(),
+            ..Default::default()
+        };
+        let mut relay = Relay::connect(&config).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        relay.send_data(b".a\r\nb\nc\r.d\r\n\r\n..e\rf").unwrap();
+        drop(relay);
+        let mut sent = Vec::new();
+        std::io::Read::read_to_end(&mut peer, &mut sent).unwrap();
+        assert_eq!(
+            String::from_utf8(sent).unwrap(),
+            "..a\r\nb\r\nc\r\n..d\r\n\r\n...e\r\nf\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn replies_are_read_whole_and_bounded() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = DeliveryConfig {
+            relay: listener.local_addr().unwrap().to_string(),
+            reply_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let mut relay = Relay::connect(&config).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(b"250-first\r\n250-2.0.0 second \xe9\r\n250 2.1.0 third\r\n")
+            .unwrap();
+        let reply = relay.read_reply().unwrap();
+        assert_eq!(reply.code, 250);
+        assert_eq!(reply.extended.as_deref(), Some("2.0.0"));
+        assert_eq!(reply.text, "first second \u{fffd} third");
+        peer.write_all(&[b'x'; LONGEST_REPLY_LINE + 10]).unwrap();
+        assert_eq!(
+            relay.read_reply().unwrap_err(),
+            "the relay sent a reply line that is too long"
+        );
+    }
+
+    #[test]
+    fn one_outbox_per_data_directory() {
+        let dir = std::env::temp_dir().join(format!("mq-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (first, _) = Outbox::open(&dir).unwrap();
+        let err = Outbox::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("another mq-host uses this data directory"),
+            "{err}"
+        );
+        drop(first);
+        Outbox::open(&dir).expect("free again once the first is gone");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

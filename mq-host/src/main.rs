@@ -171,6 +171,9 @@ struct DeliveryArgs {
 
 impl DeliveryArgs {
     fn config(&self, relay: String, helo: &str) -> Result<DeliveryConfig, String> {
+        if helo.is_empty() || helo.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("--hostname {helo:?}: not a name to give in EHLO"));
+        }
         let secs = |name: &str, v: f64| {
             Duration::try_from_secs_f64(v)
                 .map_err(|_| format!("--{name} {v}: not a number of seconds"))
@@ -350,14 +353,11 @@ fn serve(
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let data_dir = config.data_dir.clone();
-    let opened = match &delivery {
-        Some(_) => Some(
-            Outbox::open(&data_dir)
-                .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?,
-        ),
-        None => None,
-    };
-    let outbox = opened.as_ref().map(|(outbox, _)| outbox.clone());
+    // The outbox is opened (and its directory locked) even without a
+    // relay; only with one are stored messages queued for delivery.
+    let (opened, pickup) = Outbox::open(&data_dir)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
+    let outbox = delivery.as_ref().map(|_| opened.clone());
     config.outbox = outbox.clone();
     let server = host
         .serve(listener, config)
@@ -368,12 +368,15 @@ fn serve(
         host.plugins().len(),
         data_dir.display(),
         if delivery.is_none() {
-            " (no --relay: they wait in inbox/)"
+            format!(
+                " (no --relay: they wait in inbox/, {} there now)",
+                pickup.waiting
+            )
         } else {
-            ""
+            String::new()
         }
     );
-    if let (Some((_, pickup)), Some(d)) = (&opened, &delivery) {
+    if let Some(d) = &delivery {
         eprintln!(
             "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
             data_dir.join("inbox").display(),
@@ -494,6 +497,14 @@ fn deliver(
     });
     progress.finish();
     finish(host, &args);
+    let left = outbox.pending_files();
+    drop(outbox);
+    if left > 0 {
+        return Err(format!(
+            "{left} message(s) got no final result (see the log) and stay in {}",
+            data_dir.join("inbox").display()
+        ));
+    }
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
@@ -562,11 +573,13 @@ impl Progress {
             state.retries,
             if state.retries == 1 { "y" } else { "ies" }
         );
-        if self.terminal {
-            eprint!("\r\x1b[K{line}{}", if last { "\n" } else { "" });
+        // A closed stderr must not stop the delivery.
+        let mut err = std::io::stderr().lock();
+        let _ = if self.terminal {
+            write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" })
         } else {
-            eprintln!("{line}");
-        }
+            writeln!(err, "{line}")
+        };
     }
 
     fn finish(&self) {
@@ -646,7 +659,8 @@ impl ExamplePlugins {
             let source = built.join(library);
             if !source.is_file() {
                 return Err(format!(
-                    "example plugin {} is not built; run `cargo build --workspace` first",
+                    "example plugin {} is not built next to this executable; run \
+                     `cargo build --workspace`, or give --plugins DIR or --plugin FILE",
                     source.display()
                 ));
             }

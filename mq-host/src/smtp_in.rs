@@ -950,44 +950,74 @@ fn data_done(s: &Shared) {
     }
 }
 
+/// Stores a transaction's messages (one per recipient) all or none: if one
+/// cannot be stored, those already written are removed again and the
+/// client is told 451, so its retry does not duplicate them. Only then are
+/// the outbox's ones queued for delivery.
 fn store_all(s: &Shared, done: Vec<(Value, bool, Option<String>)>) {
     data_done(s);
     let dir = s.borrow().config.data_dir.clone();
-    let mut stored = 0;
+    let mut stored: Vec<(PathBuf, bool)> = Vec::new();
     let mut refusals = Vec::new();
+    let mut failure = None;
     for (mut message, local, reason) in done {
         if let Some(reason) = reason {
-            refusals.push(reason.clone());
             message["result"] =
                 json!({"queue": "refused", "stage": "smtp_in_message", "reply": reason});
-            if let Err(e) = store(&dir.join("refused"), &message) {
-                return reply(s, &format!("451 4.3.0 cannot store a refusal report: {e}"));
-            }
-            count(|c| &c.messages_refused);
+            refusals.push((reason, message));
             continue;
         }
         let queue = if local { "local" } else { "inbox" };
         match store(&dir.join(queue), &message) {
-            Err(e) => return reply(s, &format!("451 4.3.0 cannot store the message: {e}")),
-            Ok(path) if !local => {
-                if let Some(outbox) = &s.borrow().config.outbox {
-                    outbox.push(path);
-                }
+            Ok(path) => stored.push((path, local)),
+            Err(e) => {
+                failure = Some(format!("451 4.3.0 cannot store the message: {e}"));
+                break;
             }
-            Ok(_) => {}
         }
-        stored += 1;
+    }
+    if let Some(failure) = failure {
+        for (path, _) in &stored {
+            let _ = crate::store::remove(path);
+        }
+        return reply(s, &failure);
+    }
+    // Refusal reports: kept even if the accepted part is later retried.
+    for (_, report) in &refusals {
+        if let Err(e) = store(&dir.join("refused"), report) {
+            log_store_error(&format!("cannot store a refusal report: {e}"));
+        }
+        count(|c| &c.messages_refused);
+    }
+    if let Some(outbox) = &s.borrow().config.outbox {
+        for (path, local) in &stored {
+            if !local {
+                outbox.push(path.clone());
+            }
+        }
+    }
+    for _ in &stored {
         count(|c| &c.messages_stored);
     }
     reset(s);
-    if stored == 0 {
+    if stored.is_empty() {
         let reason = refusals
-            .first()
-            .cloned()
+            .into_iter()
+            .next()
+            .map(|(reason, _)| reason)
             .unwrap_or_else(|| "554 5.7.1 refused".into());
         reply(s, &reason);
     } else {
-        reply(s, &format!("250 2.0.0 queued for {stored} recipient(s)"));
+        reply(
+            s,
+            &format!("250 2.0.0 queued for {} recipient(s)", stored.len()),
+        );
+    }
+}
+
+fn log_store_error(text: &str) {
+    if let Some(w) = worker::current() {
+        w.log(Priority::Critical, text.to_owned());
     }
 }
 

@@ -65,10 +65,10 @@ pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Moves `path` into `dir` under the same name, durably.
-pub(crate) fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+/// Moves `path` into `dir` as `name` in one rename, durably.
+pub(crate) fn move_as(path: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let target = dir.join(path.file_name().unwrap_or_default());
+    let target = dir.join(name);
     std::fs::rename(path, &target)?;
     sync_dir(dir)?;
     if let Some(from) = path.parent() {

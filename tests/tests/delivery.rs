@@ -164,12 +164,15 @@ fn permanent_errors_and_used_up_attempts_are_failures() {
         .add(&json!({"recipient": "y@example.net", "mime": "b\r\n", "maxattempts": 2}))
         .unwrap();
     outbox.add(&json!({"recipient": "z@example.net"})).unwrap();
+    outbox
+        .add(&json!({"recipient": "w@example.net>\r\nRCPT TO:<evil@example.net", "mime": "x\r\n"}))
+        .unwrap();
     let (outcomes, _) = deliver_all(&dir, &outbox, &config(&sink));
     let finals: Vec<_> = outcomes
         .iter()
         .filter(|o| o.status != Status::Retry)
         .collect();
-    assert_eq!(finals.len(), 3);
+    assert_eq!(finals.len(), 4);
     assert!(finals.iter().all(|o| o.status == Status::Failure));
     let find = |rcpt: &str| {
         let r = &finals
@@ -194,9 +197,19 @@ fn permanent_errors_and_used_up_attempts_are_failures() {
         .as_str()
         .unwrap()
         .contains("no `mime`"));
+    let injected = &finals
+        .iter()
+        .find(|o| o.result["recipient"].as_str().unwrap().contains("evil"))
+        .unwrap()
+        .result["results"][0];
+    assert_eq!(injected["state"], "message");
+    assert!(injected["description"]
+        .as_str()
+        .unwrap()
+        .contains("which no SMTP address may"));
     assert!(sink.received().is_empty());
     let data = dir.path().join("data");
-    assert_eq!(json_files(&data.join("failures")).len(), 3);
+    assert_eq!(json_files(&data.join("failures")).len(), 4);
     assert!(json_files(&data.join("inbox")).is_empty());
 }
 
