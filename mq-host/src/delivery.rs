@@ -1134,13 +1134,14 @@ fn record(
     entry["status"] = json!(status.as_str());
     results.push(entry);
 
-    let mut result = message.clone();
-    if !keeps_mime(&message) {
-        result.remove("mime");
-    }
+    let keep_mime = keeps_mime(&message);
     let queue = outbox.data_dir.join(status.queue());
     match status {
         Status::Success | Status::Failure => {
+            let mut result = message;
+            if !keep_mime {
+                result.remove("mime");
+            }
             let result = Value::Object(result);
             let path = store::store_as(&queue, name, &result)?;
             store::remove(file)?;
@@ -1155,7 +1156,12 @@ fn record(
             let delay = retry_delay(&message, config, attempts);
             let next = store::rfc3339(SystemTime::now() + delay);
             message.insert("nextattempt".into(), json!(next));
-            result.insert("nextattempt".into(), json!(next));
+            // The result without the MIME, unless kept: not a full copy.
+            let result: Map<String, Value> = message
+                .iter()
+                .filter(|(key, _)| keep_mime || key.as_str() != "mime")
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
             // The result first: if the host stops in between, the attempt
             // is made again and its result written again under this name.
             let stem = name.strip_suffix(".json").unwrap_or(name);
