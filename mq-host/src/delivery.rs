@@ -60,6 +60,7 @@
 //! result exists is only removed. `DATA_DIR/.lock` keeps a second process
 //! from delivering the same outbox.
 
+use crate::counters::Counters;
 use crate::host::{Event, Host};
 use crate::hostlog::Priority;
 use crate::objects::Direction;
@@ -198,16 +199,6 @@ struct Queue {
     cut: bool,
 }
 
-/// When a waiting message's `nextattempt` (written at its last retry) is
-/// due, as an `Instant`; `None` if it has none or it cannot be read (then
-/// it is due now; a broken file is reported when its turn comes).
-fn next_attempt(file: &Path) -> Option<Instant> {
-    let message: Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
-    let at = store::parse_rfc3339(message.get("nextattempt")?.as_str()?)?;
-    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(due_in(wait))
-}
-
 /// When [`run`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
@@ -219,7 +210,8 @@ pub enum Until {
 
 impl Outbox {
     /// Opens the outbox under `data_dir` and picks up every message waiting
-    /// in `inbox/` (due now, or at their `nextattempt`). Fails if another
+    /// in `inbox/` (without reading them: one whose `nextattempt` is still
+    /// ahead is put back until then when its turn comes). Fails if another
     /// outbox (in this or another process) has the directory open.
     pub fn open(data_dir: impl Into<PathBuf>) -> std::io::Result<(Outbox, Pickup)> {
         let data_dir = data_dir.into();
@@ -250,20 +242,26 @@ impl Outbox {
         };
         let mut pickup = Pickup::default();
         for file in store::pending(&inbox)? {
-            let name = file.file_name().unwrap_or_default();
-            let done = ["success", "failures"]
-                .iter()
-                .any(|q| outbox.data_dir.join(q).join(name).exists());
-            if done {
+            if outbox.has_final_result(&file) {
                 store::remove(&file)?;
                 pickup.finished += 1;
             } else {
-                let due = next_attempt(&file).unwrap_or_else(Instant::now);
-                outbox.push_at(file, due);
+                // Due now; a `nextattempt` still ahead is honoured when its
+                // turn comes, from the read that turn makes anyway.
+                outbox.push(file);
                 pickup.waiting += 1;
             }
         }
         Ok((outbox, pickup))
+    }
+
+    /// Whether the message in outbox file `file` has its final result
+    /// (`success/` or `failures/` under the same name).
+    fn has_final_result(&self, file: &Path) -> bool {
+        let name = file.file_name().unwrap_or_default();
+        ["success", "failures"]
+            .iter()
+            .any(|q| self.data_dir.join(q).join(name).exists())
     }
 
     /// The data directory.
@@ -491,6 +489,12 @@ fn take_turn(
     });
     match turn {
         Turn::Recorded(outcome, again) => {
+            let counters = host.counters_live();
+            Counters::bump(match outcome.status {
+                Status::Success => &counters.messages_delivered,
+                Status::Failure => &counters.messages_failed,
+                Status::Retry => &counters.messages_deferred,
+            });
             if let Some(delay) = again {
                 outbox.push_at(file, due_in(delay));
             }
@@ -506,7 +510,8 @@ fn take_turn(
         Turn::Later if until == Until::Stopped && !outbox.is_stopping() => {
             outbox.push_at(file, due_in(config.retry_delay));
         }
-        Turn::Later | Turn::Cut => {}
+        Turn::NotYet(wait) if !outbox.is_stopping() => outbox.push_at(file, due_in(wait)),
+        Turn::Later | Turn::NotYet(_) | Turn::Over => {}
     }
 }
 
@@ -524,8 +529,11 @@ enum Turn {
     Recorded(Outcome, Option<Duration>),
     /// Nothing was recorded; the message stays in the outbox as it is.
     Later,
-    /// The shutdown cut the attempt short; the message stays as it is.
-    Cut,
+    /// Its `nextattempt` is this far ahead: not tried now.
+    NotYet(Duration),
+    /// Nothing more to do now: the shutdown cut the attempt short (the
+    /// message stays as it is), or its final result was already written.
+    Over,
 }
 
 /// One attempt for the message in `file`, and its result recorded.
@@ -534,10 +542,7 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
         Some(name) => name.to_string_lossy().into_owned(),
         None => return Turn::Later,
     };
-    let finished = ["success", "failures"]
-        .iter()
-        .any(|q| outbox.data_dir.join(q).join(&name).exists());
-    if finished {
+    if outbox.has_final_result(file) {
         // Recorded before, but not removed from the outbox (a removal
         // failed): only the removal is due.
         if let Err(e) = store::remove(file) {
@@ -549,7 +554,7 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
                 ),
             );
         }
-        return Turn::Cut;
+        return Turn::Over;
     }
     let bytes = match std::fs::read(file) {
         Ok(bytes) => bytes,
@@ -569,26 +574,20 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
         Ok(_) => return quarantine(host, outbox, file, &name, "not a JSON object"),
         Err(e) => return quarantine(host, outbox, file, &name, &e.to_string()),
     };
+    if let Some(wait) = not_due(&message) {
+        return Turn::NotYet(wait);
+    }
     let (attempt, relay) = attempt(host, outbox, config, &message);
     if attempt.error.is_some() && outbox.was_cut() {
         host.host_log(
             Priority::Warning,
             format!("delivery: {name} was cut short by the shutdown; it stays in the outbox"),
         );
-        return Turn::Cut;
+        return Turn::Over;
     }
-    host.counters_live()
-        .delivery_attempts
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Counters::bump(&host.counters_live().delivery_attempts);
     let turn = match record(outbox, config, file, &name, message, attempt) {
         Ok((outcome, again)) => {
-            let counters = host.counters_live();
-            let counter = match outcome.status {
-                Status::Success => &counters.messages_delivered,
-                Status::Failure => &counters.messages_failed,
-                Status::Retry => &counters.messages_deferred,
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             host.host_log(
                 Priority::Info,
                 format!(
@@ -643,9 +642,6 @@ fn quarantine(host: &Host, outbox: &Outbox, file: &Path, name: &str, why: &str) 
                     path.display()
                 ),
             );
-            host.counters_live()
-                .messages_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = json!({"file": file.display().to_string(), "results": [{
                 "time": store::now_rfc3339(), "status": "failure", "state": "message",
                 "description": format!("not a MailerQ message: {why}")}]});
@@ -1051,6 +1047,15 @@ fn converse(
     }
 }
 
+/// How far ahead the message's `nextattempt` (RFC 3339 UTC, as a retry
+/// writes it) is; `None` if it is due (or has none that can be read).
+fn not_due(message: &Map<String, Value>) -> Option<Duration> {
+    let at = store::parse_rfc3339(message.get("nextattempt")?.as_str()?)?;
+    at.duration_since(SystemTime::now())
+        .ok()
+        .filter(|wait| !wait.is_zero())
+}
+
 /// The attempts a message may have.
 fn max_attempts(message: &Map<String, Value>, config: &DeliveryConfig) -> u64 {
     message
@@ -1254,14 +1259,14 @@ mod tests {
             }
         );
         assert!(!inbox.join("c.json").exists());
-        assert_eq!(outbox.next(Until::Empty), Some(inbox.join("b.json")));
-        {
-            let queue = outbox.lock();
-            let Reverse((due, _, file)) = queue.due.peek().unwrap();
-            assert_eq!(file, &inbox.join("a.json"));
-            assert!(*due > Instant::now() + Duration::from_secs(3500));
-        }
-        outbox.done();
+        // a's turn comes, but its nextattempt puts it an hour ahead; b is due.
+        let read = |name: &str| -> Map<String, Value> {
+            serde_json::from_slice(&std::fs::read(inbox.join(name)).unwrap()).unwrap()
+        };
+        let wait = not_due(&read("a.json")).expect("a is not due");
+        assert!(wait > Duration::from_secs(3500));
+        assert_eq!(not_due(&read("b.json")), None);
+        drop(outbox);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
