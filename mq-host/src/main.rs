@@ -357,8 +357,8 @@ fn serve(
     // relay; only with one are stored messages queued for delivery.
     let (opened, pickup) = Outbox::open(&data_dir)
         .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
-    let outbox = delivery.as_ref().map(|_| opened.clone());
-    config.outbox = outbox.clone();
+    let delivering = delivery.map(|d| (opened.clone(), d));
+    config.outbox = delivering.as_ref().map(|(outbox, _)| outbox.clone());
     let server = host
         .serve(listener, config)
         .map_err(|e| format!("cannot serve: {e}"))?;
@@ -367,7 +367,7 @@ fn serve(
         server.local_addr(),
         host.plugins().len(),
         data_dir.display(),
-        if delivery.is_none() {
+        if delivering.is_none() {
             format!(
                 " (no --relay: they wait in inbox/, {} there now)",
                 pickup.waiting
@@ -376,7 +376,7 @@ fn serve(
             String::new()
         }
     );
-    if let Some(d) = &delivery {
+    if let Some((_, d)) = &delivering {
         eprintln!(
             "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
             data_dir.join("inbox").display(),
@@ -394,7 +394,7 @@ fn serve(
         );
     }
     std::thread::scope(|scope| {
-        if let (Some(outbox), Some(delivery)) = (&outbox, &delivery) {
+        if let Some((outbox, delivery)) = &delivering {
             let host = &host;
             scope.spawn(move || {
                 delivery::run(host, outbox, delivery, Until::Stopped, &|_| {});
@@ -406,7 +406,7 @@ fn serve(
         if cut > 0 {
             eprintln!("mq-host: {cut} session(s) did not finish in time and were told 421");
         }
-        if let Some(outbox) = &outbox {
+        if let Some((outbox, _)) = &delivering {
             eprintln!(
                 "mq-host: finishing the deliveries on their way (up to {grace:?}); {} message(s) in the outbox",
                 outbox.pending()
