@@ -5,18 +5,25 @@
 //! [`HostApi`] table that Rust plugins get through their root module: one
 //! implementation for both.
 //!
-//! Everything but `MQ_log` must be called on the worker thread that owns
-//! the object; a call from elsewhere is refused, logged and counted.
-//! Resumes (`MQ_continue`/`MQ_complete`/`MQ_retry`) go to the chain
-//! state machine.
+//! Every function runs inside the host's panic boundary ([`host_fn!`]):
+//! a host bug is logged and the function returns a neutral value; nothing
+//! unwinds into a plugin. Every handle argument is checked through
+//! [`crate::handles`] before anything is touched: NULL, a foreign value, a
+//! handle of another thread (everything but `MQ_log` must be called on
+//! the worker that owns the object) and a stale handle (its object is
+//! gone, e.g. a connection after `smtp_in_close`) are refused, logged with
+//! the plugin's name and counted. Resumes (`MQ_continue`/`MQ_complete`/
+//! `MQ_retry`) go to the chain state machine.
 
 #![allow(non_snake_case)]
 
+use crate::boundary::host_call;
 use crate::chain;
 use crate::counters::Counters;
 use crate::event_loop::{Interest, TimerHandle, WatcherHandle};
+use crate::handles::{self, Kind, Refusal};
 use crate::hostlog::{HostLog, Priority, Source};
-use crate::objects::*;
+use crate::objects::{AddressObj, ConnectionState, ContextObj, MessageObj};
 use crate::worker::{self, Worker};
 use mq_plugin::abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
 use mq_plugin::sys::*;
@@ -25,6 +32,20 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+pub(crate) use crate::boundary::panic_text;
+
+/// Defines an exported host function whose body runs inside the host's
+/// panic boundary; `neutral` is what it returns if the body panics.
+macro_rules! host_fn {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $neutral:expr; $body:block) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) $(-> $ret)? {
+            host_call(stringify!($name), || $neutral, || $body)
+        }
+    };
+}
 
 /// The table handed to Rust plugins.
 pub(crate) fn host_api() -> HostApiRef {
@@ -76,15 +97,21 @@ thread_local! {
 /// Table-only extension: a Rust plugin's failed `mq_initialize` refuses the
 /// start of the host that is initializing it on this thread.
 unsafe extern "C" fn refuse_start(reason: *const c_char) {
-    let reason = if reason.is_null() {
-        "(no reason given)".to_owned()
-    } else {
-        // SAFETY: a NUL-terminated string from the plugin runtime.
-        unsafe { CStr::from_ptr(reason) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let _ = REFUSAL.try_with(|r| r.borrow_mut().get_or_insert(reason).clone());
+    host_call(
+        "refuse_start",
+        || (),
+        || {
+            let reason = if reason.is_null() {
+                "(no reason given)".to_owned()
+            } else {
+                // SAFETY: a NUL-terminated string from the plugin runtime.
+                unsafe { CStr::from_ptr(reason) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let _ = REFUSAL.try_with(|r| r.borrow_mut().get_or_insert(reason).clone());
+        },
+    )
 }
 
 /// Takes the refusal recorded on this thread, if any.
@@ -121,90 +148,117 @@ unsafe extern "C" fn table_start_timer(
     unsafe { MQ_startTimer(ctx, seconds, cb.callback, data) }
 }
 
-/// Reports a refused host function call.
-fn refuse(function: &str, why: &str) {
+// ---- refusals --------------------------------------------------------------
+
+/// Reports a refused call: logged with the plugin's name and counted, in the
+/// host the handle belongs to (whatever thread called).
+fn refuse(function: &str, raw: *const c_void, kind: Kind, why: Refusal) {
+    let decoded = handles::plugin_of(raw as usize as u64);
+    let here = worker::current();
+    // The host of the handle: this worker's, or (from a foreign thread)
+    // the one whose worker registry the handle names.
+    let shared = match (&here, decoded, why) {
+        (_, Some((_, registry)), Refusal::OtherThread) => worker::shared_of_registry(registry),
+        (Some(w), _, _) => Some(std::sync::Arc::clone(&w.shared)),
+        (None, _, _) => None,
+    };
+    let plugin = match why {
+        Refusal::Null | Refusal::NotA(_) if here.is_some() => worker::calling(),
+        _ => decoded.map(|(p, _)| p),
+    };
+    let text = |name: &str| format!("plugin {name}: {function} refused: {}", why.describe(kind));
+    let Some(shared) = shared else {
+        let line = text(&plugin.map_or("(unknown)".to_owned(), |p| format!("#{p}")));
+        match HostLog::fallback() {
+            Some(log) => log.write(None, Priority::Critical, Source::Host, line),
+            None => eprintln!("mq-host: {line}"),
+        }
+        return;
+    };
+    let counter = match why {
+        Refusal::OtherThread => &shared.counters.wrong_thread_calls,
+        _ => &shared.counters.invalid_handles,
+    };
+    Counters::bump(counter);
+    let name = plugin.map_or("(unknown)", |p| shared.plugin_name(p));
+    let worker = here.as_ref().map(|w| w.id);
+    shared
+        .log
+        .write(worker, Priority::Critical, Source::Host, text(name));
+}
+
+/// The worker and context of a context handle of this thread.
+fn context(function: &str, ctx: *mut MQ_Context) -> Option<(Rc<Worker>, usize)> {
+    let refused = |why| {
+        refuse(function, ctx.cast(), Kind::Context, why);
+        None
+    };
+    let h = match handles::decode(ctx as usize as u64, Kind::Context) {
+        Ok(h) => h,
+        Err(why) => return refused(why),
+    };
     match worker::current() {
-        Some(w) => {
-            Counters::bump(&w.shared.counters.wrong_thread_calls);
-            w.log(Priority::Critical, format!("{function} refused: {why}"));
-        }
-        None => {
-            if let Some(log) = HostLog::fallback() {
-                log.write(
-                    None,
-                    Priority::Critical,
-                    Source::Host,
-                    format!("{function} refused: {why}"),
-                );
-            }
-        }
+        Some(w) if h.plugin < w.contexts.len() => Some((w, h.plugin)),
+        Some(_) => refused(Refusal::Stale),
+        None => refused(Refusal::OtherThread),
     }
 }
 
-/// The worker and context for a context pointer, if it belongs to this thread.
-unsafe fn context(
-    function: &str,
-    ctx: *mut MQ_Context,
-) -> Option<(Rc<Worker>, &'static ContextObj)> {
-    // SAFETY: the caller passes a pointer it got from the host (or null).
-    if unsafe { tag_of(ctx.cast()) } != Some(CONTEXT_TAG) {
-        refuse(function, "not an MQ_Context");
-        return None;
-    }
-    // SAFETY: tagged as a context; contexts live as long as their worker.
-    let obj: &'static ContextObj = unsafe { &*ctx.cast::<ContextObj>() };
-    match worker::current() {
-        Some(w) if w.id == obj.worker => Some((w, obj)),
-        _ => {
-            refuse(function, "called off the context's worker thread");
+fn context_obj(w: &Worker, plugin: usize) -> &ContextObj {
+    &w.contexts[plugin]
+}
+
+/// The open connection of a connection handle of this thread.
+fn connection(function: &str, conn: *mut MQ_Connection) -> Option<(Rc<ConnectionState>, usize)> {
+    match connection_object(function, conn) {
+        Some((c, _)) if c.closed.get() => {
+            refuse(function, conn.cast(), Kind::Connection, Refusal::Stale);
             None
         }
+        found => found,
     }
 }
 
-/// The view for a connection pointer, if it belongs to this thread.
-unsafe fn connection(function: &str, conn: *mut MQ_Connection) -> Option<&'static ConnectionView> {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    if unsafe { tag_of(conn.cast()) } != Some(CONNECTION_TAG) {
-        refuse(function, "not an MQ_Connection");
-        return None;
-    }
-    // SAFETY: tagged as a connection view, alive while the connection is.
-    let view: &'static ConnectionView = unsafe { &*conn.cast::<ConnectionView>() };
-    if view.owner != std::thread::current().id() {
-        refuse(function, "called off the connection's worker thread");
-        return None;
-    }
-    Some(view)
+/// The connection of a connection handle of this thread, also one that
+/// closed but is still kept for a plugin whose hold expired (its data
+/// slot is the plugin's own, and the plugin frees it late).
+fn connection_object(
+    function: &str,
+    conn: *mut MQ_Connection,
+) -> Option<(Rc<ConnectionState>, usize)> {
+    handles::connection(conn as usize as u64)
+        .map_err(|why| refuse(function, conn.cast(), Kind::Connection, why))
+        .ok()
 }
 
-unsafe fn state(view: &ConnectionView) -> &ConnectionState {
-    // SAFETY: a view points to its live connection.
-    unsafe { &*view.conn.get() }
+fn message<'a>(function: &str, msg: *mut MQ_Message) -> Option<(&'a MessageObj, usize)> {
+    handles::message(msg as usize as u64)
+        .map_err(|why| refuse(function, msg.cast(), Kind::Message, why))
+        .ok()
 }
 
-unsafe fn message(function: &str, msg: *mut MQ_Message) -> Option<&'static MessageObj> {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    if unsafe { tag_of(msg.cast()) } != Some(MESSAGE_TAG) {
-        refuse(function, "not an MQ_Message");
-        return None;
-    }
-    // SAFETY: tagged as a message, alive during its chain.
-    Some(unsafe { &*msg.cast::<MessageObj>() })
+fn address<'a>(function: &str, addr: *mut MQ_Address) -> Option<&'a AddressObj> {
+    handles::address(addr as usize as u64)
+        .map(|(a, _)| a)
+        .map_err(|why| refuse(function, addr.cast(), Kind::Address, why))
+        .ok()
 }
 
+/// # Safety
+/// `ptr` is null or valid for `len` bytes (the C API's contract).
 unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
     if ptr.is_null() || len == 0 {
         &[]
     } else {
-        // SAFETY: the C API: a pointer valid for `len` bytes.
+        // SAFETY: the caller's promise.
         unsafe { std::slice::from_raw_parts(ptr.cast(), len) }
     }
 }
 
+/// A timer's delay: non-finite or negative is now; huge saturates.
 fn seconds(value: f32) -> Duration {
     if value.is_finite() && value > 0.0 {
-        Duration::from_secs_f32(value)
+        Duration::try_from_secs_f32(value).unwrap_or(Duration::MAX)
     } else {
         Duration::ZERO
     }
@@ -212,33 +266,34 @@ fn seconds(value: f32) -> Duration {
 
 // ---- log -------------------------------------------------------------------
 
-/// `void MQ_log(int priority, const char *message)`; thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_log(priority: c_int, text: *const c_char) {
-    let text = if text.is_null() {
-        "(null)".to_owned()
-    } else {
-        // SAFETY: a NUL-terminated string, per the API.
-        unsafe { CStr::from_ptr(text) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let (priority_level, valid) = Priority::from_c(priority);
-    let text = if valid {
-        text
-    } else {
-        format!("(invalid priority {priority}) {text}")
-    };
-    match worker::current() {
-        Some(w) => w
-            .shared
-            .log
-            .write(Some(w.id), priority_level, Source::Plugin, text),
-        None => {
-            if let Some(log) = HostLog::fallback() {
-                log.write(None, priority_level, Source::Plugin, text);
-            } else {
-                eprintln!("[plugin] {text}");
+host_fn! {
+    /// `void MQ_log(int priority, const char *message)`; thread-safe.
+    fn MQ_log(priority: c_int, text: *const c_char) = (); {
+        let text = if text.is_null() {
+            "(null)".to_owned()
+        } else {
+            // SAFETY: a NUL-terminated string, per the API.
+            unsafe { CStr::from_ptr(text) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let (priority_level, valid) = Priority::from_c(priority);
+        let text = if valid {
+            text
+        } else {
+            format!("(invalid priority {priority}) {text}")
+        };
+        match worker::current() {
+            Some(w) => w
+                .shared
+                .log
+                .write(Some(w.id), priority_level, Source::Plugin, text),
+            None => {
+                if let Some(log) = HostLog::fallback() {
+                    log.write(None, priority_level, Source::Plugin, text);
+                } else {
+                    eprintln!("[plugin] {text}");
+                }
             }
         }
     }
@@ -246,360 +301,370 @@ pub unsafe extern "C" fn MQ_log(priority: c_int, text: *const c_char) {
 
 // ---- context -----------------------------------------------------------------
 
-/// `void *MQ_contextData(MQ_Context*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_contextData(ctx: *mut MQ_Context) -> *mut c_void {
-    // SAFETY: checked by `context`.
-    unsafe { context("MQ_contextData", ctx) }.map_or(std::ptr::null_mut(), |(_, c)| c.data.get())
-}
-
-/// `void MQ_setContextData(MQ_Context*, void*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setContextData(ctx: *mut MQ_Context, data: *mut c_void) {
-    // SAFETY: checked by `context`.
-    if let Some((_, c)) = unsafe { context("MQ_setContextData", ctx) } {
-        c.data.set(data);
+host_fn! {
+    /// `void *MQ_contextData(MQ_Context*)`: this plugin's slot.
+    fn MQ_contextData(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut(); {
+        context("MQ_contextData", ctx)
+            .map_or(std::ptr::null_mut(), |(w, p)| context_obj(&w, p).data.get())
     }
 }
 
-/// `struct ev_loop *MQ_ev(MQ_Context*)`: always NULL, mq-host has no libev.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_ev(_ctx: *mut MQ_Context) -> *mut c_void {
-    std::ptr::null_mut()
-}
-
-/// `MQ_IOWatcher *MQ_ioWatch(MQ_Context*, int fd, int events, cb, void *data)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_ioWatch(
-    ctx: *mut MQ_Context,
-    fd: c_int,
-    events: c_int,
-    cb: Option<MQ_IOCallback>,
-    data: *mut c_void,
-) -> *mut MQ_IOWatcher {
-    // SAFETY: checked by `context`.
-    let Some((w, _)) = (unsafe { context("MQ_ioWatch", ctx) }) else {
-        return std::ptr::null_mut();
-    };
-    let Some(cb) = cb else {
-        refuse("MQ_ioWatch", "no callback");
-        return std::ptr::null_mut();
-    };
-    let interest = Interest::from_mq(events);
-    if !interest.read && !interest.write {
-        refuse("MQ_ioWatch", "events is neither MQ_READ nor MQ_WRITE");
-        return std::ptr::null_mut();
-    }
-    let callback = Box::new(move |handle: WatcherHandle, fd: c_int, ready: Interest| {
-        // SAFETY: the plugin's callback with the data it registered.
-        unsafe {
-            cb(
-                handle.to_raw() as usize as *mut MQ_IOWatcher,
-                fd,
-                ready.to_mq(),
-                data,
-            )
+host_fn! {
+    /// `void MQ_setContextData(MQ_Context*, void*)`: this plugin's slot.
+    fn MQ_setContextData(ctx: *mut MQ_Context, data: *mut c_void) = (); {
+        if let Some((w, p)) = context("MQ_setContextData", ctx) {
+            context_obj(&w, p).data.set(data);
         }
-    });
-    match w.ev.watch_io(fd, interest, callback) {
-        Ok(handle) => handle.to_raw() as usize as *mut MQ_IOWatcher,
-        Err(e) => {
+    }
+}
+
+host_fn! {
+    /// `struct ev_loop *MQ_ev(MQ_Context*)`: always NULL, mq-host has no libev.
+    fn MQ_ev(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut(); {
+        let _ = context("MQ_ev", ctx);
+        std::ptr::null_mut()
+    }
+}
+
+host_fn! {
+    /// `MQ_IOWatcher *MQ_ioWatch(MQ_Context*, int fd, int events, cb, void *data)`.
+    fn MQ_ioWatch(
+        ctx: *mut MQ_Context,
+        fd: c_int,
+        events: c_int,
+        cb: Option<MQ_IOCallback>,
+        data: *mut c_void,
+    ) -> *mut MQ_IOWatcher = std::ptr::null_mut(); {
+        let Some((w, plugin)) = context("MQ_ioWatch", ctx) else {
+            return std::ptr::null_mut();
+        };
+        let name = w.shared.plugin_name(plugin).to_owned();
+        let Some(cb) = cb else {
+            w.log(Priority::Critical, format!("plugin {name}: MQ_ioWatch refused: no callback"));
+            return std::ptr::null_mut();
+        };
+        let interest = Interest::from_mq(events);
+        if !interest.read && !interest.write {
             w.log(
                 Priority::Critical,
-                format!("MQ_ioWatch of fd {fd} failed: {e}"),
+                format!("plugin {name}: MQ_ioWatch refused: events is neither MQ_READ nor MQ_WRITE"),
             );
-            std::ptr::null_mut()
+            return std::ptr::null_mut();
         }
-    }
-}
-
-/// `void MQ_ioUnwatch(MQ_IOWatcher*)`: a stale or foreign handle is a no-op.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_ioUnwatch(watcher: *mut MQ_IOWatcher) {
-    let Some(handle) = WatcherHandle::from_raw(watcher as usize as u64) else {
-        return;
-    };
-    match worker::current() {
-        Some(w) => {
-            w.ev.unwatch_io(handle);
-        }
-        None => refuse("MQ_ioUnwatch", "called off a worker thread"),
-    }
-}
-
-/// `MQ_Timer *MQ_startTimer(MQ_Context*, float seconds, cb, void *data)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_startTimer(
-    ctx: *mut MQ_Context,
-    seconds_: f32,
-    cb: Option<MQ_TimerCallback>,
-    data: *mut c_void,
-) -> *mut MQ_Timer {
-    // SAFETY: checked by `context`.
-    let Some((w, _)) = (unsafe { context("MQ_startTimer", ctx) }) else {
-        return std::ptr::null_mut();
-    };
-    let Some(cb) = cb else {
-        refuse("MQ_startTimer", "no callback");
-        return std::ptr::null_mut();
-    };
-    // SAFETY: the plugin's callback with the data it registered.
-    let handle =
-        w.ev.start_timer(seconds(seconds_), Box::new(move || unsafe { cb(data) }));
-    handle.to_raw() as usize as *mut MQ_Timer
-}
-
-/// `void MQ_stopTimer(MQ_Timer*)`: a fired or stale timer is a no-op.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_stopTimer(timer: *mut MQ_Timer) {
-    let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-        return;
-    };
-    match worker::current() {
-        Some(w) => {
-            w.ev.stop_timer(handle);
-        }
-        None => refuse("MQ_stopTimer", "called off a worker thread"),
-    }
-}
-
-/// `void MQ_resetTimer(MQ_Timer*, float seconds)`: a fired or stale timer is a no-op.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_resetTimer(timer: *mut MQ_Timer, seconds_: f32) {
-    let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-        return;
-    };
-    match worker::current() {
-        Some(w) => {
-            w.ev.reset_timer(handle, seconds(seconds_));
-        }
-        None => refuse("MQ_resetTimer", "called off a worker thread"),
-    }
-}
-
-// ---- connection ----------------------------------------------------------------
-
-/// `int MQ_fileDescriptor(MQ_Connection*)`; -1 for connections without a socket.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_fileDescriptor(conn: *mut MQ_Connection) -> c_int {
-    // SAFETY: checked by `connection`.
-    unsafe { connection("MQ_fileDescriptor", conn) }.map_or(-1, |v| unsafe { state(v) }.fd.get())
-}
-
-/// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_send(
-    conn: *mut MQ_Connection,
-    buf: *const c_void,
-    size: usize,
-) -> usize {
-    // SAFETY: checked by `connection`; the buffer is valid for `size`.
-    let Some(view) = (unsafe { connection("MQ_send", conn) }) else {
-        return 0;
-    };
-    // SAFETY: the C API: `buf` is valid for `size` bytes.
-    let data = unsafe { bytes(buf.cast(), size) };
-    // SAFETY: a view checked by `connection` points to its live connection.
-    unsafe { state(view) }
-        .sent
-        .borrow_mut()
-        .extend_from_slice(data);
-    data.len()
-}
-
-/// `bool MQ_authenticated(MQ_Connection*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_authenticated(conn: *mut MQ_Connection) -> bool {
-    // SAFETY: checked by `connection`.
-    unsafe { connection("MQ_authenticated", conn) }
-        // SAFETY: a checked view points to its live connection.
-        .is_some_and(|v| unsafe { state(v) }.auth.get().authenticated)
-}
-
-/// `void MQ_setAuthenticated(MQ_Connection*, bool)`: one `false` makes the login fail.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setAuthenticated(conn: *mut MQ_Connection, value: bool) {
-    // SAFETY: checked by `connection`.
-    let Some(view) = (unsafe { connection("MQ_setAuthenticated", conn) }) else {
-        return;
-    };
-    // SAFETY: a checked view points to its live connection.
-    let conn = unsafe { state(view) };
-    let mut auth = conn.auth.get();
-    if value {
-        auth.authenticated = !auth.refused;
-    } else {
-        auth.refused = true;
-        auth.authenticated = false;
-    }
-    conn.auth.set(auth);
-}
-
-/// `bool MQ_secure(MQ_Connection*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_secure(conn: *mut MQ_Connection) -> bool {
-    // SAFETY: checked by `connection`.
-    unsafe { connection("MQ_secure", conn) }.is_some_and(|v| unsafe { state(v) }.secure.get())
-}
-
-/// `void *MQ_connectionData(MQ_Connection*)`: this plugin's slot.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_connectionData(conn: *mut MQ_Connection) -> *mut c_void {
-    // SAFETY: checked by `connection`.
-    unsafe { connection("MQ_connectionData", conn) }.map_or(std::ptr::null_mut(), |v| v.data.get())
-}
-
-/// `void MQ_setConnectionData(MQ_Connection*, void*)`: this plugin's slot.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setConnectionData(conn: *mut MQ_Connection, data: *mut c_void) {
-    // SAFETY: checked by `connection`.
-    if let Some(view) = unsafe { connection("MQ_setConnectionData", conn) } {
-        view.data.set(data);
-    }
-}
-
-unsafe fn resume(function: &str, conn: *mut MQ_Connection, flow: Flow) {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    if unsafe { tag_of(conn.cast()) } != Some(CONNECTION_TAG) {
-        refuse(function, "not an MQ_Connection");
-        return;
-    }
-    // SAFETY: tagged as a connection view; only its immutable fields are
-    // read until the thread is known to be the owner.
-    let view: &ConnectionView = unsafe { &*conn.cast::<ConnectionView>() };
-    if view.owner != std::thread::current().id() {
-        // SAFETY: the host's shared state outlives every connection.
-        chain::wrong_thread_resume(function, unsafe { &*view.shared }, view.plugin);
-        return;
-    }
-    // SAFETY: on the owner thread the connection is live.
-    chain::resume(unsafe { state(view) }, view.plugin, flow);
-}
-
-/// `void MQ_continue(MQ_Connection*)`: go on with the next plugin.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_continue(conn: *mut MQ_Connection) {
-    // SAFETY: see `resume`.
-    unsafe { resume("MQ_continue", conn, Flow::Continue) }
-}
-
-/// `void MQ_complete(MQ_Connection*)`: skip the remaining plugins.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_complete(conn: *mut MQ_Connection) {
-    // SAFETY: see `resume`.
-    unsafe { resume("MQ_complete", conn, Flow::Complete) }
-}
-
-/// `void MQ_retry(MQ_Connection*)`: restart the step from the first plugin.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_retry(conn: *mut MQ_Connection) {
-    // SAFETY: see `resume`.
-    unsafe { resume("MQ_retry", conn, Flow::Retry) }
-}
-
-// ---- message -------------------------------------------------------------------
-
-/// `MQ_json(MQ_Message*)`: in mq-host, the JSON text (valid until the message changes).
-#[no_mangle]
-pub unsafe extern "C" fn MQ_json(msg: *mut MQ_Message) -> *const c_void {
-    // SAFETY: checked by `message`.
-    unsafe { message("MQ_json", msg) }.map_or(std::ptr::null(), |m| m.json_ptr().cast())
-}
-
-/// `MQ_Address *MQ_envelope(MQ_Message*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_envelope(msg: *mut MQ_Message) -> *mut MQ_Address {
-    // SAFETY: checked by `message`.
-    unsafe { message("MQ_envelope", msg) }.map_or(std::ptr::null_mut(), |m| m.envelope().as_raw())
-}
-
-/// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setEnvelope(msg: *mut MQ_Message, text: *const c_char, size: usize) {
-    // SAFETY: checked by `message`; the text is valid for `size`.
-    if let Some(m) = unsafe { message("MQ_setEnvelope", msg) } {
-        // SAFETY: the C API: `text` is valid for `size` bytes.
-        m.set_envelope(unsafe { bytes(text, size) });
-    }
-}
-
-/// `const char *MQ_recipient(MQ_Message*)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_recipient(msg: *mut MQ_Message) -> *const c_char {
-    // SAFETY: checked by `message`.
-    unsafe { message("MQ_recipient", msg) }.map_or(std::ptr::null(), |m| m.recipient_ptr())
-}
-
-/// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setRecipient(msg: *mut MQ_Message, text: *const c_char, size: usize) {
-    // SAFETY: checked by `message`; the text is valid for `size`.
-    if let Some(m) = unsafe { message("MQ_setRecipient", msg) } {
-        // SAFETY: the C API: `text` is valid for `size` bytes.
-        m.set_recipient(unsafe { bytes(text, size) });
-    }
-}
-
-/// `const char *MQ_mime(MQ_Message*)`: NULL when the message has no MIME.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_mime(msg: *mut MQ_Message) -> *const c_char {
-    // SAFETY: checked by `message`.
-    unsafe { message("MQ_mime", msg) }.map_or(std::ptr::null(), |m| m.mime_ptr())
-}
-
-/// `void MQ_setMime(MQ_Message*, const char*, size_t)`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setMime(msg: *mut MQ_Message, text: *const c_char, size: usize) {
-    // SAFETY: checked by `message`; the text is valid for `size`.
-    if let Some(m) = unsafe { message("MQ_setMime", msg) } {
-        // SAFETY: the C API: `text` is valid for `size` bytes.
-        m.set_mime(unsafe { bytes(text, size) });
-    }
-}
-
-/// The `local` flag of a message or a recipient address.
-unsafe fn local_flag(
-    function: &str,
-    ptr: *mut MQ_Message,
-) -> Option<&'static std::cell::Cell<bool>> {
-    // SAFETY: a pointer the plugin got from the host (or null); once the
-    // tag is known, the object is of that type and alive during its chain.
-    unsafe {
-        match tag_of(ptr.cast()) {
-            Some(MESSAGE_TAG) => Some(&(*ptr.cast::<MessageObj>()).local),
-            Some(ADDRESS_TAG) => Some(&(*ptr.cast::<AddressObj>()).local),
-            _ => {
-                refuse(function, "not an MQ_Message or MQ_Address");
-                None
+        let callback = Box::new(move |handle: WatcherHandle, fd: c_int, ready: Interest| {
+            let _calling = worker::Calling::enter(plugin);
+            // SAFETY: the plugin's callback with the data it registered.
+            unsafe {
+                cb(
+                    handle.to_raw() as usize as *mut MQ_IOWatcher,
+                    fd,
+                    ready.to_mq(),
+                    data,
+                )
+            }
+        });
+        match w.ev.watch_io(fd, interest, callback) {
+            Ok(handle) => handle.to_raw() as usize as *mut MQ_IOWatcher,
+            Err(e) => {
+                w.log(
+                    Priority::Critical,
+                    format!("plugin {name}: MQ_ioWatch of fd {fd} failed: {e}"),
+                );
+                std::ptr::null_mut()
             }
         }
     }
 }
 
-/// `bool MQ_local(MQ_Message*)`: also takes a recipient's `MQ_Address*`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_local(msg: *mut MQ_Message) -> bool {
-    // SAFETY: checked by `local_flag`.
-    unsafe { local_flag("MQ_local", msg) }.is_some_and(|l| l.get())
-}
-
-/// `void MQ_setLocal(MQ_Message*, bool)`: also takes a recipient's `MQ_Address*`.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_setLocal(msg: *mut MQ_Message, value: bool) {
-    // SAFETY: checked by `local_flag`.
-    if let Some(l) = unsafe { local_flag("MQ_setLocal", msg) } {
-        l.set(value);
+host_fn! {
+    /// `void MQ_ioUnwatch(MQ_IOWatcher*)`: a stale or foreign handle is a no-op.
+    fn MQ_ioUnwatch(watcher: *mut MQ_IOWatcher) = (); {
+        let Some(handle) = WatcherHandle::from_raw(watcher as usize as u64) else {
+            return;
+        };
+        match worker::current() {
+            Some(w) => {
+                w.ev.unwatch_io(handle);
+            }
+            None => refuse("MQ_ioUnwatch", watcher.cast(), Kind::Context, Refusal::OtherThread),
+        }
     }
 }
 
-/// `const char *MQ_email(MQ_Address*)`: NULL for the empty address.
-#[no_mangle]
-pub unsafe extern "C" fn MQ_email(addr: *mut MQ_Address) -> *const c_char {
-    // SAFETY: a pointer the plugin got from the host (or null).
-    if unsafe { tag_of(addr.cast()) } != Some(ADDRESS_TAG) {
-        refuse("MQ_email", "not an MQ_Address");
-        return std::ptr::null();
+host_fn! {
+    /// `MQ_Timer *MQ_startTimer(MQ_Context*, float seconds, cb, void *data)`.
+    fn MQ_startTimer(
+        ctx: *mut MQ_Context,
+        seconds_: f32,
+        cb: Option<MQ_TimerCallback>,
+        data: *mut c_void,
+    ) -> *mut MQ_Timer = std::ptr::null_mut(); {
+        let Some((w, plugin)) = context("MQ_startTimer", ctx) else {
+            return std::ptr::null_mut();
+        };
+        let Some(cb) = cb else {
+            w.log(
+                Priority::Critical,
+                format!("plugin {}: MQ_startTimer refused: no callback", w.shared.plugin_name(plugin)),
+            );
+            return std::ptr::null_mut();
+        };
+        let callback = Box::new(move || {
+            let _calling = worker::Calling::enter(plugin);
+            // SAFETY: the plugin's callback with the data it registered.
+            unsafe { cb(data) }
+        });
+        let handle = w.ev.start_timer(seconds(seconds_), callback);
+        handle.to_raw() as usize as *mut MQ_Timer
     }
-    // SAFETY: tagged as an address.
-    unsafe { &*addr.cast::<AddressObj>() }.email_ptr()
+}
+
+host_fn! {
+    /// `void MQ_stopTimer(MQ_Timer*)`: a fired or stale timer is a no-op.
+    fn MQ_stopTimer(timer: *mut MQ_Timer) = (); {
+        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
+            return;
+        };
+        match worker::current() {
+            Some(w) => {
+                w.ev.stop_timer(handle);
+            }
+            None => refuse("MQ_stopTimer", timer.cast(), Kind::Context, Refusal::OtherThread),
+        }
+    }
+}
+
+host_fn! {
+    /// `void MQ_resetTimer(MQ_Timer*, float seconds)`: a fired or stale timer is a no-op.
+    fn MQ_resetTimer(timer: *mut MQ_Timer, seconds_: f32) = (); {
+        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
+            return;
+        };
+        match worker::current() {
+            Some(w) => {
+                w.ev.reset_timer(handle, seconds(seconds_));
+            }
+            None => refuse("MQ_resetTimer", timer.cast(), Kind::Context, Refusal::OtherThread),
+        }
+    }
+}
+
+// ---- connection ----------------------------------------------------------------
+
+host_fn! {
+    /// `int MQ_fileDescriptor(MQ_Connection*)`; -1 for connections without a socket.
+    fn MQ_fileDescriptor(conn: *mut MQ_Connection) -> c_int = -1; {
+        connection("MQ_fileDescriptor", conn).map_or(-1, |(c, _)| c.fd.get())
+    }
+}
+
+host_fn! {
+    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`.
+    fn MQ_send(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0; {
+        let Some((conn, _)) = connection("MQ_send", conn) else {
+            return 0;
+        };
+        // SAFETY: the C API: `buf` is valid for `size` bytes.
+        let data = unsafe { bytes(buf.cast(), size) };
+        conn.sent.borrow_mut().extend_from_slice(data);
+        data.len()
+    }
+}
+
+host_fn! {
+    /// `bool MQ_authenticated(MQ_Connection*)`.
+    fn MQ_authenticated(conn: *mut MQ_Connection) -> bool = false; {
+        connection("MQ_authenticated", conn).is_some_and(|(c, _)| c.auth.get().authenticated)
+    }
+}
+
+host_fn! {
+    /// `void MQ_setAuthenticated(MQ_Connection*, bool)`: one `false` makes the login fail.
+    fn MQ_setAuthenticated(conn: *mut MQ_Connection, value: bool) = (); {
+        let Some((conn, _)) = connection("MQ_setAuthenticated", conn) else {
+            return;
+        };
+        let mut auth = conn.auth.get();
+        if value {
+            auth.authenticated = !auth.refused;
+        } else {
+            auth.refused = true;
+            auth.authenticated = false;
+        }
+        conn.auth.set(auth);
+    }
+}
+
+host_fn! {
+    /// `bool MQ_secure(MQ_Connection*)`.
+    fn MQ_secure(conn: *mut MQ_Connection) -> bool = false; {
+        connection("MQ_secure", conn).is_some_and(|(c, _)| c.secure.get())
+    }
+}
+
+host_fn! {
+    /// `void *MQ_connectionData(MQ_Connection*)`: this plugin's slot.
+    fn MQ_connectionData(conn: *mut MQ_Connection) -> *mut c_void = std::ptr::null_mut(); {
+        connection_object("MQ_connectionData", conn)
+            .and_then(|(c, p)| c.data.get(p).map(|d| d.get()))
+            .unwrap_or(std::ptr::null_mut())
+    }
+}
+
+host_fn! {
+    /// `void MQ_setConnectionData(MQ_Connection*, void*)`: this plugin's slot.
+    fn MQ_setConnectionData(conn: *mut MQ_Connection, data: *mut c_void) = (); {
+        if let Some((c, p)) = connection_object("MQ_setConnectionData", conn) {
+            if let Some(slot) = c.data.get(p) {
+                slot.set(data);
+            }
+        }
+    }
+}
+
+/// `MQ_continue`/`MQ_complete`/`MQ_retry`.
+fn resume(function: &str, conn: *mut MQ_Connection, flow: Flow) {
+    let raw = conn as usize as u64;
+    match handles::connection(raw) {
+        Ok((c, plugin)) => match worker::current() {
+            // Also on a closed connection: it may be the late resume of a
+            // take-over whose hold expired.
+            Some(w) => chain::resume(&w, &c, plugin, flow),
+            None => refuse(
+                function,
+                conn.cast(),
+                Kind::Connection,
+                Refusal::OtherThread,
+            ),
+        },
+        Err(Refusal::OtherThread) => {
+            match handles::plugin_of(raw)
+                .and_then(|(p, registry)| Some((p, worker::shared_of_registry(registry)?)))
+            {
+                Some((plugin, shared)) => chain::wrong_thread_resume(function, &shared, plugin),
+                None => refuse(
+                    function,
+                    conn.cast(),
+                    Kind::Connection,
+                    Refusal::OtherThread,
+                ),
+            }
+        }
+        Err(why) => refuse(function, conn.cast(), Kind::Connection, why),
+    }
+}
+
+host_fn! {
+    /// `void MQ_continue(MQ_Connection*)`: go on with the next plugin.
+    fn MQ_continue(conn: *mut MQ_Connection) = (); {
+        resume("MQ_continue", conn, Flow::Continue)
+    }
+}
+
+host_fn! {
+    /// `void MQ_complete(MQ_Connection*)`: skip the remaining plugins.
+    fn MQ_complete(conn: *mut MQ_Connection) = (); {
+        resume("MQ_complete", conn, Flow::Complete)
+    }
+}
+
+host_fn! {
+    /// `void MQ_retry(MQ_Connection*)`: restart the step from the first plugin.
+    fn MQ_retry(conn: *mut MQ_Connection) = (); {
+        resume("MQ_retry", conn, Flow::Retry)
+    }
+}
+
+// ---- message -------------------------------------------------------------------
+
+host_fn! {
+    /// `MQ_json(MQ_Message*)`: in mq-host, the JSON text (valid until the message changes).
+    fn MQ_json(msg: *mut MQ_Message) -> *const c_void = std::ptr::null(); {
+        message("MQ_json", msg).map_or(std::ptr::null(), |(m, _)| m.json_ptr().cast())
+    }
+}
+
+host_fn! {
+    /// `MQ_Address *MQ_envelope(MQ_Message*)`.
+    fn MQ_envelope(msg: *mut MQ_Message) -> *mut MQ_Address = std::ptr::null_mut(); {
+        message("MQ_envelope", msg)
+            .and_then(|(m, plugin)| m.envelope().handle(plugin))
+            .map_or(std::ptr::null_mut(), |h| h.to_ptr())
+    }
+}
+
+host_fn! {
+    /// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`.
+    fn MQ_setEnvelope(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
+        if let Some((m, _)) = message("MQ_setEnvelope", msg) {
+            // SAFETY: the C API: `text` is valid for `size` bytes.
+            m.set_envelope(unsafe { bytes(text, size) });
+        }
+    }
+}
+
+host_fn! {
+    /// `const char *MQ_recipient(MQ_Message*)`.
+    fn MQ_recipient(msg: *mut MQ_Message) -> *const c_char = std::ptr::null(); {
+        message("MQ_recipient", msg).map_or(std::ptr::null(), |(m, _)| m.recipient_ptr())
+    }
+}
+
+host_fn! {
+    /// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`.
+    fn MQ_setRecipient(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
+        if let Some((m, _)) = message("MQ_setRecipient", msg) {
+            // SAFETY: the C API: `text` is valid for `size` bytes.
+            m.set_recipient(unsafe { bytes(text, size) });
+        }
+    }
+}
+
+host_fn! {
+    /// `const char *MQ_mime(MQ_Message*)`: NULL when the message has no MIME.
+    fn MQ_mime(msg: *mut MQ_Message) -> *const c_char = std::ptr::null(); {
+        message("MQ_mime", msg).map_or(std::ptr::null(), |(m, _)| m.mime_ptr())
+    }
+}
+
+host_fn! {
+    /// `void MQ_setMime(MQ_Message*, const char*, size_t)`.
+    fn MQ_setMime(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
+        if let Some((m, _)) = message("MQ_setMime", msg) {
+            // SAFETY: the C API: `text` is valid for `size` bytes.
+            m.set_mime(unsafe { bytes(text, size) });
+        }
+    }
+}
+
+/// The `local` flag of a message or a recipient address.
+fn local_flag<'a>(function: &str, ptr: *mut MQ_Message) -> Option<&'a std::cell::Cell<bool>> {
+    let raw = ptr as usize as u64;
+    match handles::Handle::from_raw(raw).map(|h| h.kind) {
+        Some(Kind::Address) => address(function, ptr.cast()).map(|a| &a.local),
+        _ => message(function, ptr).map(|(m, _)| &m.local),
+    }
+}
+
+host_fn! {
+    /// `bool MQ_local(MQ_Message*)`: also takes a recipient's `MQ_Address*`.
+    fn MQ_local(msg: *mut MQ_Message) -> bool = false; {
+        local_flag("MQ_local", msg).is_some_and(|l| l.get())
+    }
+}
+
+host_fn! {
+    /// `void MQ_setLocal(MQ_Message*, bool)`: also takes a recipient's `MQ_Address*`.
+    fn MQ_setLocal(msg: *mut MQ_Message, value: bool) = (); {
+        if let Some(l) = local_flag("MQ_setLocal", msg) {
+            l.set(value);
+        }
+    }
+}
+
+host_fn! {
+    /// `const char *MQ_email(MQ_Address*)`: NULL for the empty address.
+    fn MQ_email(addr: *mut MQ_Address) -> *const c_char = std::ptr::null(); {
+        address("MQ_email", addr).map_or(std::ptr::null(), |a| a.email_ptr())
+    }
 }

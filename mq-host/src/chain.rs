@@ -8,31 +8,37 @@
 //!
 //! Guards beyond MailerQ: a second resume is ignored, a resume from the
 //! wrong thread refused, a resume inside the hook call applied after it
-//! returns, a hold past the deadline reported (and the chain goes on), a
-//! retry loop cut after the limit — each logged and counted.
+//! returns, a retry loop cut after the limit — each logged and counted.
+//!
+//! **The hold deadline.** A hold past the deadline is reported and the
+//! chain goes on, and that is only ever safe:
+//!
+//! - a Rust plugin's hold is *cancelled* first: the host asks the plugin
+//!   (its root module's `cancel_hold`) to drop the hook's future, with
+//!   every borrow of the hook's arguments, before the chain moves on;
+//! - a hold that cannot be cancelled (a C plugin; a Rust plugin in the
+//!   global-symbols mode) becomes an [`ExpiredHold`] on the connection: it
+//!   keeps the take-over's arguments alive and pins its message's buffers
+//!   until the plugin's late resume, which is credited to that expired
+//!   take-over — the plugin's oldest — and to no other.
+//!
+//! Every take-over has its own number, and the deadline timer of one
+//! take-over never touches another.
 //!
 //! Resumes are applied on the next loop turn (`defer`), never inside the
 //! plugin's own call stack. No `RefCell` borrow is held while a plugin runs.
 
 use crate::counters::Counters;
 use crate::event_loop::TimerHandle;
+use crate::handles;
 use crate::hostlog::{Priority, Source};
 use crate::loader::HookFn;
-use crate::objects::{AddressObj, ConnectionState, MessageObj, TakeoverEnd};
+use crate::objects::{ChainArgs, ConnectionState, ExpiredHold, TakeoverEnd};
 use crate::worker::{self, Worker};
 use mq_hook_table::Hook;
 use mq_plugin::Flow;
 use std::rc::Rc;
 use std::time::Instant;
-
-/// The arguments of a chain's hook besides context and connection.
-pub(crate) enum ChainArgs {
-    None,
-    Authenticate { login: Vec<u8>, password: Vec<u8> },
-    Address(Box<AddressObj>),
-    Data(Vec<u8>),
-    Message(Box<MessageObj>),
-}
 
 /// How a chain ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +91,13 @@ pub(crate) fn named_calls(shared: &worker::Shared, calls: &[CallRecord]) -> Vec<
 pub enum Resume {
     /// With this flow.
     Flow(Flow),
-    /// Not before the hold deadline: the host went on.
+    /// Not before the hold deadline, and the hold could not be cancelled
+    /// (a C plugin): the host went on; what the plugin was given stays
+    /// alive until its late resume.
     Expired,
+    /// Not before the hold deadline: the host cancelled the hold (a Rust
+    /// plugin's hook future was dropped) and went on.
+    Cancelled,
 }
 
 /// A finished chain.
@@ -98,9 +109,8 @@ pub(crate) struct ChainReport {
     pub(crate) started: Instant,
 }
 
-/// Runs when the chain ends; returns the arguments it did not keep, which
-/// the chain retains while a plugin whose hold expired may still use them.
-type Done = Box<dyn FnOnce(&Rc<ConnectionState>, ChainReport) -> ChainArgs>;
+/// Runs when the chain ends.
+type Done = Box<dyn FnOnce(&Rc<ConnectionState>, ChainReport)>;
 
 enum State {
     Ready,
@@ -124,70 +134,53 @@ pub(crate) struct Chain {
     position: usize,
     retries: u32,
     state: State,
-    takeovers: u64,
     calls: Vec<CallRecord>,
     done: Option<Done>,
     started: Instant,
-    /// Plugins whose hold deadline passed in this chain: they may still
-    /// touch its arguments until their (late) resume.
-    expired: Vec<usize>,
 }
 
+/// Another chain runs on the connection (a host bug; the caller reports it).
+#[derive(Debug)]
+pub(crate) struct Busy;
+
 /// Starts `hook`'s chain on `conn`; `done` runs on the loop when it ends.
-/// The connection must have no chain running.
 pub(crate) fn start(
     w: &Worker,
     conn: &Rc<ConnectionState>,
     hook: &'static Hook,
     args: ChainArgs,
     done: Done,
-) {
-    let chain = Box::new(Chain {
-        hook,
-        args,
-        position: 0,
-        retries: 0,
-        state: State::Ready,
-        takeovers: 0,
-        calls: Vec::new(),
-        done: Some(done),
-        started: Instant::now(),
-        expired: Vec::new(),
-    });
-    let previous = conn.chain.borrow_mut().replace(chain);
-    assert!(previous.is_none(), "one chain at a time per connection");
+) -> Result<(), Busy> {
+    {
+        let mut slot = conn.chain.borrow_mut();
+        if slot.is_some() {
+            return Err(Busy);
+        }
+        *slot = Some(Box::new(Chain {
+            hook,
+            args,
+            position: 0,
+            retries: 0,
+            state: State::Ready,
+            calls: Vec::new(),
+            done: Some(done),
+            started: Instant::now(),
+        }));
+    }
     advance(w, conn);
+    Ok(())
+}
+
+/// Whether a chain runs on the connection.
+pub(crate) fn is_running(conn: &ConnectionState) -> bool {
+    conn.chain.try_borrow().map_or(true, |c| c.is_some())
 }
 
 /// What a hook call needs, copied out of the chain so no borrow is held.
 struct Call {
     plugin: usize,
     hook_fn: HookFn,
-    args: ArgPtrs,
-}
-
-#[derive(Clone, Copy)]
-enum ArgPtrs {
-    None,
-    Bytes2(*const u8, usize, *const u8, usize),
-    Address(*mut mq_plugin::sys::MQ_Address),
-    Bytes(*const u8, usize),
-    Message(*mut mq_plugin::sys::MQ_Message),
-}
-
-fn arg_ptrs(args: &ChainArgs) -> ArgPtrs {
-    match args {
-        ChainArgs::None => ArgPtrs::None,
-        ChainArgs::Authenticate { login, password } => ArgPtrs::Bytes2(
-            login.as_ptr(),
-            login.len(),
-            password.as_ptr(),
-            password.len(),
-        ),
-        ChainArgs::Address(a) => ArgPtrs::Address(a.as_raw()),
-        ChainArgs::Data(d) => ArgPtrs::Bytes(d.as_ptr(), d.len()),
-        ChainArgs::Message(m) => ArgPtrs::Message(m.as_raw()),
-    }
+    args: ChainArgs,
 }
 
 /// Calls plugins until one takes control or the chain ends.
@@ -213,13 +206,12 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
             Call {
                 plugin,
                 hook_fn,
-                args: arg_ptrs(&chain.args),
+                args: chain.args.clone(),
             }
         };
         w.shared.counters.hook_called(chain_hook);
-        // SAFETY: the hook has the signature of its shape; the context and
-        // connection views and the argument buffers (owned by the boxed
-        // chain, which is not dropped during the call) are live.
+        // SAFETY: the hook has the signature of its shape; the handles name
+        // live objects (the call holds a share of the arguments).
         let took_control = unsafe { call_hook(w, conn, &call) };
 
         let mut slot = conn.chain.borrow_mut();
@@ -255,8 +247,7 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
             continue;
         }
         Counters::bump(&w.shared.counters.take_overs);
-        chain.takeovers += 1;
-        let takeover = chain.takeovers;
+        let takeover = w.next_takeover();
         if let Some(flow) = inline {
             Counters::bump(&w.shared.counters.inline_resumes);
             w.log(
@@ -288,22 +279,54 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
     }
 }
 
-unsafe fn call_hook(w: &Worker, conn: &ConnectionState, call: &Call) -> bool {
-    let ctx = w.contexts[call.plugin].as_raw();
-    let cv = conn.view(call.plugin);
-    // SAFETY: the caller's promise.
+/// Calls one plugin's hook with its handles.
+///
+/// # Safety
+/// `call.hook_fn` has the C signature of the chain's hook.
+unsafe fn call_hook(w: &Worker, conn: &Rc<ConnectionState>, call: &Call) -> bool {
+    let plugin = call.plugin;
+    let (Some(ctx), Some(cv)) = (handles::context_handle(plugin), conn.handle(plugin)) else {
+        return no_handles(w, plugin);
+    };
+    let (ctx, cv) = (ctx.to_ptr(), cv.to_ptr());
+    let _calling = worker::Calling::enter(plugin);
+    // SAFETY: the caller's promise; buffers are owned by `call.args`, which
+    // outlives the call.
     unsafe {
-        match (call.hook_fn, call.args) {
+        match (call.hook_fn, &call.args) {
             (HookFn::Connection(f), _) => f(ctx, cv),
-            (HookFn::Authenticate(f), ArgPtrs::Bytes2(l, ll, p, pl)) => {
-                f(ctx, cv, l.cast(), ll, p.cast(), pl)
-            }
-            (HookFn::Address(f), ArgPtrs::Address(a)) => f(ctx, cv, a),
-            (HookFn::Data(f), ArgPtrs::Bytes(d, len)) => f(ctx, cv, d.cast(), len),
-            (HookFn::Message(f), ArgPtrs::Message(m)) => f(ctx, cv, m),
+            (HookFn::Authenticate(f), ChainArgs::Authenticate(c)) => f(
+                ctx,
+                cv,
+                c.login.as_ptr().cast(),
+                c.login.len(),
+                c.password.as_ptr().cast(),
+                c.password.len(),
+            ),
+            (HookFn::Address(f), ChainArgs::Address(a)) => match a.handle(plugin) {
+                Some(h) => f(ctx, cv, h.to_ptr()),
+                None => no_handles(w, plugin),
+            },
+            (HookFn::Data(f), ChainArgs::Data(d)) => f(ctx, cv, d.as_ptr().cast(), d.len()),
+            (HookFn::Message(f), ChainArgs::Message(m)) => match m.handle(plugin) {
+                Some(h) => f(ctx, cv, h.to_ptr()),
+                None => no_handles(w, plugin),
+            },
             _ => unreachable!("chains are started with the arguments of their hook's shape"),
         }
     }
+}
+
+/// The worker's handle space is exhausted: the plugin is skipped.
+fn no_handles(w: &Worker, plugin: usize) -> bool {
+    w.log(
+        Priority::Critical,
+        format!(
+            "no free handle for plugin {}'s call (too many live objects on this worker); skipped",
+            w.shared.plugins[plugin].info.name
+        ),
+    );
+    false
 }
 
 fn defer_apply(w: &Worker, conn: &Rc<ConnectionState>, plugin: usize, flow: Flow) {
@@ -363,54 +386,34 @@ fn finish(w: &Worker, conn: &Rc<ConnectionState>, end: ChainEnd) {
     let mut chain = *chain;
     Counters::bump(&w.shared.counters.chains_finished);
     let done = chain.done.take().expect("finished once");
-    let report = ChainReport {
-        end,
-        calls: chain.calls,
-        retries: chain.retries,
-        args: chain.args,
-        started: chain.started,
-    };
-    let leftover = done(conn, report);
-    if !chain.expired.is_empty() {
-        let mut retained = w.retained_args.borrow_mut();
-        let entry = retained.entry(conn.id).or_default();
-        entry.0 += chain.expired.len();
-        entry.1.push(leftover);
-    }
-}
-
-/// A plugin whose hold expired has resumed: when no such plugin is left,
-/// the arguments kept for them can go.
-fn release_retained(w: &Worker, conn_id: u64) {
-    let mut retained = w.retained_args.borrow_mut();
-    if let Some(entry) = retained.get_mut(&conn_id) {
-        entry.0 = entry.0.saturating_sub(1);
-        if entry.0 == 0 {
-            retained.remove(&conn_id);
-        }
-    }
+    done(
+        conn,
+        ChainReport {
+            end,
+            calls: chain.calls,
+            retries: chain.retries,
+            args: chain.args,
+            started: chain.started,
+        },
+    );
 }
 
 /// `MQ_continue`/`MQ_complete`/`MQ_retry` on the owner thread.
-pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
-    let Some(w) = worker::current() else { return };
+pub(crate) fn resume(w: &Worker, conn: &Rc<ConnectionState>, plugin: usize, flow: Flow) {
     let name = &w.shared.plugins[plugin].info.name;
-    let Some(conn) = w.connections.borrow().get(&conn.id).cloned() else {
-        // Only retired connections reach here: closed ones are freed.
-        release_retained(&w, conn.id);
-        if !w.retained_args.borrow().contains_key(&conn.id) {
-            w.retired.borrow_mut().remove(&conn.id);
-        }
+    // A plugin with an expired take-over on this connection resumes that
+    // one first: its resume is never credited to a later take-over.
+    if credit_late_resume(w, conn, plugin) {
         Counters::bump(&w.shared.counters.late_resumes);
         w.log(
             Priority::Warning,
             format!(
-                "plugin {name} resumed (MQ_{flow}) after its hold deadline had passed \
-                 and the connection closed; ignored"
+                "plugin {name} resumed (MQ_{flow}) a take-over whose hold deadline had passed; \
+                 ignored (what it was given is released now)"
             ),
         );
         return;
-    };
+    }
     let Ok(mut slot) = conn.chain.try_borrow_mut() else {
         // No chain borrow is held while plugins run; never abort inside a
         // C call because of a host bug, report it instead.
@@ -448,29 +451,26 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
                 }
                 conn.last_takeover.set(Some((plugin, TakeoverEnd::Resumed)));
                 drop(slot);
-                return defer_apply(&w, &conn, plugin, flow);
+                return defer_apply(w, conn, plugin, flow);
             }
             _ => {}
         }
     }
     drop(slot);
-    let hook = "its hook";
+    if conn.closed.get() {
+        Counters::bump(&w.shared.counters.invalid_handles);
+        w.log(
+            Priority::Warning,
+            format!("plugin {name} called MQ_{flow} on a connection that has closed; ignored"),
+        );
+        return;
+    }
     match conn.last_takeover.get() {
         Some((p, TakeoverEnd::Resumed)) if p == plugin => {
             Counters::bump(&w.shared.counters.double_resumes);
             w.log(
                 Priority::Warning,
-                format!("plugin {name} resumed {hook} a second time (MQ_{flow}); ignored"),
-            );
-        }
-        Some((p, TakeoverEnd::Expired)) if p == plugin => {
-            release_retained(&w, conn.id);
-            Counters::bump(&w.shared.counters.late_resumes);
-            w.log(
-                Priority::Warning,
-                format!(
-                    "plugin {name} resumed (MQ_{flow}) after its hold deadline had passed; ignored"
-                ),
+                format!("plugin {name} resumed its hook a second time (MQ_{flow}); ignored"),
             );
         }
         _ => {
@@ -483,14 +483,36 @@ pub(crate) fn resume(conn: &ConnectionState, plugin: usize, flow: Flow) {
     }
 }
 
+/// Releases `plugin`'s oldest expired take-over on `conn`, if it has one;
+/// a closed connection with no expired take-over left is let go.
+fn credit_late_resume(w: &Worker, conn: &Rc<ConnectionState>, plugin: usize) -> bool {
+    let released = {
+        let mut expired = conn.expired.borrow_mut();
+        let oldest = expired.iter().position(|e| e.plugin == plugin);
+        oldest.map(|i| expired.remove(i))
+    };
+    let Some(released) = released else {
+        return false;
+    };
+    // Dropped outside the borrow: it unpins its message.
+    drop(released);
+    if conn.closed.get() && !conn.has_expired_holds() && !is_running(conn) {
+        w.release_retired(conn.id);
+    }
+    true
+}
+
 /// A resume called from a thread that does not own the connection.
 pub(crate) fn wrong_thread_resume(function: &str, shared: &worker::Shared, plugin: usize) {
     // Off the worker thread: only thread-safe state is touched.
     Counters::bump(&shared.counters.wrong_thread_resumes);
+    let name = shared
+        .plugins
+        .get(plugin)
+        .map_or("(unknown)", |p| p.info.name.as_str());
     let text = format!(
-        "{function} refused: plugin {} called it from thread {:?}, not the connection's worker; \
+        "{function} refused: plugin {name} called it from thread {:?}, not the connection's worker; \
          resume from the event loop instead",
-        shared.plugins[plugin].info.name,
         std::thread::current().name().unwrap_or("unnamed")
     );
     shared
@@ -501,37 +523,94 @@ pub(crate) fn wrong_thread_resume(function: &str, shared: &worker::Shared, plugi
 /// The hold deadline passed for `takeover`.
 fn expire(conn: &Rc<ConnectionState>, takeover: u64) {
     let Some(w) = worker::current() else { return };
-    let plugin = {
-        let mut slot = conn.chain.borrow_mut();
-        let Some(chain) = slot.as_mut() else { return };
+    let why = format!(
+        "the {:?} hold deadline passed",
+        w.shared.limits.hold_deadline.unwrap_or_default()
+    );
+    expire_hold(&w, conn, Some(takeover), &why);
+}
+
+/// Ends the hold of the chain on `conn` now (if it is `takeover`, or any
+/// hold for `None`), as the hold deadline does: a Rust plugin's hold is
+/// cancelled, another one becomes an [`ExpiredHold`]; the chain goes on.
+/// Returns whether a hold was ended.
+pub(crate) fn expire_hold(
+    w: &Worker,
+    conn: &Rc<ConnectionState>,
+    takeover: Option<u64>,
+    why: &str,
+) -> bool {
+    let (plugin, hook, args) = {
+        let Ok(mut slot) = conn.chain.try_borrow_mut() else {
+            return false;
+        };
+        let Some(chain) = slot.as_mut() else {
+            return false;
+        };
         let State::Held {
             plugin,
             takeover: t,
-            ..
+            ref mut deadline,
         } = chain.state
         else {
-            return;
+            return false;
         };
-        if t != takeover {
-            return;
+        if takeover.is_some_and(|takeover| takeover != t) {
+            return false;
+        }
+        if let Some(timer) = deadline.take() {
+            w.ev.stop_timer(timer);
         }
         chain.state = State::Resuming;
-        if let Some(call) = chain.calls.last_mut() {
-            call.resumed = Some(Resume::Expired);
-        }
-        chain.expired.push(plugin);
-        Counters::bump(&w.shared.counters.held_past_deadline);
+        (plugin, chain.hook, chain.args.clone())
+    };
+    let name = &w.shared.plugins[plugin].info.name;
+    Counters::bump(&w.shared.counters.held_past_deadline);
+    let cancelled = cancel(w, conn, plugin);
+    let resumed = if cancelled {
         w.log(
             Priority::Critical,
             format!(
-                "plugin {} held control of {} past the {:?} hold deadline; going on with the next plugin",
-                w.shared.plugins[plugin].info.name,
-                chain.hook.symbol,
-                w.shared.limits.hold_deadline.unwrap_or_default()
+                "plugin {name} held control of {} until {why}; its hook was cancelled and the \
+                 chain goes on with the next plugin",
+                hook.symbol
             ),
         );
-        plugin
+        conn.last_takeover.set(Some((plugin, TakeoverEnd::Resumed)));
+        Resume::Cancelled
+    } else {
+        w.log(
+            Priority::Critical,
+            format!(
+                "plugin {name} held control of {} until {why}; the chain goes on with the next \
+                 plugin, and what the hook was given stays alive until it resumes",
+                hook.symbol
+            ),
+        );
+        conn.expired
+            .borrow_mut()
+            .push(ExpiredHold::new(plugin, args));
+        conn.last_takeover.set(Some((plugin, TakeoverEnd::Expired)));
+        Resume::Expired
     };
-    conn.last_takeover.set(Some((plugin, TakeoverEnd::Expired)));
-    apply(&w, conn, plugin, Flow::Continue);
+    if let Some(chain) = conn.chain.borrow_mut().as_mut() {
+        if let Some(call) = chain.calls.last_mut() {
+            call.resumed = Some(resumed);
+        }
+    }
+    apply(w, conn, plugin, Flow::Continue);
+    true
+}
+
+/// Asks a Rust plugin to drop its held hook; false if it cannot (a C
+/// plugin, the global-symbols mode, or nothing the plugin knows of).
+fn cancel(w: &Worker, conn: &Rc<ConnectionState>, plugin: usize) -> bool {
+    let Some(cancel) = w.shared.plugins[plugin].cancel else {
+        return false;
+    };
+    let (Some(ctx), Some(cv)) = (handles::context_handle(plugin), conn.handle(plugin)) else {
+        return false;
+    };
+    let _calling = worker::Calling::enter(plugin);
+    cancel(ctx.to_ptr(), cv.to_ptr())
 }

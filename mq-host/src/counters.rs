@@ -63,8 +63,13 @@ counters! {
     late_resumes,
     /// Chains cut because they retried more often than the retry limit.
     retry_loops_cut,
-    /// Host function calls made on the wrong thread or with a foreign handle: refused and logged.
+    /// Host function calls made off the worker thread that owns the handle: refused and logged.
     wrong_thread_calls,
+    /// Host function calls with NULL, a value that is no handle of the right kind, or a
+    /// handle whose object is gone (e.g. a connection after `smtp_in_close`): refused and logged.
+    invalid_handles,
+    /// Host bugs: panics caught in a host function or a worker's loop (logged; the host goes on).
+    host_panics,
     /// SMTP sessions accepted by `serve`.
     smtp_sessions,
     /// Messages stored durably by `serve` (one per recipient).

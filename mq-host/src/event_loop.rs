@@ -19,6 +19,20 @@
 //!   become stale) and the fd is registered anew (`EPOLL_CTL_ADD`), so the
 //!   new file's watchers work and never share events with the dead ones.
 //!   Unwatching ignores `ENOENT`/`EBADF`.
+//! - **The loop's own descriptors are never a plugin's.** A plugin may pass
+//!   any fd number to `MQ_ioWatch`. Watching the loop's epoll fd or its
+//!   wake-up eventfd fails with `PermissionDenied` before epoll is touched.
+//!   The eventfd is the one registration the loop makes outside its map of
+//!   watched fds (mio's `Poll` makes none). Were it watched, `EPOLL_CTL_ADD`
+//!   would fail with `EEXIST`, the fallback to `EPOLL_CTL_MOD` would move it
+//!   to the fd's token, the unwatch would delete it, and the loop would
+//!   never wake for posted tasks again. With these two refused, the
+//!   fallback takes over only registrations of our own: `EEXIST` means the
+//!   pair (open file, fd number) is in the epoll set already, and every
+//!   other pair in it was added by `watch_io`, with token = fd number (e.g.
+//!   one left behind when its number was closed while a `dup` kept the file
+//!   open, and that now names the file again). Other loops' descriptors are
+//!   not refused: watching them adds to this loop's epoll set only.
 //! - **Generational handles.** [`WatcherHandle`] and [`TimerHandle`] encode
 //!   `loop_id (16 bits) | generation (16 bits) | slot + 1 (32 bits)`, never 0.
 //!   A handle of another loop, or of a freed (and maybe reused) slot, is a
@@ -34,7 +48,8 @@
 //!   freed before its callback runs.
 //!
 //! Other threads reach a loop through a [`LoopRemote`]: [`LoopRemote::post`]
-//! queues a [`Task`] and wakes the loop with a [`mio::Waker`].
+//! queues a [`Task`] and wakes the loop by writing to its wake-up eventfd,
+//! which the loop drains when epoll reports it.
 //!
 //! A turn ([`EventLoop::run_once`]) runs: deferred functions, poll (not
 //! blocking when deferred or remote work is pending; otherwise blocking at
@@ -47,17 +62,18 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::marker::PhantomData;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Poll, Token, Waker};
+use mio::{Events, Poll, Token};
 
-/// Token of the loop's [`Waker`]; fd tokens are fd numbers (`0..=i32::MAX`).
+/// Token of the loop's [`WakeFd`]; fd tokens are fd numbers (`0..=i32::MAX`).
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 
 /// How many readiness events one poll can return.
@@ -505,6 +521,67 @@ fn ceil_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
+/// The loop's wake-up eventfd, registered with [`WAKER_TOKEN`].
+///
+/// Our own rather than a [`mio::Waker`] because the loop must know its
+/// number to refuse it to `watch_io`. Owned by [`Shared`], so it stays open
+/// while a [`LoopRemote`] can write to it (a remote may outlive its loop)
+/// and is closed when the last owner goes.
+struct WakeFd(File);
+
+impl WakeFd {
+    fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is open and nothing else owns it.
+        Ok(WakeFd(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
+    }
+
+    fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Adds 1 to the counter, which makes epoll report the fd.
+    fn wake(&self) {
+        // An eventfd write is 8 bytes or nothing. `EAGAIN` means the
+        // counter is full: the fd is readable, a wake-up is pending anyway.
+        let _ = (&self.0).write(&1u64.to_ne_bytes());
+    }
+
+    /// Resets the counter to 0, so that it never fills up.
+    fn drain(&self) {
+        let mut count = [0u8; 8];
+        // `EAGAIN`: nothing to drain.
+        let _ = (&self.0).read(&mut count);
+    }
+}
+
+/// The descriptors an [`EventLoop`] made for itself; no watcher may use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OwnFd {
+    /// The [`WakeFd`].
+    WakeUp,
+    /// The epoll instance of the loop's [`Poll`].
+    Epoll,
+}
+
+impl OwnFd {
+    /// The error of `watch_io(fd)`.
+    fn refusal(self, fd: RawFd) -> io::Error {
+        let what = match self {
+            OwnFd::WakeUp => "wake-up",
+            OwnFd::Epoll => "epoll",
+        };
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("fd {fd} is the event loop's own {what} descriptor; plugins cannot watch it"),
+        )
+    }
+}
+
 struct RemoteQueue {
     /// False once the loop was dropped.
     alive: bool,
@@ -513,7 +590,7 @@ struct RemoteQueue {
 
 struct Shared {
     queue: Mutex<RemoteQueue>,
-    waker: Waker,
+    wake_fd: WakeFd,
     stop: AtomicBool,
     /// True when a wake-up was sent since the loop last returned from poll;
     /// saves wake-ups when many tasks are posted in a row.
@@ -527,8 +604,7 @@ impl Shared {
 
     fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            // An error (eventfd counter full) means a wake-up is pending anyway.
-            let _ = self.waker.wake();
+            self.wake_fd.wake();
         }
     }
 }
@@ -604,7 +680,13 @@ impl EventLoop {
     /// handle of another loop is recognised; give each loop its own id.
     pub fn new(loop_id: u16) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+        // The only registration outside `fds` (mio's `Poll` makes none).
+        let wake_fd = WakeFd::new()?;
+        poll.registry().register(
+            &mut SourceFd(&wake_fd.raw()),
+            WAKER_TOKEN,
+            mio::Interest::READABLE,
+        )?;
         Ok(EventLoop {
             loop_id,
             inner: RefCell::new(Inner {
@@ -624,7 +706,7 @@ impl EventLoop {
                     alive: true,
                     tasks: VecDeque::new(),
                 }),
-                waker,
+                wake_fd,
                 stop: AtomicBool::new(false),
                 wake_pending: AtomicBool::new(false),
             }),
@@ -645,8 +727,10 @@ impl EventLoop {
     /// If `fd` was watched before and has been closed (and its number
     /// reused) since, the old watchers are discarded: their handles become
     /// stale. Fails with `InvalidInput` for a negative fd or an empty
-    /// interest, and with the OS error if epoll refuses the fd (e.g.
-    /// `EBADF`, or `EPERM` for a regular file).
+    /// interest, with `PermissionDenied` for one of the loop's own
+    /// descriptors (its epoll fd and its wake-up eventfd), and with the OS
+    /// error if epoll refuses the fd (e.g. `EBADF`, or `EPERM` for a regular
+    /// file).
     pub fn watch_io(
         &self,
         fd: RawFd,
@@ -655,6 +739,9 @@ impl EventLoop {
     ) -> io::Result<WatcherHandle> {
         if fd < 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));
+        }
+        if let Some(own) = self.own_fd(fd) {
+            return Err(own.refusal(fd));
         }
         let Some(mio_interest) = interest.to_mio() else {
             return Err(io::Error::new(
@@ -686,6 +773,17 @@ impl EventLoop {
         // Callbacks are dropped outside the borrow.
         drop(discarded);
         result.map_err(|(e, _cb)| e)
+    }
+
+    /// Which of the loop's own descriptors `fd` is, if any.
+    fn own_fd(&self, fd: RawFd) -> Option<OwnFd> {
+        if fd == self.shared.wake_fd.raw() {
+            Some(OwnFd::WakeUp)
+        } else if fd == self.inner.borrow().poll.as_raw_fd() {
+            Some(OwnFd::Epoll)
+        } else {
+            None
+        }
     }
 
     /// Stops an io watcher; it may be the one whose callback is running.
@@ -860,6 +958,10 @@ impl EventLoop {
         }
         for ev in inner.events.iter() {
             if ev.token() == WAKER_TOKEN {
+                // After `wake_pending` was reset: a wake-up this drain
+                // swallows came with a task queued (or a stop set) before
+                // it, which this turn's `run_remote` (or `run`) sees.
+                self.shared.wake_fd.drain();
                 continue;
             }
             if let Ok(fd) = RawFd::try_from(ev.token().0) {
@@ -1718,5 +1820,115 @@ mod tests {
         run_until(&lp, || !log.borrow().is_empty());
         assert_eq!(*log.borrow(), [1]);
         assert_eq!(lp.active_timers(), 0);
+    }
+
+    /// A no-op io callback.
+    fn noop() -> IoCallback {
+        Box::new(|_, _, _| {})
+    }
+
+    /// Posts from another thread while the loop blocks, twice (a wake-up
+    /// after a drained one must wake again). Each turn is bounded, so a lost
+    /// wake-up fails the test instead of hanging it.
+    fn assert_remote_wakes(lp: &EventLoop) {
+        for _ in 0..2 {
+            let remote = lp.remote();
+            let ran = Arc::new(AtomicBool::new(false));
+            let r = Arc::clone(&ran);
+            let poster = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                assert!(remote.post(Box::new(move || r.store(true, Ordering::SeqCst))));
+            });
+            // A lost wake-up still runs the task, at the end of a turn that
+            // timed out: what fails the test is the time the turn took.
+            let start = Instant::now();
+            while !ran.load(Ordering::SeqCst) {
+                lp.run_once(Some(Duration::from_secs(3))).unwrap();
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "a task posted from another thread did not wake the loop"
+                );
+            }
+            poster.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn loop_remote_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LoopRemote>();
+    }
+
+    #[test]
+    fn own_wake_up_fd_cannot_be_watched() {
+        let lp = new_loop(1);
+        let fd = lp.shared.wake_fd.raw();
+        let result = lp.watch_io(fd, Interest::READ, noop());
+        // What a plugin does next: drop its watcher.
+        if let Ok(h) = result {
+            lp.unwatch_io(h);
+        }
+        assert_remote_wakes(&lp);
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            e.to_string(),
+            format!("fd {fd} is the event loop's own wake-up descriptor; plugins cannot watch it")
+        );
+        assert_eq!(lp.active_watchers(), 0);
+    }
+
+    #[test]
+    fn own_epoll_fd_cannot_be_watched() {
+        let lp = new_loop(1);
+        let fd = lp.inner.borrow().poll.as_raw_fd();
+        let result = lp.watch_io(fd, Interest::BOTH, noop());
+        if let Ok(h) = result {
+            lp.unwatch_io(h);
+        }
+        assert_remote_wakes(&lp);
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            e.to_string(),
+            format!("fd {fd} is the event loop's own epoll descriptor; plugins cannot watch it")
+        );
+        assert_eq!(lp.active_watchers(), 0);
+    }
+
+    #[test]
+    fn watching_any_fd_leaves_wake_ups_and_timers_working() {
+        let lp = new_loop(1);
+        let own = [lp.shared.wake_fd.raw(), lp.inner.borrow().poll.as_raw_fd()];
+        let watch = |fd| match lp.watch_io(fd, Interest::BOTH, noop()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // epoll's own EPERM (e.g. for /dev/null) has the same kind;
+                // our refusal has no OS error: epoll was never asked.
+                let refused =
+                    e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none();
+                assert_eq!(refused, own.contains(&fd), "fd {fd}: {e}");
+                None
+            }
+        };
+        // One at a time, as a plugin that drops its watcher at once...
+        for fd in 0..64 {
+            if let Some(h) = watch(fd) {
+                assert!(lp.unwatch_io(h));
+            }
+        }
+        // ... and all at once, across a turn.
+        let handles: Vec<_> = (0..64).filter_map(watch).collect();
+        assert!(!handles.is_empty());
+        lp.run_once(TICK).unwrap();
+        for h in handles {
+            assert!(lp.unwatch_io(h));
+        }
+        assert_eq!(lp.active_watchers(), 0);
+        assert_remote_wakes(&lp);
+        let log = log();
+        lp.start_timer(Duration::from_millis(5), logging(&log, 1));
+        run_until(&lp, || !log.borrow().is_empty());
+        assert_eq!(*log.borrow(), [1]);
     }
 }

@@ -1,11 +1,13 @@
 //! The host: loads plugins, starts workers, runs events through chains,
 //! and shuts down with MailerQ's lifecycle order.
 
-use crate::chain::{self, ChainArgs, ChainEnd, ChainReport, HookCall};
+use crate::chain::{self, ChainEnd, ChainReport, HookCall};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::hostlog::{HostLog, LogEcho, LogRecord, Priority, Source};
 use crate::loader::{self, HookFn, HostMode, LoadError, PluginInfo};
-use crate::objects::{AddressObj, ConnectionState, Direction, MessageObj, SmtpView};
+use crate::objects::{
+    AddressObj, ChainArgs, ConnectionState, Credentials, Direction, MessageObj, SmtpView,
+};
 use crate::worker::{self, Limits, Shared, WorkerHandle};
 use mq_hook_table::{by_name, Hook};
 use serde_json::Value;
@@ -113,6 +115,9 @@ impl HostBuilder {
             );
             plugins.push(plugin);
         }
+        if plugins.len() > crate::handles::MAX_PLUGINS {
+            return Err(StartError::TooManyPlugins(plugins.len()));
+        }
         let limits = Limits {
             hold_deadline: self.hold_deadline,
             retry_limit: self.retry_limit,
@@ -166,6 +171,8 @@ pub enum StartError {
     Load(LoadError),
     /// A worker thread could not start.
     Worker(String),
+    /// More plugins than a host can load.
+    TooManyPlugins(usize),
     /// A plugin's `mq_initialize` failed and refused the start.
     Refused {
         /// The plugin's file.
@@ -182,6 +189,11 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Load(e) => write!(f, "{e}"),
             StartError::Worker(e) => write!(f, "{e}"),
+            StartError::TooManyPlugins(n) => write!(
+                f,
+                "{n} plugins: a host loads at most {} (merge plugins, or load fewer)",
+                crate::handles::MAX_PLUGINS
+            ),
             StartError::Refused { file, reason, .. } => {
                 write!(
                     f,
@@ -309,7 +321,7 @@ impl Host {
         }
         self.stopped = true;
         for w in &mut self.workers {
-            w.stop();
+            w.stop(&self.shared.log);
         }
         run_global_hook(&self.shared, "cleanup");
     }
@@ -672,7 +684,7 @@ fn start_event(
     event: Event,
     tx: ResultSender,
 ) -> Result<(), RunError> {
-    if conn.chain.borrow().is_some() {
+    if chain::is_running(conn) {
         return Err(RunError::Busy);
     }
     let hook = event.hook();
@@ -688,12 +700,12 @@ fn start_event(
         }
         Event::Authenticate { login, password } => {
             conn.auth.set(Default::default());
-            ChainArgs::Authenticate { login, password }
+            ChainArgs::Authenticate(Rc::new(Credentials { login, password }))
         }
         Event::MailFrom(email) | Event::RcptTo(email) => {
-            ChainArgs::Address(Box::new(AddressObj::new(Some(&email))))
+            ChainArgs::Address(Rc::new(AddressObj::new(Some(&email))))
         }
-        Event::Data(mime) => ChainArgs::Data(mime),
+        Event::Data(mime) => ChainArgs::Data(mime.into()),
         Event::Message(json) => {
             ChainArgs::Message(MessageObj::new(Direction::Incoming, object(json)?))
         }
@@ -722,21 +734,16 @@ fn start_event(
             let calls = worker::current()
                 .map(|w| chain::named_calls(&w.shared, &report.calls))
                 .unwrap_or_default();
-            let (result, leftover) =
-                event_result(hook, conn, report, calls, log.since(mark, Some(worker_id)));
+            let result = event_result(hook, conn, report, calls, log.since(mark, Some(worker_id)));
             if hook.name == "smtp_in_close" {
                 if let Some(w) = worker::current() {
-                    // After the chain has recorded what it retains.
-                    let id = conn.id;
-                    let worker = Rc::clone(&w);
-                    w.ev.defer(Box::new(move || worker.close_connection(id)));
+                    w.close_connection(conn.id);
                 }
             }
             let _ = tx.send(Ok(result));
-            leftover
         }),
-    );
-    Ok(())
+    )
+    .map_err(|chain::Busy| RunError::Busy)
 }
 
 fn event_result(
@@ -745,13 +752,10 @@ fn event_result(
     report: ChainReport,
     calls: Vec<HookCall>,
     log: Vec<LogRecord>,
-) -> (EventResult, ChainArgs) {
+) -> EventResult {
     let (mut message, mut smtp, mut local) = (None, None, None);
-    let leftover = match report.args {
-        ChainArgs::Address(address) => {
-            local = Some(address.local.get());
-            ChainArgs::Address(address)
-        }
+    match report.args {
+        ChainArgs::Address(address) => local = Some(address.local.get()),
         ChainArgs::Message(msg) => {
             message = Some(msg.json());
             local = Some(msg.local.get());
@@ -760,14 +764,11 @@ fn event_result(
             }
             if hook.name == "smtp_out_data" {
                 *conn.outgoing_message.borrow_mut() = Some(msg);
-                ChainArgs::None
-            } else {
-                ChainArgs::Message(msg)
             }
         }
-        other => other,
-    };
-    let result = EventResult {
+        _ => {}
+    }
+    EventResult {
         hook,
         end: report.end,
         calls,
@@ -779,6 +780,5 @@ fn event_result(
         sent: conn.take_sent(),
         log,
         elapsed: report.started.elapsed(),
-    };
-    (result, leftover)
+    }
 }

@@ -60,11 +60,13 @@
 
 #![warn(missing_docs)]
 
+mod boundary;
 mod capi;
 mod chain;
 mod counters;
 pub mod delivery;
 pub mod event_loop;
+mod handles;
 mod host;
 mod hostlog;
 mod loader;

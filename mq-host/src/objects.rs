@@ -1,34 +1,27 @@
-//! The host's side of the C handles.
+//! The host's side of the C objects a plugin gets handles to: contexts,
+//! connections, messages and addresses (see [`crate::handles`] for the
+//! handles themselves).
 //!
-//! Every object handed to a plugin is `#[repr(C)]` and starts with a type
-//! tag, so a host function can refuse a pointer of the wrong kind (and
-//! `MQ_local`/`MQ_setLocal` can take a message or a recipient address).
-//! Contexts and connections are handed out as per-plugin *views*: each
-//! plugin sees its own `MQ_contextData`/`MQ_connectionData` slot, and a
-//! resume says which plugin it comes from.
+//! Each plugin sees its own `MQ_contextData`/`MQ_connectionData` slot of a
+//! context or connection; the plugin index travels in the handle.
+//!
+//! What a held hook can reach stays alive and unchanged until its hold is
+//! over: a chain's arguments are shared ([`ChainArgs`] holds `Rc`s), and a
+//! take-over whose hold expired without being cancelled (a C plugin, which
+//! cannot be) keeps its own share in an [`ExpiredHold`] on the connection
+//! until the plugin's late resume. While such a hold is outstanding on a
+//! message, the buffers that `MQ_mime`, `MQ_json`, `MQ_recipient` and
+//! `MQ_email` returned are kept when another plugin replaces them (they
+//! are *pinned*), so the late plugin never reads freed memory.
 
 use crate::chain::Chain;
+use crate::handles::Registration;
 use serde_json::{Map, Value};
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CString};
+use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::thread::ThreadId;
-
-pub(crate) const CONTEXT_TAG: u32 = u32::from_be_bytes(*b"MQcx");
-pub(crate) const CONNECTION_TAG: u32 = u32::from_be_bytes(*b"MQcn");
-pub(crate) const MESSAGE_TAG: u32 = u32::from_be_bytes(*b"MQms");
-pub(crate) const ADDRESS_TAG: u32 = u32::from_be_bytes(*b"MQad");
-
-/// Reads the tag of an object a plugin passed, or `None` for null.
-///
-/// # Safety
-/// `ptr` must be null or point to one of the host's tagged objects (the C
-/// API's contract: plugins pass back what they were given).
-pub(crate) unsafe fn tag_of(ptr: *const c_void) -> Option<u32> {
-    // SAFETY: the caller's promise; every tagged object starts with a u32.
-    (!ptr.is_null()).then(|| unsafe { *ptr.cast::<u32>() })
-}
 
 /// Whether a connection is one the host accepted or one it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,27 +32,20 @@ pub enum Direction {
     Outgoing,
 }
 
+/// Makes a host object `!Send`: it registers in its thread's handle
+/// registry and must be dropped on that thread.
+type NotSend = PhantomData<*const ()>;
+
 /// `MQ_Context`: one per plugin per worker.
-#[repr(C)]
 pub(crate) struct ContextObj {
-    tag: u32,
-    pub(crate) worker: usize,
-    pub(crate) plugin: usize,
     pub(crate) data: Cell<*mut c_void>,
 }
 
 impl ContextObj {
-    pub(crate) fn new(worker: usize, plugin: usize) -> ContextObj {
+    pub(crate) fn new() -> ContextObj {
         ContextObj {
-            tag: CONTEXT_TAG,
-            worker,
-            plugin,
             data: Cell::new(std::ptr::null_mut()),
         }
-    }
-
-    pub(crate) fn as_raw(&self) -> *mut mq_plugin::sys::MQ_Context {
-        self as *const Self as *mut _
     }
 }
 
@@ -71,6 +57,48 @@ pub(crate) struct AuthState {
     pub(crate) refused: bool,
 }
 
+/// The arguments of a chain's hook besides context and connection. Shared,
+/// so that a plugin whose hold expired keeps what it was given alive.
+#[derive(Clone)]
+pub(crate) enum ChainArgs {
+    None,
+    Authenticate(Rc<Credentials>),
+    Address(Rc<AddressObj>),
+    Data(Rc<[u8]>),
+    Message(Rc<MessageObj>),
+}
+
+/// The login and password of `smtp_in_authenticate`.
+pub(crate) struct Credentials {
+    pub(crate) login: Vec<u8>,
+    pub(crate) password: Vec<u8>,
+}
+
+/// A take-over whose hold deadline passed without the plugin giving
+/// control back, and which could not be cancelled: the plugin may still
+/// use what it was given, and will resume late. Pins its message.
+pub(crate) struct ExpiredHold {
+    pub(crate) plugin: usize,
+    args: ChainArgs,
+}
+
+impl ExpiredHold {
+    pub(crate) fn new(plugin: usize, args: ChainArgs) -> ExpiredHold {
+        if let ChainArgs::Message(m) = &args {
+            m.pin();
+        }
+        ExpiredHold { plugin, args }
+    }
+}
+
+impl Drop for ExpiredHold {
+    fn drop(&mut self) {
+        if let ChainArgs::Message(m) = &self.args {
+            m.unpin();
+        }
+    }
+}
+
 /// One SMTP connection, owned by its worker.
 pub(crate) struct ConnectionState {
     pub(crate) id: u64,
@@ -79,15 +107,23 @@ pub(crate) struct ConnectionState {
     pub(crate) auth: Cell<AuthState>,
     /// Bytes plugins sent with `MQ_send` since the host last took them.
     pub(crate) sent: RefCell<Vec<u8>>,
-    /// One view per plugin, in plugin order.
-    pub(crate) views: Box<[ConnectionView]>,
+    /// Each plugin's `MQ_connectionData` slot, in plugin order.
+    pub(crate) data: Box<[Cell<*mut c_void>]>,
     /// The chain running on this connection, if any.
     pub(crate) chain: RefCell<Option<Box<Chain>>>,
     /// The last take-over on this connection and whether it ended, for
     /// telling double resumes from stray ones.
     pub(crate) last_takeover: Cell<Option<(usize, TakeoverEnd)>>,
     /// The message between `smtp_out_data` and `smtp_out_sent`.
-    pub(crate) outgoing_message: RefCell<Option<Box<MessageObj>>>,
+    pub(crate) outgoing_message: RefCell<Option<Rc<MessageObj>>>,
+    /// Expired, uncancelled take-overs, oldest first: a late resume of a
+    /// plugin is credited to its oldest one.
+    pub(crate) expired: RefCell<Vec<ExpiredHold>>,
+    /// `smtp_in_close` has run (or the connection was dropped): host
+    /// functions on it are refused.
+    pub(crate) closed: Cell<bool>,
+    pub(crate) registration: Registration,
+    _not_send: NotSend,
 }
 
 /// How the last take-over on a connection ended.
@@ -98,86 +134,95 @@ pub(crate) enum TakeoverEnd {
     Expired,
 }
 
-/// `MQ_Connection`: one connection as one plugin sees it.
-#[repr(C)]
-pub(crate) struct ConnectionView {
-    tag: u32,
-    pub(crate) plugin: usize,
-    /// Immutable after creation: read by resumes from any thread.
-    pub(crate) owner: ThreadId,
-    pub(crate) conn: Cell<*const ConnectionState>,
-    pub(crate) data: Cell<*mut c_void>,
-    /// The host's shared state (thread-safe), for refusing resumes from
-    /// other threads without touching the connection.
-    pub(crate) shared: *const crate::worker::Shared,
-}
-
 impl ConnectionState {
-    pub(crate) fn new(
-        id: u64,
-        fd: RawFd,
-        plugins: usize,
-        shared: *const crate::worker::Shared,
-    ) -> Rc<ConnectionState> {
-        let owner = std::thread::current().id();
-        let views = (0..plugins)
-            .map(|plugin| ConnectionView {
-                tag: CONNECTION_TAG,
-                plugin,
-                owner,
-                conn: Cell::new(std::ptr::null()),
-                data: Cell::new(std::ptr::null_mut()),
-                shared,
-            })
-            .collect();
-        let conn = Rc::new(ConnectionState {
+    pub(crate) fn new(id: u64, fd: RawFd, plugins: usize) -> Rc<ConnectionState> {
+        Rc::new(ConnectionState {
             id,
             fd: Cell::new(fd),
             secure: Cell::new(false),
             auth: Cell::new(AuthState::default()),
             sent: RefCell::new(Vec::new()),
-            views,
+            data: (0..plugins)
+                .map(|_| Cell::new(std::ptr::null_mut()))
+                .collect(),
             chain: RefCell::new(None),
             last_takeover: Cell::new(None),
             outgoing_message: RefCell::new(None),
-        });
-        for view in conn.views.iter() {
-            view.conn.set(Rc::as_ptr(&conn));
-        }
-        conn
-    }
-
-    pub(crate) fn view(&self, plugin: usize) -> *mut mq_plugin::sys::MQ_Connection {
-        &self.views[plugin] as *const ConnectionView as *mut _
+            expired: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+            registration: Registration::default(),
+            _not_send: PhantomData,
+        })
     }
 
     /// Takes the bytes plugins sent.
     pub(crate) fn take_sent(&self) -> Vec<u8> {
         std::mem::take(&mut *self.sent.borrow_mut())
     }
+
+    /// Whether a plugin whose hold expired may still use this connection.
+    pub(crate) fn has_expired_holds(&self) -> bool {
+        !self.expired.borrow().is_empty()
+    }
+}
+
+/// Buffers handed to plugins as C pointers: replaced ones are kept while
+/// the owning object is pinned by an expired hold.
+#[derive(Default)]
+struct Retired {
+    pins: Cell<u32>,
+    kept: RefCell<Vec<CString>>,
+}
+
+impl Retired {
+    /// Drops `old` now, or keeps it while pinned.
+    fn retire(&self, old: Option<CString>) {
+        if let Some(old) = old {
+            if self.pins.get() > 0 {
+                self.kept.borrow_mut().push(old);
+            }
+        }
+    }
+
+    fn pin(&self) {
+        self.pins.set(self.pins.get() + 1);
+    }
+
+    fn unpin(&self) {
+        let pins = self.pins.get().saturating_sub(1);
+        self.pins.set(pins);
+        if pins == 0 {
+            self.kept.borrow_mut().clear();
+        }
+    }
 }
 
 /// `MQ_Address`: an envelope or recipient address.
-#[repr(C)]
 pub(crate) struct AddressObj {
-    tag: u32,
     email: RefCell<Option<CString>>,
     pub(crate) local: Cell<bool>,
+    retired: Retired,
+    pub(crate) registration: Registration,
+    _not_send: NotSend,
 }
 
 impl AddressObj {
     pub(crate) fn new(email: Option<&str>) -> AddressObj {
         let obj = AddressObj {
-            tag: ADDRESS_TAG,
             email: RefCell::new(None),
             local: Cell::new(false),
+            retired: Retired::default(),
+            registration: Registration::default(),
+            _not_send: PhantomData,
         };
         obj.set_email(email.unwrap_or("").as_bytes());
         obj
     }
 
     pub(crate) fn set_email(&self, email: &[u8]) {
-        *self.email.borrow_mut() = (!email.is_empty()).then(|| c_string(email));
+        let new = (!email.is_empty()).then(|| c_string(email));
+        let old = std::mem::replace(&mut *self.email.borrow_mut(), new);
+        self.retired.retire(old);
     }
 
     pub(crate) fn email_ptr(&self) -> *const c_char {
@@ -192,10 +237,6 @@ impl AddressObj {
             .borrow()
             .as_ref()
             .map(|s| s.to_string_lossy().into_owned())
-    }
-
-    pub(crate) fn as_raw(&self) -> *mut mq_plugin::sys::MQ_Address {
-        self as *const Self as *mut _
     }
 }
 
@@ -212,28 +253,29 @@ pub struct SmtpView {
 }
 
 /// `MQ_Message`: a message and its JSON object.
-#[repr(C)]
 pub(crate) struct MessageObj {
-    tag: u32,
     pub(crate) direction: Direction,
     json: RefCell<Map<String, Value>>,
     envelope: AddressObj,
     recipient: RefCell<Option<CString>>,
     mime: RefCell<Option<Vec<u8>>>,
     pub(crate) local: Cell<bool>,
-    /// Caches for pointers returned to plugins: valid until the next change.
+    /// Caches for pointers returned to plugins: valid until the next change
+    /// (or, while pinned, until the message is freed).
     json_text: RefCell<Option<CString>>,
     mime_c: RefCell<Option<CString>>,
+    retired: Retired,
+    pub(crate) registration: Registration,
+    _not_send: NotSend,
 }
 
 impl MessageObj {
-    pub(crate) fn new(direction: Direction, json: Map<String, Value>) -> Box<MessageObj> {
+    pub(crate) fn new(direction: Direction, json: Map<String, Value>) -> Rc<MessageObj> {
         let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
         let envelope = text("envelope");
         let recipient = text("recipient");
         let mime = text("mime").map(String::into_bytes);
-        Box::new(MessageObj {
-            tag: MESSAGE_TAG,
+        Rc::new(MessageObj {
             direction,
             envelope: AddressObj::new(envelope.as_deref()),
             recipient: RefCell::new(recipient.map(|r| c_string(r.as_bytes()))),
@@ -242,15 +284,25 @@ impl MessageObj {
             json: RefCell::new(json),
             json_text: RefCell::new(None),
             mime_c: RefCell::new(None),
+            retired: Retired::default(),
+            registration: Registration::default(),
+            _not_send: PhantomData,
         })
     }
 
-    pub(crate) fn as_raw(&self) -> *mut mq_plugin::sys::MQ_Message {
-        self as *const Self as *mut _
+    /// An expired hold may still read what the C functions returned.
+    fn pin(&self) {
+        self.retired.pin();
+        self.envelope.retired.pin();
+    }
+
+    fn unpin(&self) {
+        self.retired.unpin();
+        self.envelope.retired.unpin();
     }
 
     fn changed(&self, key: &str, value: Value) {
-        *self.json_text.borrow_mut() = None;
+        self.retired.retire(self.json_text.borrow_mut().take());
         if self.direction == Direction::Incoming {
             self.json.borrow_mut().insert(key.to_owned(), value);
         }
@@ -289,7 +341,8 @@ impl MessageObj {
     }
 
     pub(crate) fn set_recipient(&self, email: &[u8]) {
-        *self.recipient.borrow_mut() = Some(c_string(email));
+        let old = self.recipient.borrow_mut().replace(c_string(email));
+        self.retired.retire(old);
         self.changed(
             "recipient",
             Value::String(String::from_utf8_lossy(email).into_owned()),
@@ -307,7 +360,7 @@ impl MessageObj {
 
     pub(crate) fn set_mime(&self, mime: &[u8]) {
         *self.mime.borrow_mut() = Some(mime.to_vec());
-        *self.mime_c.borrow_mut() = None;
+        self.retired.retire(self.mime_c.borrow_mut().take());
         self.changed(
             "mime",
             Value::String(String::from_utf8_lossy(mime).into_owned()),
@@ -345,7 +398,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn message(direction: Direction) -> Box<MessageObj> {
+    fn message(direction: Direction) -> Rc<MessageObj> {
         let Value::Object(map) = json!({"envelope": "a@x", "recipient": "b@y", "mime": "Subject: hi\r\n\r\nbody", "key": 1})
         else {
             unreachable!()
@@ -379,15 +432,37 @@ mod tests {
     }
 
     #[test]
-    fn tags_tell_objects_apart() {
+    fn a_pinned_message_keeps_the_buffers_it_handed_out() {
         let m = message(Direction::Incoming);
-        let a = AddressObj::new(Some("x@y"));
-        // SAFETY: both are tagged host objects.
+        let hold = ExpiredHold::new(0, ChainArgs::Message(Rc::clone(&m)));
+        let mime = m.mime_ptr();
+        let json = m.json_ptr();
+        let recipient = m.recipient_ptr();
+        let envelope = m.envelope().email_ptr();
+        m.set_mime(b"replaced");
+        m.set_recipient(b"other@z");
+        m.set_envelope(b"other@x");
+        // SAFETY: kept alive by the pin; this is what the test checks.
         unsafe {
-            assert_eq!(tag_of(m.as_raw().cast()), Some(MESSAGE_TAG));
-            assert_eq!(tag_of(a.as_raw().cast()), Some(ADDRESS_TAG));
-            assert_eq!(tag_of(std::ptr::null()), None);
+            assert_eq!(
+                std::ffi::CStr::from_ptr(mime).to_bytes(),
+                b"Subject: hi\r\n\r\nbody"
+            );
+            assert!(std::ffi::CStr::from_ptr(json).to_bytes().starts_with(b"{"));
+            assert_eq!(std::ffi::CStr::from_ptr(recipient).to_bytes(), b"b@y");
+            assert_eq!(std::ffi::CStr::from_ptr(envelope).to_bytes(), b"a@x");
         }
+        assert_eq!(
+            m.retired.kept.borrow().len(),
+            3,
+            "mime, json text, recipient"
+        );
+        assert_eq!(m.envelope.retired.kept.borrow().len(), 1);
+        drop(hold);
+        assert!(m.retired.kept.borrow().is_empty(), "freed once unpinned");
+        assert!(m.envelope.retired.kept.borrow().is_empty());
+        m.set_mime(b"again");
+        assert!(m.retired.kept.borrow().is_empty(), "not kept unpinned");
     }
 
     #[test]

@@ -19,10 +19,10 @@
 //! message is written durably (fsync, atomic rename) under the data
 //! directory — `inbox/` or, for local messages, `local/` — before the 250.
 
-use crate::chain::{self, ChainArgs, ChainReport};
+use crate::chain::{self, ChainReport};
 use crate::event_loop::{Interest, TimerHandle, WatcherHandle};
 use crate::hostlog::Priority;
-use crate::objects::{AddressObj, ConnectionState, Direction, MessageObj};
+use crate::objects::{AddressObj, ChainArgs, ConnectionState, Credentials, Direction, MessageObj};
 use crate::store::{now_rfc3339, store};
 use crate::worker::{self, Worker};
 use mq_hook_table::by_name;
@@ -122,7 +122,21 @@ enum Phase {
     Bdat(BdatReceiver),
     /// A BDAT chunk of a refused command being skipped, then this reply.
     SkipBdat(DummyDataReceiver, String),
+}
+
+/// How far a session's end has got. Every session, however it ends,
+/// runs the `smtp_in_close` chain exactly once, and only after the step a
+/// plugin holds is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Serving.
+    No,
+    /// The session is to end once the running chain ends.
+    Pending,
+    /// The `smtp_in_close` chain runs.
     Closing,
+    /// `smtp_in_close` ran; the reply is flushed, then the session goes.
+    Closed,
 }
 
 struct Session {
@@ -137,6 +151,7 @@ struct Session {
     config: Rc<ServeConfig>,
     watcher: Option<WatcherHandle>,
     watching_write: bool,
+    watching_read: bool,
     idle: Option<TimerHandle>,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -144,6 +159,11 @@ struct Session {
     phase: Phase,
     /// A chain is running: input waits.
     busy: bool,
+    /// The client closed its side: no more input will come.
+    eof: bool,
+    ending: Ending,
+    /// The socket failed: nothing more is written to it.
+    broken: bool,
     /// The end of DATA is being handled (several chains, then storage):
     /// pipelined input waits for its reply.
     finishing_data: bool,
@@ -209,7 +229,8 @@ fn guarded(w: &Worker, s: &Shared, f: impl FnOnce()) {
             Priority::Critical,
             format!("smtp: a session failed ({what}); closing it"),
         );
-        drop_session(w, s);
+        crate::counters::Counters::bump(&w.shared.counters.host_panics);
+        fail(w, s);
     }
 }
 
@@ -236,12 +257,16 @@ fn start_session(stream: TcpStream, config: Rc<ServeConfig>, open: Arc<OpenSessi
         config,
         watcher: None,
         watching_write: false,
+        watching_read: false,
         idle: None,
         input: Vec::new(),
         output: Vec::new(),
         parser: RequestReceiver::default(),
         phase: Phase::Connecting,
         busy: false,
+        eof: false,
+        ending: Ending::No,
+        broken: false,
         finishing_data: false,
         envelope: None,
         recipients: Vec::new(),
@@ -283,21 +308,31 @@ fn refused(sent: &[u8]) -> bool {
 
 /// (Re)registers the socket's watcher with read, and write if output waits.
 fn watch(w: &Worker, s: &Shared, want_write: bool) {
-    let (fd, old) = {
+    let (fd, old, reading) = {
         let mut sess = s.borrow_mut();
-        if sess.watcher.is_some() && sess.watching_write == want_write {
+        // Once the session ends, input is no longer read: a hung-up
+        // socket would otherwise report itself readable on every turn.
+        let reading = sess.ending == Ending::No && !sess.eof;
+        let current = (
+            sess.watcher.is_some(),
+            sess.watching_write,
+            sess.watching_read,
+        );
+        if current == (true, want_write, reading) {
             return;
         }
         sess.watching_write = want_write;
-        (sess.stream.as_raw_fd(), sess.watcher.take())
+        sess.watching_read = reading;
+        (sess.stream.as_raw_fd(), sess.watcher.take(), reading)
     };
     if let Some(old) = old {
         w.ev.unwatch_io(old);
     }
-    let interest = if want_write {
-        Interest::BOTH
-    } else {
-        Interest::READ
+    let interest = match (reading, want_write) {
+        (true, true) => Interest::BOTH,
+        (true, false) => Interest::READ,
+        (false, true) => Interest::WRITE,
+        (false, false) => return,
     };
     let weak = Rc::downgrade(s);
     let handle = w.ev.watch_io(
@@ -324,7 +359,7 @@ fn watch(w: &Worker, s: &Shared, want_write: bool) {
                 Priority::Warning,
                 format!("smtp: cannot watch a client socket: {e}"),
             );
-            drop_session(w, s);
+            fail(w, s);
         }
     }
 }
@@ -360,14 +395,19 @@ fn read(w: &Worker, s: &Shared) {
         let result = s.borrow_mut().stream.read(&mut buf);
         match result {
             Ok(0) => {
-                close(w, s);
-                return;
+                // End of input: what is buffered is still served (as a
+                // client that half-closes after QUIT expects), then the
+                // session ends.
+                s.borrow_mut().eof = true;
+                let want_write = s.borrow().watching_write;
+                watch(w, s, want_write);
+                break;
             }
             Ok(n) => {
                 if let Err(e) = receive(s, &buf[..n]) {
                     w.log(Priority::Warning, format!("smtp: TLS failed: {e}"));
                     flush(w, s);
-                    drop_session(w, s);
+                    fail(w, s);
                     return;
                 }
             }
@@ -519,17 +559,32 @@ enum Action {
 /// Handles buffered input until it runs out or a chain takes over. The
 /// session is borrowed only to decide; acting happens without the borrow.
 fn process(w: &Worker, s: &Shared) {
+    process_input(w, s);
+    let input_done = {
+        let sess = s.borrow();
+        sess.eof && !sess.busy && !sess.finishing_data && sess.ending == Ending::No
+    };
+    if input_done {
+        close(w, s);
+    }
+}
+
+fn process_input(w: &Worker, s: &Shared) {
     loop {
         let action = {
             let mut guard = s.borrow_mut();
             let sess = &mut *guard;
-            if sess.busy || sess.finishing_data || sess.input.is_empty() {
+            if sess.busy
+                || sess.finishing_data
+                || sess.ending != Ending::No
+                || sess.input.is_empty()
+            {
                 return;
             }
             let input = std::mem::take(&mut sess.input);
             let mut bytes = input.iter();
             match &mut sess.phase {
-                Phase::Connecting | Phase::Closing => {
+                Phase::Connecting => {
                     sess.input = input;
                     return;
                 }
@@ -667,7 +722,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             if s.borrow().envelope.is_some() {
                 return reply(s, "503 5.5.1 a transaction is already open; RSET first");
             }
-            let address = Box::new(AddressObj::new(Some(&from)));
+            let address = Rc::new(AddressObj::new(Some(&from)));
             step(
                 w,
                 s,
@@ -687,7 +742,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
             if s.borrow().envelope.is_none() {
                 return reply(s, "503 5.5.1 MAIL FROM first");
             }
-            let address = Box::new(AddressObj::new(Some(&to)));
+            let address = Rc::new(AddressObj::new(Some(&to)));
             let email = to;
             step_with(
                 w,
@@ -702,7 +757,6 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
                         s.borrow_mut().recipients.push((email, local));
                         reply_or(s, &sent, "250 2.1.5 recipient ok");
                     }
-                    args
                 },
             );
         }
@@ -840,7 +894,7 @@ fn authenticate(w: &Worker, s: &Shared, login: Vec<u8>, password: Vec<u8>) {
         w,
         s,
         "smtp_in_authenticate",
-        ChainArgs::Authenticate { login, password },
+        ChainArgs::Authenticate(Rc::new(Credentials { login, password })),
         |_, s, sent| {
             let ok = s.borrow().conn.auth.get().authenticated;
             match (ok, sent.is_empty()) {
@@ -870,15 +924,21 @@ fn end_of_data(w: &Worker, s: &Shared) {
         return reply(s, &format!("552 5.3.4 message larger than {max} bytes"));
     }
     let mime = s.borrow().data.clone();
-    step(w, s, "smtp_in_data", ChainArgs::Data(mime), |w, s, sent| {
-        if refused(&sent) {
-            data_done(s);
-            reset(s);
-            return reply_raw(s, &sent);
-        }
-        let recipients = s.borrow().recipients.clone();
-        message_for(w, s, recipients, 0, Vec::new());
-    });
+    step(
+        w,
+        s,
+        "smtp_in_data",
+        ChainArgs::Data(mime.into()),
+        |w, s, sent| {
+            if refused(&sent) {
+                data_done(s);
+                reset(s);
+                return reply_raw(s, &sent);
+            }
+            let recipients = s.borrow().recipients.clone();
+            message_for(w, s, recipients, 0, Vec::new());
+        },
+    );
 }
 
 /// Runs `smtp_in_message` for recipient `i`, then the next; stores all.
@@ -889,6 +949,10 @@ fn message_for(
     i: usize,
     mut done: Vec<(Value, bool, Option<String>)>,
 ) {
+    if s.borrow().ending != Ending::No {
+        // The client went away before the reply: nothing was accepted.
+        return;
+    }
     if i == recipients.len() {
         return store_all(s, done);
     }
@@ -932,7 +996,6 @@ fn message_for(
                     message_for(&w, &s2, recipients, i + 1, done);
                 }
             }));
-            args
         },
     );
 }
@@ -1048,20 +1111,28 @@ fn step(
     args: ChainArgs,
     then: impl FnOnce(&Worker, &Shared, Vec<u8>) + 'static,
 ) {
-    step_with(w, s, hook, args, move |w, s, sent, args| {
-        then(w, s, sent);
-        args
-    });
+    step_with(w, s, hook, args, move |w, s, sent, _| then(w, s, sent));
 }
 
+/// Runs `hook`'s chain; `then` gets the bytes plugins sent and the
+/// chain's arguments. Once the session is ending, no chain but
+/// `smtp_in_close` starts, and `then` of a chain that ends after the
+/// session was told to end is skipped: `smtp_in_close` runs instead.
 fn step_with(
     w: &Worker,
     s: &Shared,
     hook: &str,
     args: ChainArgs,
-    then: impl FnOnce(&Worker, &Shared, Vec<u8>, ChainArgs) -> ChainArgs + 'static,
+    then: impl FnOnce(&Worker, &Shared, Vec<u8>, ChainArgs) + 'static,
 ) {
     let hook = by_name(hook).expect("hook in the table");
+    let ending = s.borrow().ending;
+    match ending {
+        Ending::No => {}
+        Ending::Closing if hook.name == "smtp_in_close" => {}
+        Ending::Pending => return start_close(w, s),
+        Ending::Closing | Ending::Closed => return,
+    }
     let conn = {
         let mut sess = s.borrow_mut();
         sess.busy = true;
@@ -1069,7 +1140,7 @@ fn step_with(
     };
     conn.take_sent();
     let weak = Rc::downgrade(s);
-    chain::start(
+    let started = chain::start(
         w,
         &conn,
         hook,
@@ -1077,13 +1148,17 @@ fn step_with(
         Box::new(move |conn, report: ChainReport| {
             let sent = conn.take_sent();
             let Some(s) = weak.upgrade() else {
-                return report.args;
+                return;
             };
             let Some(w) = worker::current() else {
-                return report.args;
+                return;
             };
             s.borrow_mut().busy = false;
-            let args = then(&w, &s, sent, report.args);
+            if s.borrow().ending == Ending::Pending {
+                // The client went away (or is sent away) during the step.
+                return start_close(&w, &s);
+            }
+            then(&w, &s, sent, report.args);
             // Go on with buffered (pipelined) input on the next turn.
             let s2 = Rc::clone(&s);
             w.ev.defer(Box::new(move || {
@@ -1091,9 +1166,22 @@ fn step_with(
                     process(&w, &s2);
                 }
             }));
-            args
         }),
     );
+    if started.is_err() {
+        s.borrow_mut().busy = false;
+        w.log(
+            Priority::Critical,
+            format!(
+                "smtp: {} could not start: another chain runs on the connection (host bug); closing the session",
+                hook.symbol
+            ),
+        );
+        let ending = s.borrow().ending;
+        if ending == Ending::No {
+            close(w, s);
+        }
+    }
 }
 
 fn reply(s: &Shared, line: &str) {
@@ -1155,26 +1243,60 @@ fn flush(w: &Worker, s: &Shared) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return watch(w, s, true),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return drop_session(w, s),
+            Err(_) => {
+                {
+                    let mut sess = s.borrow_mut();
+                    sess.broken = true;
+                    sess.output.clear();
+                }
+                return fail(w, s);
+            }
         }
     }
-    let closing = matches!(s.borrow().phase, Phase::Closing) && !s.borrow().busy;
-    if closing {
+    if s.borrow().ending == Ending::Closed {
         drop_session(w, s);
     } else {
         watch(w, s, false);
     }
 }
 
-/// The client left or is sent away: `smtp_in_close`, then the socket goes.
+/// The client left or is sent away: once no chain is running,
+/// `smtp_in_close`, then the socket goes.
 fn close(w: &Worker, s: &Shared) {
-    if matches!(s.borrow().phase, Phase::Closing) {
-        return;
+    let busy = {
+        let mut sess = s.borrow_mut();
+        if sess.ending != Ending::No {
+            return;
+        }
+        if sess.busy {
+            sess.ending = Ending::Pending;
+        }
+        sess.busy
+    };
+    // No more input is read.
+    let want_write = s.borrow().watching_write;
+    watch(w, s, want_write);
+    if !busy {
+        start_close(w, s);
     }
-    s.borrow_mut().phase = Phase::Closing;
+}
+
+fn start_close(w: &Worker, s: &Shared) {
+    s.borrow_mut().ending = Ending::Closing;
     step(w, s, "smtp_in_close", ChainArgs::None, |w, s, _| {
+        s.borrow_mut().ending = Ending::Closed;
         flush(w, s)
     });
+}
+
+/// The session cannot go on (a broken socket, a TLS failure, a host bug):
+/// it ends as any session does, with `smtp_in_close` once no chain runs.
+fn fail(w: &Worker, s: &Shared) {
+    if s.borrow().ending == Ending::Closed {
+        drop_session(w, s);
+    } else {
+        close(w, s);
+    }
 }
 
 fn drop_session(w: &Worker, s: &Shared) {
@@ -1203,10 +1325,22 @@ fn close_all_sessions() {
     let Some(w) = worker::current() else { return };
     let sessions: Vec<Shared> = SESSIONS.with(|m| m.borrow().values().cloned().collect());
     for s in sessions {
-        if !matches!(s.borrow().phase, Phase::Closing) {
+        if s.borrow().ending == Ending::No {
             reply(&s, "421 4.3.2 the server is shutting down");
             close(&w, &s);
         }
+    }
+}
+
+/// On a worker, at the end of a shutdown: the holds of this worker's
+/// sessions end now, as at their hold deadline (Rust plugins' holds are
+/// cancelled), so that every session gets to `smtp_in_close`.
+fn expire_session_holds() {
+    let Some(w) = worker::current() else { return };
+    let sessions: Vec<Shared> = SESSIONS.with(|m| m.borrow().values().cloned().collect());
+    for s in sessions {
+        let conn = Rc::clone(&s.borrow().conn);
+        chain::expire_hold(&w, &conn, None, "the host shut down");
     }
 }
 
@@ -1238,7 +1372,20 @@ impl Listener {
             remote.post(Box::new(close_all_sessions));
         }
         // Their close chains run; give them the same bound again.
-        self.open.wait_idle(grace);
+        if self.open.wait_idle(grace) {
+            return left;
+        }
+        // Plugins still hold steps: end those holds as the hold deadline
+        // would, so that every session runs `smtp_in_close` (a close chain
+        // that holds again is ended the same way).
+        for _ in 0..3 {
+            for remote in &self.remotes {
+                remote.post(Box::new(expire_session_holds));
+            }
+            if self.open.wait_idle(Duration::from_millis(500)) {
+                break;
+            }
+        }
         left
     }
 

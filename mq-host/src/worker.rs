@@ -1,5 +1,9 @@
 //! Worker threads: each owns an event loop, one context per plugin, and its
 //! connections. Work reaches a worker as a task posted to its loop.
+//!
+//! A panic in the loop (a host bug in a callback) is caught, logged and
+//! counted, and the loop goes on serving: the event loop stays consistent
+//! when a callback panics.
 
 use crate::counters::Counters;
 use crate::event_loop::{EventLoop, LoopRemote};
@@ -7,11 +11,11 @@ use crate::hostlog::{HostLog, Priority, Source};
 use crate::loader::{HookFn, LoadedPlugin};
 use crate::objects::{ConnectionState, ContextObj};
 use mq_hook_table::{by_name, HOOK_COUNT};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -60,6 +64,28 @@ impl Shared {
             .map(|&p| (p, self.plugins[p].hooks[index].expect("indexed")))
             .collect()
     }
+
+    /// A plugin's name for a log line (`(unknown)` for a bad index).
+    pub(crate) fn plugin_name(&self, plugin: usize) -> &str {
+        self.plugins
+            .get(plugin)
+            .map_or("(unknown)", |p| p.info.name.as_str())
+    }
+}
+
+/// Workers by their handle registry id, so that a call from a thread the
+/// host does not know (a plugin's own) can still be counted and logged by
+/// the host whose handle it used.
+static WORKERS_BY_REGISTRY: Mutex<Vec<(u16, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// The host of the worker whose handle registry has id `registry`.
+pub(crate) fn shared_of_registry(registry: u16) -> Option<Arc<Shared>> {
+    WORKERS_BY_REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(id, _)| *id == registry)
+        .and_then(|(_, s)| s.upgrade())
 }
 
 /// One worker, on its own thread.
@@ -69,17 +95,16 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) contexts: Box<[ContextObj]>,
     pub(crate) connections: RefCell<HashMap<u64, Rc<ConnectionState>>>,
-    /// Closed connections whose last take-over expired: the plugin still
-    /// holds a pointer it will resume, so the objects stay alive until it
-    /// does (the late resume is then counted and the connection freed).
+    /// Closed connections a plugin may still use: one holding its chain,
+    /// or one whose hold expired uncancelled (it will resume late). They
+    /// are let go when that is over.
     pub(crate) retired: RefCell<HashMap<u64, Rc<ConnectionState>>>,
-    /// Arguments (messages, addresses) of chains whose hold expired, per
-    /// connection: how many expired plugins may still use them, and them.
-    pub(crate) retained_args: RefCell<HashMap<u64, (usize, Vec<crate::chain::ChainArgs>)>>,
+    takeovers: Cell<u64>,
 }
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
+    static CALLING: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The worker of the calling thread, if it is a worker thread.
@@ -87,11 +112,39 @@ pub(crate) fn current() -> Option<Rc<Worker>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// The plugin the worker is calling into right now (a hook, a timer or fd
+/// callback, a cancellation), for naming it in the host's log.
+pub(crate) fn calling() -> Option<usize> {
+    CALLING.try_with(Cell::get).ok().flatten()
+}
+
+/// Marks a call into a plugin for [`calling`]; restores on drop.
+pub(crate) struct Calling(Option<usize>);
+
+impl Calling {
+    pub(crate) fn enter(plugin: usize) -> Calling {
+        Calling(CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten())
+    }
+}
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        let _ = CALLING.try_with(|c| c.set(self.0));
+    }
+}
+
 impl Worker {
     pub(crate) fn log(&self, priority: Priority, text: String) {
         self.shared
             .log
             .write(Some(self.id), priority, Source::Host, text);
+    }
+
+    /// A new take-over number (unique on this worker).
+    pub(crate) fn next_takeover(&self) -> u64 {
+        let n = self.takeovers.get() + 1;
+        self.takeovers.set(n);
+        n
     }
 
     /// Runs a lifecycle hook with a context (`context_initialize`,
@@ -104,27 +157,32 @@ impl Worker {
             self.shared
                 .counters
                 .hook_called(by_name(name).expect("in the table"));
-            // SAFETY: the plugin's hook of this shape, with its own live context.
-            unsafe { f(self.contexts[plugin].as_raw()) };
+            let Some(ctx) = crate::handles::context_handle(plugin) else {
+                continue;
+            };
+            let _calling = Calling::enter(plugin);
+            // SAFETY: the plugin's hook of this shape, with its own context.
+            unsafe { f(ctx.to_ptr()) };
         }
     }
 
-    /// Removes a closed connection; keeps it (retired) while a plugin whose
-    /// hold expired may still resume it.
+    /// Removes a closed connection: host functions on it are refused from
+    /// now on. It is kept (retired) while a plugin holds its chain or may
+    /// still resume an expired take-over of it.
     pub(crate) fn close_connection(&self, id: u64) {
         let Some(conn) = self.connections.borrow_mut().remove(&id) else {
             return;
         };
-        let expired = matches!(
-            conn.last_takeover.get(),
-            Some((_, crate::objects::TakeoverEnd::Expired))
-        );
-        // A plugin still holding the chain keeps its pointers: keep the
-        // connection (and the chain's arguments inside it) alive.
-        let held = conn.chain.borrow().is_some();
-        if expired || held || self.retained_args.borrow().contains_key(&id) {
+        conn.closed.set(true);
+        if crate::chain::is_running(&conn) || conn.has_expired_holds() {
             self.retired.borrow_mut().insert(id, conn);
         }
+    }
+
+    /// Lets a retired connection go (nothing of it is held any more).
+    pub(crate) fn release_retired(&self, id: u64) {
+        let conn = self.retired.borrow_mut().remove(&id);
+        drop(conn);
     }
 
     /// Registers a new connection on this worker.
@@ -133,8 +191,7 @@ impl Worker {
             .shared
             .next_connection
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let conn =
-            ConnectionState::new(id, fd, self.shared.plugins.len(), Arc::as_ptr(&self.shared));
+        let conn = ConnectionState::new(id, fd, self.shared.plugins.len());
         self.connections.borrow_mut().insert(id, Rc::clone(&conn));
         conn
     }
@@ -143,6 +200,7 @@ impl Worker {
 /// A running worker, seen from the host.
 pub(crate) struct WorkerHandle {
     pub(crate) remote: LoopRemote,
+    id: usize,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -158,6 +216,7 @@ impl WorkerHandle {
         match ready_rx.recv() {
             Ok(Ok(remote)) => Ok(WorkerHandle {
                 remote,
+                id,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => Err(e),
@@ -165,11 +224,23 @@ impl WorkerHandle {
         }
     }
 
-    /// Stops the loop, runs `mq_context_cleanup` and waits for the thread.
-    pub(crate) fn stop(&mut self) {
+    /// Stops the loop, runs `mq_context_cleanup` and waits for the thread;
+    /// a thread that died is reported in `log`.
+    pub(crate) fn stop(&mut self, log: &HostLog) {
         self.remote.stop();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if let Err(panic) = thread.join() {
+                log.write(
+                    Some(self.id),
+                    Priority::Critical,
+                    Source::Host,
+                    format!(
+                        "worker {} ended with a panic: {} (host bug)",
+                        self.id,
+                        crate::capi::panic_text(panic)
+                    ),
+                );
+            }
         }
     }
 }
@@ -185,8 +256,16 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
             return;
         }
     };
+    let Some(registry) = crate::handles::this_thread() else {
+        let _ = ready.send(Err(format!("worker {id}: no handle registry")));
+        return;
+    };
+    WORKERS_BY_REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((registry, Arc::downgrade(&shared)));
     let contexts = (0..shared.plugins.len())
-        .map(|p| ContextObj::new(id, p))
+        .map(|_| ContextObj::new())
         .collect();
     let worker = Rc::new(Worker {
         id,
@@ -195,18 +274,13 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         contexts,
         connections: RefCell::new(HashMap::new()),
         retired: RefCell::new(HashMap::new()),
-        retained_args: RefCell::new(HashMap::new()),
+        takeovers: Cell::new(0),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 
     worker.run_context_hook("context_initialize");
     let _ = ready.send(Ok(worker.ev.remote()));
-    if let Err(e) = worker.ev.run() {
-        worker.log(
-            Priority::Critical,
-            format!("worker {id}: event loop failed: {e}"),
-        );
-    }
+    run_loop(&worker);
     let open = worker.connections.borrow().len();
     if open > 0 {
         worker.log(
@@ -215,8 +289,43 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         );
     }
     worker.run_context_hook("context_cleanup");
-    worker.connections.borrow_mut().clear();
-    worker.retired.borrow_mut().clear();
-    worker.retained_args.borrow_mut().clear();
+    let connections: Vec<_> = worker.connections.borrow_mut().drain().collect();
+    let retired: Vec<_> = worker.retired.borrow_mut().drain().collect();
+    drop((connections, retired));
     CURRENT.with(|c| *c.borrow_mut() = None);
+    WORKERS_BY_REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(r, _)| *r != registry);
+}
+
+/// Runs the loop until it is stopped; a panic that escapes a callback (a
+/// host bug) is logged and counted, and the loop goes on.
+fn run_loop(worker: &Worker) {
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.ev.run())) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                worker.log(
+                    Priority::Critical,
+                    format!("worker {}: event loop failed: {e}", worker.id),
+                );
+                return;
+            }
+            Err(panic) => {
+                Counters::bump(&worker.shared.counters.host_panics);
+                worker.log(
+                    Priority::Critical,
+                    format!(
+                        "worker {}: a loop callback panicked: {} (host bug); the worker goes on",
+                        worker.id,
+                        crate::capi::panic_text(panic)
+                    ),
+                );
+                if worker.ev.is_stopped() {
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -159,7 +159,8 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
                 unsafe { #body }
             }
 
-            impl #rt::Authored<#index> for #declaration {
+            // SAFETY: `#entry` is the entry point generated above for this hook.
+            unsafe impl #rt::Authored<#index> for #declaration {
                 const RAW: #rt::RawHook = #rt::RawHook::#raw_variant(#entry);
             }
         };

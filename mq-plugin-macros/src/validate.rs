@@ -6,7 +6,7 @@ use crate::diag::{did_you_mean, list};
 use mq_hook_table::{Hook, RustParam, HOOKS};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, ItemFn, Type};
+use syn::{Expr, FnArg, ItemFn, Lifetime, Pat, Type};
 
 /// What codegen needs to lower one hook.
 pub(crate) struct Plan {
@@ -27,7 +27,20 @@ pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
     pub(crate) fn push(&mut self, span: Span, message: impl std::fmt::Display) {
-        let e = syn::Error::new(span, message);
+        self.add(syn::Error::new(span, message));
+    }
+
+    /// An error over all of `tokens`: on stable a span cannot be joined, so
+    /// `push(lifetime.span(), ..)` would underline the `'` only.
+    pub(crate) fn push_spanned(
+        &mut self,
+        tokens: impl quote::ToTokens,
+        message: impl std::fmt::Display,
+    ) {
+        self.add(syn::Error::new_spanned(tokens, message));
+    }
+
+    fn add(&mut self, e: syn::Error) {
         match &mut self.0 {
             Some(all) => all.combine(e),
             None => self.0 = Some(e),
@@ -266,12 +279,12 @@ fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<
     };
     let mut params = Vec::new();
     for input in &func.sig.inputs {
-        let ty = match input {
+        let (pat, ty) = match input {
             FnArg::Receiver(r) => {
                 errors.push(r.span(), "a hook is a free function: remove `self`");
                 continue;
             }
-            FnArg::Typed(t) => &t.ty,
+            FnArg::Typed(t) => (&t.pat, &t.ty),
         };
         let Some((kind, mutable)) = classify(ty) else {
             let message = match by_value_handle(ty) {
@@ -284,6 +297,9 @@ fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<
             errors.push(ty.span(), message);
             continue;
         };
+        if let Some(lifetime) = explicit_lifetime(ty) {
+            errors.push_spanned(lifetime, lifetime_message(kind, lifetime, pat));
+        }
         if !supplied.contains(&kind) {
             errors.push(
                 ty.span(),
@@ -317,6 +333,63 @@ fn check_params(hook: &'static Hook, func: &ItemFn, errors: &mut Errors) -> Vec<
         params.push(kind);
     }
     params
+}
+
+/// The lifetime written on a parameter's reference, unless it is `'_`
+/// (which means the same as none).
+fn explicit_lifetime(ty: &Type) -> Option<&Lifetime> {
+    let Type::Reference(r) = ty else { return None };
+    r.lifetime.as_ref().filter(|l| l.ident != "_")
+}
+
+/// Why a parameter cannot name a lifetime, and what to keep instead. An
+/// async hook's future is handed `'static` references that stay valid only
+/// until it completes; the hook body keeps them in by not knowing their
+/// lifetime. A named one would let it escape: `&'static Connection` into a
+/// `thread_local!` or a spawned task, used after the host freed it.
+fn lifetime_message(kind: RustParam, lifetime: &Lifetime, pat: &Pat) -> String {
+    let default_name = match kind {
+        RustParam::Context => "ctx",
+        RustParam::Connection => "conn",
+        RustParam::Address => "addr",
+        RustParam::Credentials => "credentials",
+        RustParam::Mime => "mime",
+        RustParam::Message => "msg",
+    };
+    let name = match pat {
+        Pat::Ident(p) => p.ident.to_string(),
+        _ => default_name.to_owned(),
+    };
+    let (freed, keep) = match kind {
+        RustParam::Context => (
+            "the host frees the context at `context_cleanup`",
+            format!("keep what must last in its per-context data, e.g. `{name}.data_or_insert_with(|| ..)`"),
+        ),
+        RustParam::Connection => (
+            "the host frees it when the hook is over",
+            format!("copy what you need to keep, e.g. `{name}.peer_addr()`"),
+        ),
+        RustParam::Address => (
+            "the host frees it when the hook is over",
+            format!("copy what you need to keep, e.g. `{name}.email().map(str::to_owned)`"),
+        ),
+        RustParam::Credentials => (
+            "the host frees them when the hook is over",
+            format!("copy what you need to keep, e.g. `{name}.login().to_vec()`"),
+        ),
+        RustParam::Mime => (
+            "the host frees the data when the hook is over",
+            format!("copy what you need to keep, e.g. `{name}.to_vec()`"),
+        ),
+        RustParam::Message => (
+            "the host frees it when the hook is over",
+            format!("copy what you need to keep, e.g. `{name}.json()` or `{name}.mime().map(<[u8]>::to_vec)`"),
+        ),
+    };
+    format!(
+        "remove the lifetime `{lifetime}`: `{}` is borrowed for the hook call only ({freed}); {keep}",
+        kind.rust_type()
+    )
 }
 
 /// The handle a by-value parameter names (`Connection` instead of `&Connection`).
@@ -452,5 +525,115 @@ mod tests {
         .map(|e| e.to_string())
         .collect();
         assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    fn messages(result: syn::Result<Plan>) -> Vec<String> {
+        match result {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn refuses_a_named_lifetime_on_every_handle() {
+        let cases = [
+            (
+                quote!(smtp_in_rcptto),
+                quote!(ctx: &'static Context),
+                "`&Context`",
+                "ctx.data_or_insert_with",
+            ),
+            (
+                quote!(smtp_in_connect),
+                quote!(conn: &'static Connection),
+                "`&Connection`",
+                "conn.peer_addr()",
+            ),
+            (
+                quote!(smtp_in_rcptto),
+                quote!(rcpt: &'static Address),
+                "`&Address`",
+                "rcpt.email().map(str::to_owned)",
+            ),
+            (
+                quote!(smtp_in_authenticate),
+                quote!(c: &'static Credentials),
+                "`&Credentials`",
+                "c.login().to_vec()",
+            ),
+            (
+                quote!(smtp_in_data),
+                quote!(mime: &'static [u8]),
+                "`&[u8]`",
+                "mime.to_vec()",
+            ),
+            (
+                quote!(smtp_in_message),
+                quote!(msg: &'static mut Message),
+                "`&mut Message`",
+                "msg.json()",
+            ),
+        ];
+        for (hook, param, handle, keep) in cases {
+            for asyncness in [quote!(), quote!(async)] {
+                let errs = messages(plan(hook.clone(), quote!(#asyncness fn f(#param) {})));
+                assert_eq!(errs.len(), 1, "{param}: {errs:?}");
+                assert!(
+                    errs[0].starts_with("remove the lifetime `'static`: "),
+                    "{errs:?}"
+                );
+                assert!(
+                    errs[0].contains(&format!("{handle} is borrowed for the hook call only")),
+                    "{errs:?}"
+                );
+                assert!(errs[0].contains(keep), "{errs:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_a_generic_lifetime_twice_and_allows_the_anonymous_one() {
+        let errs = messages(plan(
+            quote!(smtp_out_data),
+            quote!(
+                async fn f<'a>(m: &'a mut Message, c: &'a Connection) {}
+            ),
+        ));
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].contains("cannot be generic"), "{errs:?}");
+        assert!(
+            errs[1].starts_with("remove the lifetime `'a`: `&mut Message`"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("remove the lifetime `'a`: `&Connection`"),
+            "{errs:?}"
+        );
+        let p = plan(
+            quote!(smtp_in_data),
+            quote!(
+                async fn f(c: &'_ Connection, mime: &'_ [u8]) {}
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.params, vec![RustParam::Connection, RustParam::Mime]);
+    }
+
+    #[test]
+    fn a_lifetime_is_reported_with_the_other_mistakes_of_the_parameter() {
+        let errs = messages(plan(
+            quote!(smtp_in_connect),
+            quote!(
+                fn f(_: &'static mut Connection, conn: &'static Connection, c: &Connection) {}
+            ),
+        ));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs[0].ends_with("e.g. `conn.peer_addr()`"),
+            "an unnamed parameter gets the usual name: {errs:?}"
+        );
+        assert!(errs[1].contains("needs no `&mut`"), "{errs:?}");
+        assert!(errs[2].starts_with("remove the lifetime"), "{errs:?}");
+        assert!(errs[3].contains("taken twice"), "{errs:?}");
     }
 }

@@ -51,7 +51,20 @@ pub struct PluginModule {
     /// plugins built before it existed.
     #[sabi(missing_field(option))]
     pub description: RStr<'static>,
+    /// Ends a hook's hold that the host no longer waits for (its hold
+    /// deadline passed, or the host shuts down): the plugin drops the
+    /// hook's future — and every borrow of the hook's arguments — before
+    /// this returns, and will not resume that take-over. Returns false if
+    /// the plugin holds no cancellable take-over of that connection (then
+    /// the host keeps the take-over's objects alive until a late resume).
+    /// Added after the prefix: `None` for plugins built before it, which
+    /// the host treats like C plugins.
+    #[sabi(missing_field(option))]
+    pub cancel_hold: extern "C" fn(*mut MQ_Context, *mut MQ_Connection) -> bool,
 }
+
+/// The C type of [`PluginModule::cancel_hold`].
+pub type CancelHoldFn = extern "C" fn(*mut MQ_Context, *mut MQ_Connection) -> bool;
 
 /// Checks that a plugin's root module layout can be used by this host.
 ///

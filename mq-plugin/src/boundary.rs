@@ -21,14 +21,31 @@ pub(crate) fn guard_callback(what: &str, f: impl FnOnce()) {
     }
 }
 
+/// A panic's message. The payload is dropped inside the boundary too: a
+/// payload whose `Drop` panics (`panic_any(Bomb)`) must not unwind into
+/// the host.
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    };
+    drop_payload(payload);
+    message
+}
+
+/// Drops a panic payload; a `Drop` that panics again is caught — a few
+/// times, then the last payload is leaked rather than looping forever.
+fn drop_payload(mut payload: Box<dyn Any + Send>) {
+    for _ in 0..8 {
+        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            Ok(()) => return,
+            Err(again) => payload = again,
+        }
     }
+    std::mem::forget(payload);
 }
 
 #[cfg(test)]
@@ -48,6 +65,23 @@ mod tests {
         );
         assert_eq!(
             catch(|| std::panic::panic_any(5u8)),
+            Err::<(), _>("a panic with a non-string payload".to_owned())
+        );
+    }
+
+    /// A payload whose `Drop` panics, with a payload like itself.
+    struct Bomb;
+
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            std::panic::panic_any(Bomb);
+        }
+    }
+
+    #[test]
+    fn a_payload_whose_drop_panics_stays_inside() {
+        assert_eq!(
+            catch(|| std::panic::panic_any(Bomb)),
             Err::<(), _>("a panic with a non-string payload".to_owned())
         );
     }

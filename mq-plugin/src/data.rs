@@ -61,6 +61,28 @@ impl DataStore {
     }
 }
 
+impl Drop for DataStore {
+    /// The framework's state first (pending hook futures go before the data
+    /// they may use), then each value in a panic boundary of its own: a
+    /// `Drop` that panics is logged, and the other values are still dropped
+    /// (two panicking values dropped in one unwind would abort).
+    fn drop(&mut self) {
+        drop(std::mem::take(&mut self.runtime));
+        let entries = std::mem::take(&mut *self.entries.borrow_mut());
+        for (_, value) in entries {
+            if let Err(message) = crate::boundary::catch(move || drop(value)) {
+                crate::log::log_text(
+                    crate::sys::MQ_CRIT,
+                    &format!(
+                        "[{}] dropping plugin data panicked: {message}",
+                        crate::log::plugin_name()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +115,31 @@ mod tests {
         v.set(3);
         assert_eq!(store.get::<Cell<u16>>().unwrap().get(), 3);
         assert_eq!(*store.get::<u8>().unwrap(), 1);
+    }
+
+    #[test]
+    fn values_whose_drop_panics_are_dropped_one_by_one() {
+        struct Panics(Rc<Cell<u32>>);
+        impl Drop for Panics {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() + 1);
+                panic!("drop panics");
+            }
+        }
+        struct Other(Rc<Cell<u32>>);
+        impl Drop for Other {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() + 1);
+                panic!("this one too");
+            }
+        }
+        let dropped = Rc::new(Cell::new(0));
+        let store = DataStore::default();
+        store.get_or_insert_with(|| Panics(dropped.clone()));
+        store.get_or_insert_with(|| Other(dropped.clone()));
+        store.get_or_insert_with(|| 5u8);
+        drop(store);
+        assert_eq!(dropped.get(), 2, "both dropped, no abort");
     }
 
     #[test]

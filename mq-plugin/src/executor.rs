@@ -25,7 +25,7 @@ use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
 use std::thread::ThreadId;
@@ -81,6 +81,9 @@ struct Shared {
     eventfd: i32,
     /// A zero timer or an eventfd wake is on its way to `run_queue`.
     notified: AtomicBool,
+    /// The pending zero timer (it holds a reference to this `Shared`), so
+    /// that context cleanup can stop it. Touched on the owning thread only.
+    timer: AtomicPtr<crate::sys::MQ_Timer>,
     closed: AtomicBool,
 }
 
@@ -120,6 +123,8 @@ impl Shared {
                 // SAFETY: the host kept nothing; fall back to the eventfd.
                 drop(unsafe { Arc::from_raw(data as *const Shared) });
                 self.ping_eventfd();
+            } else {
+                self.timer.store(timer, Ordering::Release);
             }
         } else {
             self.ping_eventfd();
@@ -136,6 +141,7 @@ impl Shared {
 unsafe extern "C" fn run_from_timer(data: *mut c_void) {
     // SAFETY: the Arc given to MQ_startTimer in `notify`; fired once.
     let shared = unsafe { Arc::from_raw(data as *const Shared) };
+    shared.timer.store(std::ptr::null_mut(), Ordering::Release);
     crate::boundary::guard_callback("the executor", || run_queue(&shared));
 }
 
@@ -199,10 +205,15 @@ impl<F: Future<Output: HookReturn>> Task<F> {
         // SAFETY: the future stays in place until dropped below; only the
         // owning thread polls it.
         let future = unsafe { Pin::new_unchecked(&mut **task.future.get()) };
-        let polled = catch(|| future.poll(cx));
+        // The outcome is made inside the boundary too: an `Err` whose
+        // `Display` panics is a panic of the hook.
+        let polled = catch(|| match future.poll(cx) {
+            Poll::Pending => None,
+            Poll::Ready(value) => Some(value.into_outcome()),
+        });
         let outcome = match polled {
-            Ok(Poll::Pending) => return None,
-            Ok(Poll::Ready(value)) => Ok(value.into_outcome()),
+            Ok(None) => return None,
+            Ok(Some(outcome)) => Ok(outcome),
             Err(panic) => Err(panic),
         };
         // SAFETY: complete: drop the future now, before anyone resumes the
@@ -293,8 +304,11 @@ fn waker_for(header: NonNull<Header>) -> ManuallyDrop<Waker> {
 /// The executor of one context.
 pub(crate) struct Executor {
     shared: Arc<Shared>,
-    /// Pending hook tasks, each holding the owner's reference.
-    tasks: RefCell<HashMap<u64, TaskRef>>,
+    /// Pending hook tasks by connection (a connection has at most one held
+    /// hook per plugin), each holding the owner's reference.
+    hooks: RefCell<HashMap<usize, TaskRef>>,
+    /// Pending `spawn_local` tasks by id.
+    background: RefCell<HashMap<u64, TaskRef>>,
     next_id: Cell<u64>,
     _watcher: FdWatcher,
 }
@@ -308,6 +322,33 @@ impl Executor {
         }
         let executor = Executor::new(ctx)?;
         Ok(slot.executor.get_or_init(|| executor))
+    }
+
+    /// The context's executor if it has one.
+    fn existing(ctx: &Context) -> Option<&Executor> {
+        ctx.runtime_if_any()?.executor.get()
+    }
+
+    /// Drops the pending hook of `conn`, if there is one, without resuming
+    /// the host: its future and every borrow in it are gone on return.
+    /// Returns the cancelled task's hook.
+    fn cancel_hook(
+        &self,
+        conn: *mut MQ_Connection,
+    ) -> Option<&'static crate::__private_v1::HookMeta> {
+        let task = self.hooks.borrow_mut().remove(&(conn as usize))?;
+        let _guard = CurrentGuard::enter(self.shared.ctx as *mut MQ_Context);
+        // SAFETY: on the owning thread; the queue's references (if any) see
+        // the future gone and skip it.
+        let header = unsafe { task.0.as_ref() };
+        // SAFETY: as above; the future is dropped in place, in a boundary.
+        unsafe { (header.vtable.drop_future)(task.0) };
+        let meta = match header.owner {
+            Owner::Hook { meta, .. } => Some(meta),
+            Owner::Background => None,
+        };
+        drop(task);
+        meta
     }
 
     fn new(ctx: &Context) -> Result<Executor, String> {
@@ -325,6 +366,7 @@ impl Executor {
             ctx: ctx.as_raw() as usize,
             eventfd: fd,
             notified: AtomicBool::new(false),
+            timer: AtomicPtr::new(std::ptr::null_mut()),
             closed: AtomicBool::new(false),
         });
         let for_watcher = Arc::clone(&shared);
@@ -338,7 +380,8 @@ impl Executor {
             .map_err(|e| format!("cannot watch the executor's eventfd: {e}"))?;
         Ok(Executor {
             shared,
-            tasks: RefCell::new(HashMap::new()),
+            hooks: RefCell::new(HashMap::new()),
+            background: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             _watcher: watcher,
         })
@@ -350,7 +393,21 @@ impl Drop for Executor {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         let _guard = CurrentGuard::enter(self.shared.ctx as *mut MQ_Context);
-        let tasks: Vec<TaskRef> = self.tasks.borrow_mut().drain().map(|(_, t)| t).collect();
+        let timer = self
+            .shared
+            .timer
+            .swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !timer.is_null() {
+            // SAFETY: the zero timer has not fired (it clears the pointer
+            // when it does), so the host still knows it; stopped, it never
+            // takes back the reference it was given: take it back here.
+            unsafe {
+                host().api.stop_timer(timer);
+                drop(Arc::from_raw(Arc::as_ptr(&self.shared)));
+            }
+        }
+        let mut tasks: Vec<TaskRef> = self.hooks.borrow_mut().drain().map(|(_, t)| t).collect();
+        tasks.extend(self.background.borrow_mut().drain().map(|(_, t)| t));
         for task in tasks {
             // SAFETY: on the owning thread; the future is dropped in place.
             unsafe { (task.0.as_ref().vtable.drop_future)(task.0) };
@@ -407,10 +464,17 @@ fn run_queue(shared: &Arc<Shared>) {
 fn complete(header: &Header, result: Result<Outcome, String>) {
     // SAFETY: the context is live while its executor runs.
     let ctx = unsafe { Context::from_raw(header.ctx) };
-    let task = Executor::of(ctx)
-        .ok()
-        .and_then(|e| e.tasks.borrow_mut().remove(&header.id));
     let owner = header.owner;
+    let task = Executor::existing(ctx).and_then(|e| match owner {
+        Owner::Hook { conn, .. } => {
+            let mut hooks = e.hooks.borrow_mut();
+            let ours = hooks
+                .get(&(conn as usize))
+                .is_some_and(|t| std::ptr::eq(t.0.as_ptr(), header));
+            ours.then(|| hooks.remove(&(conn as usize))).flatten()
+        }
+        Owner::Background => e.background.borrow_mut().remove(&header.id),
+    });
     drop(task);
     match owner {
         Owner::Hook { meta, conn } => {
@@ -475,7 +539,7 @@ impl Context {
             alive: Cell::new(true),
         });
         let header: NonNull<Header> = NonNull::from(Box::leak(task)).cast();
-        executor.tasks.borrow_mut().insert(id, TaskRef(header));
+        executor.background.borrow_mut().insert(id, TaskRef(header));
         executor.shared.schedule(acquire(header));
         Ok(())
     }
@@ -559,7 +623,26 @@ where
     // SAFETY: a live task, on the owning thread.
     match unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) } {
         None => {
-            executor.tasks.borrow_mut().insert(id, TaskRef(header));
+            let earlier = executor
+                .hooks
+                .borrow_mut()
+                .insert(conn as usize, TaskRef(header));
+            if let Some(earlier) = earlier {
+                // The host called a hook on a connection whose earlier hook
+                // this plugin still holds (MailerQ never does): keep both.
+                crate::log::log_text(
+                    crate::sys::MQ_CRIT,
+                    &format!(
+                        "[{}] the host called hook {} while this plugin held another hook of \
+                         the same connection",
+                        meta.plugin, meta.hook.name
+                    ),
+                );
+                executor
+                    .background
+                    .borrow_mut()
+                    .insert(earlier_id(&earlier), earlier);
+            }
             Ok(None)
         }
         Some(result) => {
@@ -583,8 +666,145 @@ where
     }
 }
 
-/// The context data slot's runtime part.
+fn earlier_id(task: &TaskRef) -> u64 {
+    // SAFETY: a live task.
+    unsafe { task.0.as_ref() }.id
+}
+
+/// Ends this plugin's hold of `conn` (the host's `cancel_hold`): a pending
+/// hook future is dropped, or a scheduled resume of a synchronous hook is
+/// stopped. Either way the take-over is never resumed. False if the plugin
+/// holds nothing it can cancel there.
+///
+/// # Safety
+/// `ctx` and `conn` are this plugin's live context and connection.
+pub(crate) unsafe fn cancel_hold(ctx: *mut MQ_Context, conn: *mut MQ_Connection) -> bool {
+    // SAFETY: the caller's promise.
+    let context = unsafe { Context::from_raw(ctx) };
+    let Some(runtime) = context.runtime_if_any() else {
+        return false;
+    };
+    if let Some(meta) = runtime.executor.get().and_then(|e| e.cancel_hook(conn)) {
+        crate::__private_v1::after_async_hook(meta, conn);
+        return true;
+    }
+    runtime.cancel_scheduled(conn)
+}
+
+/// Drops the pending hook of `conn` before its connection goes away
+/// (`smtp_in_close`), so no per-connection data is freed under a borrow.
+///
+/// # Safety
+/// As [`cancel_hold`].
+pub(crate) unsafe fn drop_pending_hook(ctx: *mut MQ_Context, conn: *mut MQ_Connection) {
+    // SAFETY: the caller's promise.
+    let context = unsafe { Context::from_raw(ctx) };
+    let Some(runtime) = context.runtime_if_any() else {
+        return;
+    };
+    if let Some(meta) = runtime.executor.get().and_then(|e| e.cancel_hook(conn)) {
+        crate::log::log_text(
+            crate::sys::MQ_CRIT,
+            &format!(
+                "[{}] hook {} (fn {}) was still pending when its connection closed; \
+                 it was dropped without resuming",
+                meta.plugin, meta.hook.name, meta.function
+            ),
+        );
+    }
+    runtime.cancel_scheduled(conn);
+}
+
+/// A synchronous hook's `Complete` or `Retry` on its way to the host from
+/// a zero-delay timer (never inside the hook call).
+struct ScheduledResume {
+    ctx: *mut MQ_Context,
+    conn: *mut MQ_Connection,
+    flow: crate::Flow,
+}
+
+/// The context data slot's runtime part: what the framework itself keeps
+/// per context, all released at `mq_context_cleanup`.
 #[derive(Default)]
 pub(crate) struct RuntimeSlot {
     pub(crate) executor: std::cell::OnceCell<Executor>,
+    /// Scheduled resumes by connection: the timer and its boxed data.
+    scheduled: RefCell<HashMap<usize, (*mut crate::sys::MQ_Timer, *mut ScheduledResume)>>,
+    /// The plugin's running timers, stopped (and their callbacks dropped)
+    /// at cleanup.
+    pub(crate) timers: crate::timer::TimerRegistry,
+}
+
+impl RuntimeSlot {
+    /// Takes control and resumes `conn` with `flow` from a zero-delay
+    /// timer; false if the host gave no timer.
+    pub(crate) fn schedule_resume(
+        &self,
+        ctx: *mut MQ_Context,
+        conn: *mut MQ_Connection,
+        flow: crate::Flow,
+    ) -> bool {
+        let pending = Box::into_raw(Box::new(ScheduledResume { ctx, conn, flow }));
+        // SAFETY: live context; the trampoline takes `pending` back.
+        let timer = unsafe {
+            host()
+                .api
+                .start_timer(ctx, 0.0, Some(resume_from_loop), pending.cast())
+        };
+        if timer.is_null() {
+            // SAFETY: the host did not keep `pending`.
+            drop(unsafe { Box::from_raw(pending) });
+            return false;
+        }
+        self.scheduled
+            .borrow_mut()
+            .insert(conn as usize, (timer, pending));
+        true
+    }
+
+    fn cancel_scheduled(&self, conn: *mut MQ_Connection) -> bool {
+        let Some((timer, pending)) = self.scheduled.borrow_mut().remove(&(conn as usize)) else {
+            return false;
+        };
+        // SAFETY: the timer has not fired (firing removes the entry), so the
+        // host still knows it; stopped, it never takes `pending` back.
+        unsafe {
+            host().api.stop_timer(timer);
+            drop(Box::from_raw(pending));
+        }
+        true
+    }
+}
+
+impl Drop for RuntimeSlot {
+    /// Context cleanup: pending hook futures first (they may stop their
+    /// own timers), then scheduled resumes, then the plugin's timers.
+    fn drop(&mut self) {
+        drop(self.executor.take());
+        let scheduled: Vec<_> = self.scheduled.borrow_mut().drain().collect();
+        for (_, (timer, pending)) in scheduled {
+            // SAFETY: as in `cancel_scheduled`.
+            unsafe {
+                host().api.stop_timer(timer);
+                drop(Box::from_raw(pending));
+            }
+        }
+        self.timers.stop_all();
+    }
+}
+
+unsafe extern "C" fn resume_from_loop(data: *mut c_void) {
+    // SAFETY: `data` is the ScheduledResume boxed by schedule_resume; the
+    // one-shot timer fires once, and its entry is removed here.
+    let pending = unsafe { Box::from_raw(data.cast::<ScheduledResume>()) };
+    // SAFETY: the context of this plugin, live while its timers fire.
+    let context = unsafe { Context::from_raw(pending.ctx) };
+    if let Some(runtime) = context.runtime_if_any() {
+        runtime
+            .scheduled
+            .borrow_mut()
+            .remove(&(pending.conn as usize));
+    }
+    // SAFETY: this plugin holds the chain of `conn`; we are on its loop.
+    unsafe { crate::raw::resume(pending.conn, pending.flow) };
 }

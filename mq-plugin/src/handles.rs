@@ -105,6 +105,11 @@ impl Context {
         self.store(true).expect("created on demand")
     }
 
+    /// The framework's own per-context state, if the context has any.
+    pub(crate) fn runtime_if_any(&self) -> Option<&crate::executor::RuntimeSlot> {
+        self.store(false).map(|s| &s.runtime)
+    }
+
     fn store(&self, create: bool) -> Option<&DataStore> {
         // SAFETY: `self` is a live context of this plugin; the slot holds
         // either null or a DataStore this runtime boxed.

@@ -32,6 +32,40 @@ impl crate::flow::HookReturn for ManualControl {
     }
 }
 
+/// What a hook returns that decides at run time whether to resume by
+/// itself: a [`Flow`], or control taken with [`ManualControl::take`] (so
+/// only `unsafe` code can make it mean "manual"). `Result<Control, E>`
+/// with `E: Display` is a hook return type too.
+#[derive(Debug)]
+pub enum Control {
+    /// Go on as this flow says.
+    Flow(Flow),
+    /// The plugin took control and resumes by itself.
+    Manual(ManualControl),
+}
+
+impl crate::flow::sealed::HookReturnNotImplementableByPlugins for Control {}
+
+impl crate::flow::HookReturn for Control {
+    fn into_outcome(self) -> crate::flow::Outcome {
+        match self {
+            Control::Flow(flow) => crate::flow::Outcome::Flow(flow),
+            Control::Manual(_) => crate::flow::Outcome::Manual,
+        }
+    }
+}
+
+impl<E> crate::flow::sealed::HookReturnNotImplementableByPlugins for Result<Control, E> {}
+
+impl<E: std::fmt::Display> crate::flow::HookReturn for Result<Control, E> {
+    fn into_outcome(self) -> crate::flow::Outcome {
+        match self {
+            Ok(control) => control.into_outcome(),
+            Err(e) => crate::flow::Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
 /// Hands control back to the host: `MQ_continue`, `MQ_complete` or
 /// `MQ_retry` for `flow`.
 ///

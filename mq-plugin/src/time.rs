@@ -145,27 +145,32 @@ impl<F: Future> Future for Timeout<F> {
 /// Ticks at a fixed period; see [`interval`].
 pub struct Interval {
     period: Duration,
-    next: Instant,
+    /// `None` once the next tick is beyond what `Instant` can hold.
+    next: Option<Instant>,
 }
 
 /// A ticker: the first [`Interval::tick`] completes at once, then one per
 /// `period` (late ticks are not made up).
+/// A period too long for the clock (`Duration::MAX`) never ticks again.
 pub fn interval(period: Duration) -> Interval {
     Interval {
         period,
-        next: Instant::now(),
+        next: Some(Instant::now()),
     }
 }
 
 impl Interval {
     /// Waits for the next tick.
     pub async fn tick(&mut self) -> Instant {
+        let Some(next) = self.next else {
+            return std::future::pending().await;
+        };
         let now = Instant::now();
-        if self.next > now {
-            sleep(self.next - now).await;
+        if next > now {
+            sleep(next - now).await;
         }
-        let tick = self.next.max(now);
-        self.next = tick + self.period;
+        let tick = next.max(now);
+        self.next = tick.checked_add(self.period);
         tick
     }
 }

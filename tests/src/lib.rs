@@ -12,6 +12,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-probe",
     "mq-test-async-probe",
     "mq-test-c-probe",
+    "mq-test-hostile",
+    "mq-test-c-hostile",
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",

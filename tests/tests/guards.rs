@@ -89,7 +89,10 @@ fn holding_past_the_deadline_is_reported_and_the_chain_goes_on() {
         assert_eq!(r.calls[0].resumed, Some(Resume::Expired));
         assert!(r.elapsed >= Duration::from_millis(100));
         assert!(
-            log_has(&r, "held control of mq_smtp_in_message past"),
+            log_has(
+                &r,
+                "held control of mq_smtp_in_message until the 100ms hold deadline passed"
+            ),
             "{:#?}",
             r.log
         );

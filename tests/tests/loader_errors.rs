@@ -129,20 +129,34 @@ fn abi_layout_mismatch() {
 #[test]
 fn unloadable_file() {
     let dir = PluginDir::new("unloadable");
-    // A shared object the dynamic loader cannot resolve (a missing variable).
-    let so = cc(
+    // Linked against a library that is gone by the time it loads.
+    let gone = cc(
         dir.path(),
-        "unresolved.so",
-        "extern int no_such_variable;\nint mq_version(void) { return no_such_variable; }",
+        "libgone.so",
+        "int gone(void) { return 1; }",
         &["-shared", "-fPIC"],
     );
+    let so = cc(
+        dir.path(),
+        "needs-gone.so",
+        "int gone(void);\nint mq_version(void) { return gone(); }",
+        &[
+            "-shared",
+            "-fPIC",
+            "-L",
+            dir.path().to_str().unwrap(),
+            "-Wl,--no-as-needed",
+            "-lgone",
+        ],
+    );
+    std::fs::remove_file(gone).unwrap();
     let e = start_with(&so);
     let line = one_line(&e);
     assert!(
         line.starts_with(&format!("{}: the dynamic loader refused it:", so.display())),
         "{line}"
     );
-    assert!(line.contains("no_such_variable"), "{line}");
+    assert!(line.contains("libgone.so"), "{line}");
 }
 
 #[test]
@@ -167,4 +181,144 @@ fn c_plugins_load_without_a_root_module() {
     assert_eq!(info.kind, mq_host::PluginKind::C);
     assert_eq!(info.name, "10-c");
     assert_eq!(info.hooks.len(), mq_host::hook_table::HOOKS.len());
+}
+
+/// Copies of a real plugin cut short: in its segments (the dynamic loader
+/// would map pages past the end of the file: SIGBUS) and in the middle
+/// (segments whole, the rest missing).
+fn truncated_copies(dir: &PluginDir) -> Vec<(PathBuf, u64)> {
+    let bytes = std::fs::read(plugin_so("mq-example-stamp")).unwrap();
+    [("head.so", 5_000), ("half.so", bytes.len() / 2)]
+        .into_iter()
+        .map(|(name, len)| {
+            let cut = dir.path().join(name);
+            std::fs::write(&cut, &bytes[..len]).unwrap();
+            (cut, len as u64)
+        })
+        .collect()
+}
+
+#[test]
+fn truncated_plugin_is_refused() {
+    let dir = PluginDir::new("truncated");
+    for (cut, len) in truncated_copies(&dir) {
+        let e = start_with(&cut);
+        let line = one_line(&e);
+        assert!(
+            line.starts_with(&format!("{}: the file is cut short:", cut.display())),
+            "{line}"
+        );
+        assert!(line.contains(&format!(", the file has {len} ")), "{line}");
+        assert!(line.contains("atomic rename"), "{line}");
+        let StartError::Load(load) = e else {
+            panic!("a load error")
+        };
+        assert!(
+            matches!(load.kind, LoadErrorKind::Truncated { needed, size } if size == len && needed > len),
+            "{:?}",
+            load.kind
+        );
+    }
+}
+
+#[test]
+fn truncated_plugin_stops_the_binary_with_one_line() {
+    let dir = PluginDir::new("truncated-cli");
+    for (cut, _) in truncated_copies(&dir) {
+        let out = Command::new(host_binary())
+            .arg("run")
+            .arg("--plugin")
+            .arg(&cut)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run mq-host");
+        assert!(
+            out.status.code().is_some_and(|code| code != 0),
+            "a failure exit code, not a signal: {:?}",
+            out.status
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "mq-host: {}: the file is cut short:",
+                cut.display()
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+/// A missing variable was always found at load (data is bound then); a
+/// missing function is bound at load too, not at its first call, where it
+/// would kill the process ("symbol lookup error", exit 127).
+fn unresolved_message(so: &Path, symbol: &str) -> String {
+    format!(
+        "{}: needs the symbol `{symbol}`, which neither this host nor its libraries provide \
+         (build against mailerq.h's functions only, or link the library that has it)",
+        so.display()
+    )
+}
+
+#[test]
+fn unresolved_variable_is_refused_at_load() {
+    let dir = PluginDir::new("unresolved-var");
+    let so = cc(
+        dir.path(),
+        "unresolved.so",
+        "extern int no_such_variable;\nint mq_version(void) { return no_such_variable; }",
+        &["-shared", "-fPIC"],
+    );
+    let e = start_with(&so);
+    assert_eq!(one_line(&e), unresolved_message(&so, "no_such_variable"));
+}
+
+#[test]
+fn unresolved_function_is_refused_at_load() {
+    let dir = PluginDir::new("unresolved-fn");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../include");
+    let so = cc(
+        dir.path(),
+        "lazy.so",
+        "#include <mailerq.h>\n\
+         void mq_test_missing_function(void);\n\
+         int mq_version(void) { return MQ_API_VERSION; }\n\
+         bool mq_smtp_in_connect(MQ_Context *context, MQ_Connection *connection) {\n\
+             (void)context; (void)connection;\n\
+             mq_test_missing_function();\n\
+             return false;\n\
+         }\n",
+        &["-shared", "-fPIC", "-I", include.to_str().unwrap()],
+    );
+    let e = start_with(&so);
+    assert_eq!(
+        one_line(&e),
+        unresolved_message(&so, "mq_test_missing_function")
+    );
+    let StartError::Load(load) = e else {
+        panic!("a load error")
+    };
+    assert!(
+        matches!(&load.kind, LoadErrorKind::UnresolvedSymbol { symbol } if symbol == "mq_test_missing_function")
+    );
+}
+
+/// `dlopen` searches the library path for a name without a slash; a user
+/// who names `plugin.so` means the file in the current directory.
+#[test]
+fn bare_file_name_is_the_file_in_the_current_directory() {
+    let dir = PluginDir::new("bare-name");
+    dir.add("bare.so", &plugin_so("mq-example-stamp"), "");
+    let out = Command::new(host_binary())
+        .args(["inspect", "bare.so"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run mq-host");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("package:     mq-example-stamp"));
 }

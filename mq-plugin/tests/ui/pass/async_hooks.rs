@@ -1,5 +1,6 @@
 //! Async hooks borrow their handles across awaits and may return any hook
 //! return type.
+#![forbid(unsafe_code)]
 use mq_plugin::prelude::*;
 use mq_plugin::time::{sleep, timeout};
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Every hook, with every parameter it supplies, in various orders and
 //! with every allowed return type.
+#![forbid(unsafe_code)]
 use mq_plugin::prelude::*;
 
 mq_plugin::declare_plugin!(name = "every-hook", version = "1.2.3");

@@ -11,8 +11,8 @@
 
 use mq_plugin::log::{write, Priority};
 use mq_plugin::prelude::*;
-use mq_plugin::raw::{self, ManualControl};
-use mq_plugin::{HookReturn, Interest, Timer};
+use mq_plugin::raw::{self, Control, ManualControl};
+use mq_plugin::{Interest, Timer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -86,22 +86,8 @@ fn check(name: &str, ok: bool, detail: impl FnOnce() -> String) {
     }
 }
 
-/// What a probe hook returns: a flow, or control taken by hand.
-enum Act {
-    Flow(Flow),
-    Manual(ManualControl),
-    Fail(String),
-}
-
-impl HookReturn for Act {
-    fn into_outcome(self) -> mq_plugin::__private::v1::Outcome {
-        match self {
-            Act::Flow(f) => f.into_outcome(),
-            Act::Manual(m) => m.into_outcome(),
-            Act::Fail(e) => Err::<Flow, String>(e).into_outcome(),
-        }
-    }
-}
+/// What a probe hook returns: a flow, or control taken by hand, or a failure.
+type Act = Result<Control, String>;
 
 /// Takes control and resumes with `flows` (in order) from a timer.
 fn resume_later(ctx: &Context, conn: &Connection, after: Duration, flows: &'static [Flow]) -> Act {
@@ -114,8 +100,8 @@ fn resume_later(ctx: &Context, conn: &Connection, after: Duration, flows: &'stat
     });
     match started {
         // SAFETY: the timer resumes exactly as the plan says.
-        Ok(_) => Act::Manual(unsafe { ManualControl::take() }),
-        Err(e) => Act::Fail(e.to_string()),
+        Ok(_) => Ok(Control::Manual(unsafe { ManualControl::take() })),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -124,19 +110,19 @@ fn act(hook: &str, ctx: &Context, conn: &Connection, exercise: impl FnOnce()) ->
     say(hook);
     let (action, arg) = probe().plan.get(hook).cloned().unwrap_or_default();
     match action.as_str() {
-        "" | "false" => Act::Flow(Flow::Continue),
-        "continue" => Act::Flow(Flow::Continue).took(ctx, conn),
-        "complete" => Act::Flow(Flow::Complete),
-        "retry" => Act::Flow(Flow::Retry),
+        "" | "false" => Ok(Control::Flow(Flow::Continue)),
+        "continue" => took(ctx, conn),
+        "complete" => Ok(Control::Flow(Flow::Complete)),
+        "retry" => Ok(Control::Flow(Flow::Retry)),
         "retry-once" => {
             if RETRIED.fetch_add(1, Ordering::Relaxed) == 0 {
-                Act::Flow(Flow::Retry)
+                Ok(Control::Flow(Flow::Retry))
             } else {
-                Act::Flow(Flow::Continue)
+                Ok(Control::Flow(Flow::Continue))
             }
         }
         // SAFETY: deliberately never resumed, to test the hold deadline.
-        "never" => Act::Manual(unsafe { ManualControl::take() }),
+        "never" => Ok(Control::Manual(unsafe { ManualControl::take() })),
         "double" => resume_later(ctx, conn, Duration::ZERO, &[Flow::Continue, Flow::Continue]),
         "thread" => {
             let raw_conn = conn.as_raw() as usize;
@@ -152,15 +138,15 @@ fn act(hook: &str, ctx: &Context, conn: &Connection, exercise: impl FnOnce()) ->
             });
             match started {
                 // SAFETY: resumed by the timer above.
-                Ok(_) => Act::Manual(unsafe { ManualControl::take() }),
-                Err(e) => Act::Fail(e.to_string()),
+                Ok(_) => Ok(Control::Manual(unsafe { ManualControl::take() })),
+                Err(e) => Err(e.to_string()),
             }
         }
         "inline" => {
             // SAFETY: deliberately inside the hook: the host must defer it.
             unsafe { raw::resume(conn.as_raw(), Flow::Continue) };
             // SAFETY: resumed just above.
-            Act::Manual(unsafe { ManualControl::take() })
+            Ok(Control::Manual(unsafe { ManualControl::take() }))
         }
         "delay" => resume_later(
             ctx,
@@ -170,11 +156,11 @@ fn act(hook: &str, ctx: &Context, conn: &Connection, exercise: impl FnOnce()) ->
         ),
         "reject" => {
             conn.send(format!("{arg}\r\n").as_bytes());
-            Act::Flow(Flow::Complete)
+            Ok(Control::Flow(Flow::Complete))
         }
         "exercise" => {
             exercise();
-            Act::Flow(Flow::Continue).took(ctx, conn)
+            took(ctx, conn)
         }
         "timers" => timers(ctx, conn),
         "late-exercise" => {
@@ -183,26 +169,24 @@ fn act(hook: &str, ctx: &Context, conn: &Connection, exercise: impl FnOnce()) ->
                 Priority::Critical,
                 &format!("probe {} late-exercise needs a message hook", probe().name),
             );
-            Act::Flow(Flow::Continue)
+            Ok(Control::Flow(Flow::Continue))
         }
         "io" => io(ctx, conn),
         "panic" => panic!("probe {} panics in {hook} as planned", probe().name),
-        "error" => Act::Fail(format!("probe {} fails in {hook} as planned", probe().name)),
+        "error" => Err(format!("probe {} fails in {hook} as planned", probe().name)),
         other => {
             write(
                 Priority::Critical,
                 &format!("probe {} bad plan line: {hook} {other} {arg}", probe().name),
             );
-            Act::Flow(Flow::Continue)
+            Ok(Control::Flow(Flow::Continue))
         }
     }
 }
 
-impl Act {
-    /// `continue` after taking control (as the C probe does): resume from the loop.
-    fn took(self, ctx: &Context, conn: &Connection) -> Act {
-        resume_later(ctx, conn, Duration::ZERO, &[Flow::Continue])
-    }
+/// `continue` after taking control (as the C probe does): resume from the loop.
+fn took(ctx: &Context, conn: &Connection) -> Act {
+    resume_later(ctx, conn, Duration::ZERO, &[Flow::Continue])
 }
 
 fn timers(ctx: &Context, conn: &Connection) -> Act {
@@ -242,8 +226,8 @@ fn timers(ctx: &Context, conn: &Connection) -> Act {
     })();
     match result {
         // SAFETY: resumed by timer D.
-        Ok(()) => Act::Manual(unsafe { ManualControl::take() }),
-        Err(e) => Act::Fail(e.to_string()),
+        Ok(()) => Ok(Control::Manual(unsafe { ManualControl::take() })),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -301,12 +285,12 @@ fn io(ctx: &Context, conn: &Connection) -> Act {
         });
         match w {
             Ok(w) => watchers.borrow_mut().push(w),
-            Err(e) => return Act::Fail(e.to_string()),
+            Err(e) => return Err(e.to_string()),
         }
     }
     write_byte(pair[1]);
     // SAFETY: the last step resumes the chain.
-    Act::Manual(unsafe { ManualControl::take() })
+    Ok(Control::Manual(unsafe { ManualControl::take() }))
 }
 
 fn step_write(ctx: &Context, raw_conn: *mut mq_plugin::sys::MQ_Connection, pair: [libc::c_int; 2]) {
@@ -531,8 +515,8 @@ fn late_exercise(ctx: &Context, conn: &Connection, msg: &mut Message, seconds: f
     });
     match started {
         // SAFETY: the timer resumes.
-        Ok(_) => Act::Manual(unsafe { ManualControl::take() }),
-        Err(e) => Act::Fail(e.to_string()),
+        Ok(_) => Ok(Control::Manual(unsafe { ManualControl::take() })),
+        Err(e) => Err(e.to_string()),
     }
 }
 
