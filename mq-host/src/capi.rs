@@ -83,6 +83,7 @@ pub(crate) fn host_api() -> HostApiRef {
             set_local: MQ_setLocal,
             email: MQ_email,
             refuse_start,
+            plugin_panicked,
         }
         .leak_into_prefix()
     })
@@ -110,6 +111,20 @@ unsafe extern "C" fn refuse_start(reason: *const c_char) {
                     .into_owned()
             };
             let _ = REFUSAL.try_with(|r| r.borrow_mut().get_or_insert(reason).clone());
+        },
+    )
+}
+
+/// Table-only extension: a Rust plugin caught a panic of its own (and
+/// logged it); counted here.
+unsafe extern "C" fn plugin_panicked() {
+    host_call(
+        "plugin_panicked",
+        || (),
+        || {
+            if let Some(w) = worker::current() {
+                Counters::bump(&w.shared.counters.plugin_panics);
+            }
         },
     )
 }
@@ -185,6 +200,18 @@ fn refuse(function: &str, raw: *const c_void, kind: Kind, why: Refusal) {
     shared
         .log
         .write(worker, Priority::Critical, Source::Host, text(name));
+}
+
+/// Reports a timer or watcher function called off any worker thread (their
+/// handles name the loop, not a plugin).
+fn refuse_off_worker(function: &str, what: &str) {
+    let line = format!(
+        "{function} refused: called off a worker thread; {what} belong to the worker's event loop"
+    );
+    match HostLog::fallback() {
+        Some(log) => log.write(None, Priority::Critical, Source::Host, line),
+        None => eprintln!("mq-host: {line}"),
+    }
 }
 
 /// The worker and context of a context handle of this thread.
@@ -386,7 +413,7 @@ host_fn! {
             Some(w) => {
                 w.ev.unwatch_io(handle);
             }
-            None => refuse("MQ_ioUnwatch", watcher.cast(), Kind::Context, Refusal::OtherThread),
+            None => refuse_off_worker("MQ_ioUnwatch", "fd watchers"),
         }
     }
 }
@@ -429,7 +456,7 @@ host_fn! {
             Some(w) => {
                 w.ev.stop_timer(handle);
             }
-            None => refuse("MQ_stopTimer", timer.cast(), Kind::Context, Refusal::OtherThread),
+            None => refuse_off_worker("MQ_stopTimer", "timers"),
         }
     }
 }
@@ -444,7 +471,7 @@ host_fn! {
             Some(w) => {
                 w.ev.reset_timer(handle, seconds(seconds_));
             }
-            None => refuse("MQ_resetTimer", timer.cast(), Kind::Context, Refusal::OtherThread),
+            None => refuse_off_worker("MQ_resetTimer", "timers"),
         }
     }
 }

@@ -68,6 +68,9 @@ counters! {
     /// Host function calls with NULL, a value that is no handle of the right kind, or a
     /// handle whose object is gone (e.g. a connection after `smtp_in_close`): refused and logged.
     invalid_handles,
+    /// Panics a Rust plugin caught in its own hooks, callbacks and destructors (the plugin
+    /// logged each with its name; its hook took the fallback flow).
+    plugin_panics,
     /// Host bugs: panics caught in a host function or a worker's loop (logged; the host goes on).
     host_panics,
     /// SMTP sessions accepted by `serve`.

@@ -280,12 +280,16 @@ fn main() -> ExitCode {
 }
 
 fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
+    let hold_deadline = match args.hold_deadline {
+        0.0 => None,
+        v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+            format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
+        })?),
+    };
     let mut builder = Host::builder()
         .workers(args.workers)
         .retry_limit(args.retry_limit)
-        .hold_deadline(
-            (args.hold_deadline > 0.0).then(|| Duration::from_secs_f64(args.hold_deadline)),
-        )
+        .hold_deadline(hold_deadline)
         .log_echo(match (args.quiet, args.log_format) {
             (true, _) => LogEcho::None,
             (false, LogFormat::Text) => LogEcho::Stderr,

@@ -329,3 +329,44 @@ fn run_loop(worker: &Worker) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostlog::LogEcho;
+
+    fn shared() -> Arc<Shared> {
+        let limits = Limits {
+            hold_deadline: None,
+            retry_limit: 1,
+        };
+        Arc::new(Shared::new(Vec::new(), limits, HostLog::new(LogEcho::None)))
+    }
+
+    #[test]
+    fn a_panicking_loop_callback_is_logged_and_the_worker_goes_on() {
+        let shared = shared();
+        let mut worker = WorkerHandle::spawn(0, Arc::clone(&shared)).unwrap();
+        assert!(worker
+            .remote
+            .post(Box::new(|| panic!("a host bug in a task"))));
+        let (tx, rx) = mpsc::channel();
+        assert!(worker.remote.post(Box::new(move || {
+            let _ = tx.send(current().is_some());
+        })));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "the worker serves after the panic"
+        );
+        worker.stop(&shared.log);
+        assert_eq!(shared.counters.snapshot().host_panics, 1);
+        let log = shared.log.since(0, None);
+        assert!(
+            log.iter().any(|r| r.text.contains(
+                "a loop callback panicked: a host bug in a task (host bug); the worker goes on"
+            )),
+            "{log:#?}"
+        );
+    }
+}

@@ -199,6 +199,11 @@ pub struct HostApi {
     /// it with `refuse_start()`: `None` in hosts without it.
     #[sabi(missing_field(option))]
     pub refuse_start: unsafe extern "C" fn(*const c_char),
+    /// Not in MailerQ's API: the plugin caught a panic of its own (it has
+    /// logged it with `MQ_log`); the host counts it. Read it with
+    /// `plugin_panicked()`: `None` in hosts without it.
+    #[sabi(missing_field(option))]
+    pub plugin_panicked: unsafe extern "C" fn(),
 }
 
 #[cfg(test)]

@@ -6,9 +6,21 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Runs `f`, returning `Err(message)` if it panicked.
+/// Runs `f`, returning `Err(message)` if it panicked. The host is told
+/// (`mq-host` counts plugin panics); the caller logs the message.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(payload);
+        count_panic();
+        message
+    })
+}
+
+fn count_panic() {
+    if let Some(panicked) = crate::host::host().panicked {
+        // SAFETY: mq-host's counter function, without arguments.
+        unsafe { panicked() };
+    }
 }
 
 /// Runs a callback from C whose result has nowhere to go: a panic is logged.

@@ -31,6 +31,8 @@ pub(crate) struct HostFns {
     pub(crate) from_table: bool,
     /// `mq-host`'s extension for a failed `mq_initialize`, when offered.
     pub(crate) refuse_start: Option<unsafe extern "C" fn(*const c_char)>,
+    /// `mq-host`'s extension for counting the plugin's panics, when offered.
+    pub(crate) panicked: Option<unsafe extern "C" fn()>,
 }
 
 static HOST: OnceLock<HostFns> = OnceLock::new();
@@ -50,6 +52,7 @@ pub(crate) fn attach(api: HostApiRef) {
         json_repr: JsonRepr::Text,
         from_table: true,
         refuse_start: api.refuse_start(),
+        panicked: api.plugin_panicked(),
     });
 }
 
@@ -199,6 +202,7 @@ impl HostFns {
             json_repr,
             from_table: false,
             refuse_start: None,
+            panicked: None,
         }
     }
 }

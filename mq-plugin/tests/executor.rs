@@ -47,6 +47,7 @@ struct Mock {
     resumed_in_hook: Cell<bool>,
     timer_fires: Cell<usize>,
     log: RefCell<Vec<String>>,
+    panics: Cell<usize>,
 }
 
 thread_local! {
@@ -203,6 +204,9 @@ unsafe extern "C" fn email(_: *mut MQ_Address) -> *const c_char {
     std::ptr::null()
 }
 unsafe extern "C" fn refuse_start(_: *const c_char) {}
+unsafe extern "C" fn plugin_panicked() {
+    let _ = MOCK.try_with(|m| m.panics.set(m.panics.get() + 1));
+}
 
 fn attach_mock_host() {
     static ONCE: Once = Once::new();
@@ -238,6 +242,7 @@ fn attach_mock_host() {
             set_local,
             email,
             refuse_start,
+            plugin_panicked,
         }
         .leak_into_prefix();
         let module = rt::root_module("executor-test", "0", "", 0);
@@ -460,6 +465,7 @@ fn a_panic_takes_the_fallback_and_is_logged() {
         .borrow()
         .iter()
         .any(|l| l.contains("panicked: boom; taking fallback complete"))));
+    assert_eq!(MOCK.with(|m| m.panics.get()), 1, "the host counts it");
     cleanup(ctx);
 }
 
@@ -589,4 +595,104 @@ fn a_deadline_drops_the_future_and_takes_the_fallback() {
 
 thread_local! {
     static DEADLINE_CACHE: TaskCache = const { TaskCache::new() };
+}
+
+// ---- cancellation and cleanup ---------------------------------------------------
+
+fn raw(ctx: &'static MockContext) -> *mut MQ_Context {
+    ctx as *const MockContext as *mut MQ_Context
+}
+
+fn cancel(ctx: &'static MockContext) -> bool {
+    let module = rt::root_module("executor-test", "0", "", 0);
+    let cancel = module.cancel_hold().expect("plugins export cancel_hold");
+    cancel(raw(ctx), 8 as *mut MQ_Connection)
+}
+
+#[test]
+fn cancel_hold_drops_the_pending_future_and_it_never_resumes() {
+    let ctx = context();
+    let dropped = Rc::new(Cell::new(false));
+    let guard = Guard(dropped.clone());
+    assert!(call_hook(ctx, async move {
+        let _guard = guard;
+        mq_plugin::time::sleep(Duration::from_secs(10)).await;
+        Flow::Complete
+    }));
+    assert!(!dropped.get());
+    assert!(cancel(ctx), "a pending hook is cancelled");
+    assert!(dropped.get(), "synchronously, before cancel_hold returns");
+    assert!(
+        MOCK.with(|m| m.timers.borrow().is_empty()),
+        "the sleep's timer was stopped with the future"
+    );
+    assert!(!cancel(ctx), "nothing is left to cancel");
+    run_until(Duration::from_millis(30), || false);
+    assert!(resumes().is_empty());
+    cleanup(ctx);
+}
+
+#[test]
+fn cancel_hold_stops_a_synchronous_hooks_scheduled_resume() {
+    let ctx = context();
+    attach_mock_host();
+    // SAFETY: the arguments of a hook call the mock keeps alive.
+    let took = unsafe {
+        rt::connection::<Flow, _>(&META, raw(ctx), 8 as *mut MQ_Connection, |_, _| {
+            Flow::Complete
+        })
+    };
+    assert!(took, "Complete takes control");
+    assert!(cancel(ctx));
+    run_until(Duration::from_millis(30), || false);
+    assert!(resumes().is_empty(), "the scheduled resume was stopped");
+    cleanup(ctx);
+}
+
+#[test]
+fn smtp_in_close_drops_a_pending_hook_of_its_connection_first() {
+    let ctx = context();
+    let dropped = Rc::new(Cell::new(false));
+    let guard = Guard(dropped.clone());
+    assert!(call_hook(ctx, async move {
+        let _guard = guard;
+        std::future::pending::<()>().await;
+        Flow::Continue
+    }));
+    // SAFETY: a live context and connection of this test.
+    let took = unsafe { rt::smtp_in_close_entry(None, raw(ctx), 8 as *mut MQ_Connection) };
+    assert!(!took);
+    assert!(dropped.get());
+    assert!(MOCK.with(|m| m
+        .log
+        .borrow()
+        .iter()
+        .any(|l| l.contains("was still pending when its connection closed"))));
+    run_until(Duration::from_millis(20), || false);
+    assert!(resumes().is_empty());
+    cleanup(ctx);
+}
+
+#[test]
+fn timers_still_running_at_cleanup_are_stopped_and_their_callbacks_dropped() {
+    let ctx = context();
+    attach_mock_host();
+    let dropped = Rc::new(Cell::new(false));
+    let guard = Guard(dropped.clone());
+    // SAFETY: a live context of this test.
+    let context = unsafe { mq_plugin::Context::from_raw(raw(ctx)) };
+    let timer = context
+        .start_timer(Duration::from_secs(3600), move || drop(guard))
+        .unwrap();
+    drop(timer);
+    let kept = context
+        .start_timer(Duration::from_secs(3600), || {})
+        .unwrap();
+    assert_eq!(MOCK.with(|m| m.timers.borrow().len()), 2);
+    // SAFETY: a live context of this test.
+    unsafe { rt::context_cleanup_entry(None, raw(ctx)) };
+    assert!(dropped.get(), "the callback was dropped");
+    assert!(MOCK.with(|m| m.timers.borrow().is_empty()), "both stopped");
+    assert!(!kept.stop(), "a handle kept past cleanup is done");
+    cleanup(ctx);
 }

@@ -386,6 +386,13 @@ fn panics_whose_payload_panics_on_drop_stay_inside_the_plugin() {
                 "panicked: a panic with a non-string payload; taking fallback continue"
             };
             o.assert_log(what);
+            // mq-host counts the panics a plugin caught (the table mode's
+            // extension; MailerQ's global symbols have no such function).
+            let counted = o.counter("plugin_panics");
+            match mode {
+                Mode::Table => assert!(counted >= 1, "{}", o.stderr),
+                Mode::GlobalSymbols => assert_eq!(counted, 0),
+            }
         }
     }
 }

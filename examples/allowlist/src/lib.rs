@@ -12,6 +12,8 @@
 //! allow-list` and the plugin completes the step, so later plugins are
 //! skipped. `examples/c-allowlist` is the same plugin in C.
 
+#![forbid(unsafe_code)]
+
 use mq_plugin::prelude::*;
 use std::sync::OnceLock;
 

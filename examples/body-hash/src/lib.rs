@@ -9,6 +9,8 @@
 //! X-Body-SHA256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //! ```
 
+#![forbid(unsafe_code)]
+
 use mq_plugin::prelude::*;
 use mq_plugin::task::spawn_blocking;
 use sha2::{Digest, Sha256};

@@ -11,6 +11,8 @@
 //! `postmaster@localhost`, and rejects every other `RCPT TO` with
 //! `550 5.7.1`. See `README.md`.
 
+#![forbid(unsafe_code)]
+
 /// Path of the compiled plugin (`libmq_example_c_allowlist.so`) in this
 /// crate's build output directory.
 pub const PLUGIN_SO: &str = concat!(env!("OUT_DIR"), "/libmq_example_c_allowlist.so");

@@ -14,6 +14,8 @@
 //!
 //! A message without MIME data is left alone.
 
+#![forbid(unsafe_code)]
+
 use mq_plugin::prelude::*;
 
 mq_plugin::declare_plugin!();

@@ -22,6 +22,8 @@
 //! `MQ_REDIS_ADDR` (default `127.0.0.1:6379`) and `MQ_REDIS_SET` (default
 //! `mq:allowed-recipients`) configure it.
 
+#![forbid(unsafe_code)]
+
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use mq_plugin::net::TcpStream;
 use mq_plugin::prelude::*;

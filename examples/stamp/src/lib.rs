@@ -11,6 +11,8 @@
 //! The sequence number counts the messages this worker stamped; it lives in
 //! typed per-context data, which the framework frees at context cleanup.
 
+#![forbid(unsafe_code)]
+
 use mq_plugin::prelude::*;
 use std::cell::Cell;
 

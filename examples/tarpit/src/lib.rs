@@ -10,6 +10,8 @@
 //! `MQ_TARPIT_STEP_MS` (default 100) and `MQ_TARPIT_MAX_MS` (default 2000)
 //! set the step and the cap.
 
+#![forbid(unsafe_code)]
+
 use mq_plugin::prelude::*;
 use mq_plugin::time::sleep;
 use std::cell::Cell;
