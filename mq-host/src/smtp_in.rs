@@ -791,6 +791,7 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
                 reply(s, &format!("250 2.0.0 {total} octets received so far"));
             }
         }
+        Cmd::Bdat(0, _) => reply(s, "554 5.5.1 no valid recipients"),
         Cmd::Bdat(size, last) => {
             let mut sess = s.borrow_mut();
             sess.phase = if sess.recipients.is_empty() {

@@ -241,8 +241,11 @@ fn bdat_chunks_make_one_message() {
     c.reply();
     c.send("EHLO me\r\n");
     assert!(c.reply().contains("250-CHUNKING"));
-    // A chunk without a transaction is read and refused.
+    // A chunk without a transaction is read and refused; an empty one at
+    // once (it has nothing to read).
     c.send("BDAT 4\r\nabcd");
+    assert!(c.reply().starts_with("554 5.5.1"));
+    c.send("BDAT 0 LAST\r\n");
     assert!(c.reply().starts_with("554 5.5.1"));
     c.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 10\r\n0123456789BDAT 0\r\nBDAT 5 LAST\r\nabcde");
     assert!(c.reply().starts_with("250 2.1.0"));
