@@ -1229,7 +1229,7 @@ fn flush(w: &Worker, s: &Shared) {
                 ..
             } = &mut *sess;
             match tls {
-                Some(tls) if tls.wants_write() => tls.write_tls(stream),
+                Some(tls) if tls.wants_write() => tls.write_tls(&mut SendOnly(stream)),
                 Some(_) => break,
                 None if output.is_empty() => break,
                 None => stream.write(output),
@@ -1258,6 +1258,22 @@ fn flush(w: &Worker, s: &Shared) {
         drop_session(w, s);
     } else {
         watch(w, s, false);
+    }
+}
+
+/// Writes to a socket with `send(2)` only: rustls writes its records with
+/// `write_vectored`, which on a `TcpStream` is `writev(2)`, and that raises
+/// SIGPIPE on a reset connection (std's `write` passes `MSG_NOSIGNAL`). A
+/// program embedding the host under a C `main` does not ignore SIGPIPE.
+struct SendOnly<'a>(&'a mut TcpStream);
+
+impl Write for SendOnly<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
