@@ -167,9 +167,64 @@ impl Shape {
     }
 }
 
+/// Names every hook, for code that refers to a hook (no lookup by string
+/// at run time: a typo is a compile error). `HookId::X.hook()` is its
+/// [`Hook`]; the discriminant is its index in [`HOOKS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookId {
+    /// `mq_initialize`.
+    Initialize,
+    /// `mq_cleanup`.
+    Cleanup,
+    /// `mq_context_initialize`.
+    ContextInitialize,
+    /// `mq_context_cleanup`.
+    ContextCleanup,
+    /// `mq_smtp_in_connect`.
+    SmtpInConnect,
+    /// `mq_smtp_in_secure`.
+    SmtpInSecure,
+    /// `mq_smtp_in_authenticate`.
+    SmtpInAuthenticate,
+    /// `mq_smtp_in_mailfrom`.
+    SmtpInMailfrom,
+    /// `mq_smtp_in_rcptto`.
+    SmtpInRcptto,
+    /// `mq_smtp_in_data`.
+    SmtpInData,
+    /// `mq_smtp_in_message`.
+    SmtpInMessage,
+    /// `mq_smtp_in_close`.
+    SmtpInClose,
+    /// `mq_smtp_out_data`.
+    SmtpOutData,
+    /// `mq_smtp_out_sent`.
+    SmtpOutSent,
+}
+
+impl HookId {
+    /// The hook's row in [`HOOKS`].
+    pub const fn hook(self) -> &'static Hook {
+        &HOOKS[self as usize]
+    }
+}
+
+/// When in MailerQ's life a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Start-up and shutdown of the host or of a worker.
+    Lifecycle,
+    /// An incoming SMTP connection (`smtp_in_*`).
+    Incoming,
+    /// An outgoing delivery (`smtp_out_*`).
+    Outgoing,
+}
+
 /// One hook a plugin may export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hook {
+    /// Which hook this is.
+    pub id: HookId,
     /// Short name used in `#[mq_hook(name)]`, e.g. `smtp_out_data`.
     pub name: &'static str,
     /// The exported C symbol, e.g. `mq_smtp_out_data`.
@@ -178,27 +233,35 @@ pub struct Hook {
     pub shape: Shape,
     /// Whether returning `true` (taking control) is allowed.
     pub may_take_control: bool,
+    /// Lifecycle, incoming or outgoing.
+    pub stage: Stage,
     /// When the host calls it (one line, for docs and `mq-host inspect`).
     pub when: &'static str,
 }
 
 impl Hook {
     /// Index of this hook in [`HOOKS`].
-    pub fn index(&self) -> usize {
-        HOOKS
-            .iter()
-            .position(|h| h.symbol == self.symbol)
-            .expect("hook comes from HOOKS")
+    pub const fn index(&self) -> usize {
+        self.id as usize
+    }
+
+    /// Whether the connection's plugin data goes when this hook is done:
+    /// after `smtp_in_close`, and after every outgoing hook (outgoing
+    /// connections have no close event in the MailerQ API).
+    pub const fn frees_connection_data(&self) -> bool {
+        matches!(self.id, HookId::SmtpInClose) || matches!(self.stage, Stage::Outgoing)
     }
 }
 
 macro_rules! hook {
-    ($name:literal, $shape:ident, $control:literal, $when:literal) => {
+    ($id:ident, $name:literal, $shape:ident, $control:literal, $stage:ident, $when:literal) => {
         Hook {
+            id: HookId::$id,
             name: $name,
             symbol: concat!("mq_", $name),
             shape: Shape::$shape,
             may_take_control: $control,
+            stage: Stage::$stage,
             when: $when,
         }
     };
@@ -210,72 +273,115 @@ macro_rules! hook {
 /// declaration.
 pub const HOOKS: &[Hook] = &[
     hook!(
+        Initialize,
         "initialize",
         Global,
         false,
+        Lifecycle,
         "once, after all plugins are loaded"
     ),
-    hook!("cleanup", Global, false, "once, before the host exits"),
     hook!(
+        Cleanup,
+        "cleanup",
+        Global,
+        false,
+        Lifecycle,
+        "once, before the host exits"
+    ),
+    hook!(
+        ContextInitialize,
         "context_initialize",
         Context,
         false,
+        Lifecycle,
         "once per worker thread at start-up, before traffic"
     ),
     hook!(
+        ContextCleanup,
         "context_cleanup",
         Context,
         false,
+        Lifecycle,
         "once per worker thread before it stops"
     ),
     hook!(
+        SmtpInConnect,
         "smtp_in_connect",
         Connection,
         true,
+        Incoming,
         "an incoming connection was accepted"
     ),
     hook!(
+        SmtpInSecure,
         "smtp_in_secure",
         Connection,
         true,
+        Incoming,
         "an incoming connection became TLS (STARTTLS)"
     ),
     hook!(
+        SmtpInAuthenticate,
         "smtp_in_authenticate",
         Authenticate,
         true,
+        Incoming,
         "a client sent AUTH credentials"
     ),
-    hook!("smtp_in_mailfrom", Address, true, "MAIL FROM was received"),
-    hook!("smtp_in_rcptto", Address, true, "a RCPT TO was received"),
     hook!(
+        SmtpInMailfrom,
+        "smtp_in_mailfrom",
+        Address,
+        true,
+        Incoming,
+        "MAIL FROM was received"
+    ),
+    hook!(
+        SmtpInRcptto,
+        "smtp_in_rcptto",
+        Address,
+        true,
+        Incoming,
+        "a RCPT TO was received"
+    ),
+    hook!(
+        SmtpInData,
         "smtp_in_data",
         Data,
         true,
+        Incoming,
         "the MIME data of a message was received"
     ),
     hook!(
+        SmtpInMessage,
         "smtp_in_message",
         Message,
         true,
+        Incoming,
         "a message was turned into its JSON form, once per recipient"
     ),
     hook!(
+        SmtpInClose,
         "smtp_in_close",
         Connection,
         true,
+        Incoming,
         "an incoming connection was closed"
     ),
     hook!(
+        SmtpOutData,
         "smtp_out_data",
         Message,
         true,
+        Outgoing,
         "an outgoing delivery entered the DATA state"
     ),
     hook!(
+        SmtpOutSent,
         "smtp_out_sent",
         Message,
         true,
+        Outgoing,
         "all MIME data of an outgoing delivery was sent"
     ),
 ];
@@ -330,6 +436,28 @@ mod tests {
             assert_eq!(HOOKS.iter().filter(|o| o.name == h.name).count(), 1);
         }
         assert_eq!(HOOK_COUNT, 14);
+    }
+
+    #[test]
+    fn ids_stages_and_properties_follow_the_names() {
+        for (i, h) in HOOKS.iter().enumerate() {
+            assert_eq!(h.id as usize, i, "{}", h.name);
+            assert_eq!(h.id.hook(), h);
+            let stage = if h.name.starts_with("smtp_in_") {
+                Stage::Incoming
+            } else if h.name.starts_with("smtp_out_") {
+                Stage::Outgoing
+            } else {
+                Stage::Lifecycle
+            };
+            assert_eq!(h.stage, stage, "{}", h.name);
+            assert_eq!(
+                h.frees_connection_data(),
+                h.name == "smtp_in_close" || h.name.starts_with("smtp_out_"),
+                "{}",
+                h.name
+            );
+        }
     }
 
     #[test]

@@ -60,36 +60,33 @@
 
 #![warn(missing_docs)]
 
-mod boundary;
+// Lower modules first: each uses only modules above it in this list.
+mod api;
+pub mod batch;
 mod capi;
-mod chain;
-mod counters;
+mod clock;
 pub mod delivery;
-pub mod event_loop;
-mod handles;
-mod host;
-mod hostlog;
-mod loader;
-mod objects;
-pub mod runmode;
+mod inbound;
+mod observe;
+mod plugins;
+pub mod runtime;
 pub mod smtp_in;
 mod store;
-mod worker;
 
-pub use chain::{ChainEnd, HookCall, Resume};
-pub use counters::CounterSnapshot;
-pub use host::{
+pub use api::{
     Event, EventResult, Host, HostBuilder, PendingEvent, RunError, Session, Shutdown, StartError,
 };
-pub use hostlog::{LogEcho, LogRecord, Priority, Source};
-pub use loader::{discover, HostMode, LoadError, LoadErrorKind, PluginInfo, PluginKind};
+pub use mq_abi::Flow;
 pub use mq_hook_table as hook_table;
-pub use mq_plugin::Flow;
-pub use objects::{Direction, SmtpView};
+pub use observe::{CounterSnapshot, LogEcho, LogRecord, Priority, Source};
+pub use plugins::{discover, HostMode, LoadError, LoadErrorKind, PluginInfo, PluginKind};
+pub use runtime::chain::{ChainEnd, HookCall, Resume};
+pub use runtime::event_loop;
+pub use runtime::message::{Direction, SmtpView};
 
 /// Loads one plugin file and reports what it is, without running it
 /// (`mq-host inspect`). Rust plugins get their ABI checked; nothing but
 /// `mq_version` is called.
 pub fn inspect(file: &std::path::Path) -> Result<PluginInfo, LoadError> {
-    loader::inspect(file)
+    plugins::inspect(file)
 }

@@ -3,7 +3,7 @@
 //! one call into `::mq_plugin::__private::v1`; the logic lives there.
 
 use crate::validate::{validate, Plan};
-use mq_hook_table::{RustParam, Shape};
+use mq_hook_table::{Hook, RustParam, Shape};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ItemFn;
@@ -38,31 +38,20 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
     let index = hook.index();
     let user_fn = &func.sig.ident;
     let function_name = user_fn.to_string();
-    let fallback = format_ident!("{}", plan.fallback);
+    let fallback = format_ident!("{}", plan.fallback.variant());
     let span = Span::mixed_site();
-    let symbol = format_ident!("{}", hook.symbol);
-    let entry = if HOUSEKEEPING.contains(&hook.name) {
+    let housekeeping = is_housekeeping(hook);
+    let entry = if housekeeping {
         format_ident!("__mq_entry", span = span)
     } else {
-        symbol.clone()
+        format_ident!("{}", hook.symbol)
     };
-    let no_mangle = if HOUSEKEEPING.contains(&hook.name) {
+    let no_mangle = if housekeeping {
         quote!()
     } else {
         quote!(#[unsafe(no_mangle)])
     };
     let meta = format_ident!("__MQ_META", span = span);
-
-    let ctx = format_ident!("__mq_context", span = span);
-    let conn = format_ident!("__mq_connection", span = span);
-    let third = format_ident!("__mq_argument", span = span);
-    let arg_for = |kind: &RustParam| match kind {
-        RustParam::Context => quote!(#ctx),
-        RustParam::Connection => quote!(#conn),
-        _ => quote!(#third),
-    };
-    let call_args: Vec<TokenStream> = plan.params.iter().map(arg_for).collect();
-    let call = quote_spanned!(func.sig.ident.span()=> #user_fn(#(#call_args),*));
 
     // The runtime's adapters take the hook's return type as an explicit
     // generic argument, written with the author's own tokens: a wrong return
@@ -71,69 +60,14 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
         syn::ReturnType::Type(_, ty) => quote!(#ty),
         syn::ReturnType::Default => quote_spanned!(func.sig.ident.span()=> ()),
     };
-    let rt_ret = quote!(#rt);
-    let (c_params, ret, body, raw_variant) = match hook.shape {
-        Shape::Global => (
-            quote!(),
-            quote!(),
-            quote!(#rt_ret::global::<#ret_ty, _>(&#meta, || #call)),
-            quote!(Global),
-        ),
-        Shape::Context => (
-            quote!(#ctx: *mut #rt::MQ_Context),
-            quote!(),
-            quote!(#rt_ret::context::<#ret_ty, _>(&#meta, #ctx, |#ctx| #call)),
-            quote!(Context),
-        ),
-        Shape::Connection => (
-            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection),
-            quote!(-> bool),
-            quote!(#rt_ret::connection::<#ret_ty, _>(&#meta, #ctx, #conn, |#ctx, #conn| #call)),
-            quote!(Connection),
-        ),
-        Shape::Authenticate => {
-            let [l, ll, p, pl] = credential_params();
-            (
-                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
-                       #l: *const ::core::ffi::c_char, #ll: usize, #p: *const ::core::ffi::c_char, #pl: usize),
-                quote!(-> bool),
-                quote!(#rt_ret::authenticate::<#ret_ty, _>(&#meta, #ctx, #conn, #l, #ll, #p, #pl, |#ctx, #conn, #third| #call)),
-                quote!(Authenticate),
-            )
-        }
-        Shape::Address => (
-            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Address),
-            quote!(-> bool),
-            quote!(#rt_ret::address::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
-            quote!(Address),
-        ),
-        Shape::Data => {
-            let size = format_ident!("__mq_size", span = span);
-            (
-                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
-                       #third: *const ::core::ffi::c_char, #size: usize),
-                quote!(-> bool),
-                quote!(#rt_ret::data::<#ret_ty, _>(&#meta, #ctx, #conn, #third, #size, |#ctx, #conn, #third| #call)),
-                quote!(Data),
-            )
-        }
-        Shape::Message => (
-            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Message),
-            quote!(-> bool),
-            quote!(#rt_ret::message::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
-            quote!(Message),
-        ),
-    };
-
+    let Entry {
+        c_params,
+        ret,
+        body,
+        raw_variant,
+    } = entry_for(plan, func, &meta, &ret_ty);
     let body = if plan.is_async {
-        async_body(
-            plan,
-            &call_args_async(plan),
-            user_fn,
-            &meta,
-            &rt_ret,
-            &ret_ty,
-        )
+        async_body(plan, &call_args_async(plan), user_fn, &meta, &rt, &ret_ty)
     } else {
         body
     };
@@ -164,6 +98,89 @@ fn lower(func: &ItemFn, plan: &Plan) -> TokenStream {
                 const RAW: #rt::RawHook = #rt::RawHook::#raw_variant(#entry);
             }
         };
+    }
+}
+
+/// The generated entry point's parts for the hook's shape: its C
+/// parameters and return type, the synchronous body, the `RawHook` variant.
+struct Entry {
+    c_params: TokenStream,
+    ret: TokenStream,
+    body: TokenStream,
+    raw_variant: TokenStream,
+}
+
+/// The hooks whose symbol the declaration exports itself (see
+/// [`HOUSEKEEPING`]).
+fn is_housekeeping(hook: &Hook) -> bool {
+    HOUSEKEEPING.contains(&hook.name)
+}
+
+fn entry_for(plan: &Plan, func: &ItemFn, meta: &syn::Ident, ret_ty: &TokenStream) -> Entry {
+    let rt = quote!(::mq_plugin::__private::v1);
+    let span = Span::mixed_site();
+    let ctx = format_ident!("__mq_context", span = span);
+    let conn = format_ident!("__mq_connection", span = span);
+    let third = format_ident!("__mq_argument", span = span);
+    let user_fn = &func.sig.ident;
+    let call_args = plan.params.iter().map(|kind| match kind {
+        RustParam::Context => quote!(#ctx),
+        RustParam::Connection => quote!(#conn),
+        _ => quote!(#third),
+    });
+    let call = quote_spanned!(func.sig.ident.span()=> #user_fn(#(#call_args),*));
+    let smtp = |params: TokenStream, adapter: TokenStream, variant: TokenStream| Entry {
+        c_params: params,
+        ret: quote!(-> bool),
+        body: adapter,
+        raw_variant: variant,
+    };
+    match plan.hook.shape {
+        Shape::Global => Entry {
+            c_params: quote!(),
+            ret: quote!(),
+            body: quote!(#rt::global::<#ret_ty, _>(&#meta, || #call)),
+            raw_variant: quote!(Global),
+        },
+        Shape::Context => Entry {
+            c_params: quote!(#ctx: *mut #rt::MQ_Context),
+            ret: quote!(),
+            body: quote!(#rt::context::<#ret_ty, _>(&#meta, #ctx, |#ctx| #call)),
+            raw_variant: quote!(Context),
+        },
+        Shape::Connection => smtp(
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection),
+            quote!(#rt::connection::<#ret_ty, _>(&#meta, #ctx, #conn, |#ctx, #conn| #call)),
+            quote!(Connection),
+        ),
+        Shape::Authenticate => {
+            let [l, ll, p, pl] = credential_params();
+            smtp(
+                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
+                       #l: *const ::core::ffi::c_char, #ll: usize, #p: *const ::core::ffi::c_char, #pl: usize),
+                quote!(#rt::authenticate::<#ret_ty, _>(&#meta, #ctx, #conn, #l, #ll, #p, #pl, |#ctx, #conn, #third| #call)),
+                quote!(Authenticate),
+            )
+        }
+        Shape::Address => smtp(
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Address),
+            quote!(#rt::address::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(Address),
+        ),
+        Shape::Data => {
+            let size = format_ident!("__mq_size", span = span);
+            smtp(
+                quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection,
+                       #third: *const ::core::ffi::c_char, #size: usize),
+                quote!(#rt::data::<#ret_ty, _>(&#meta, #ctx, #conn, #third, #size, |#ctx, #conn, #third| #call)),
+                quote!(Data),
+            )
+        }
+        Shape::Message => smtp(
+            quote!(#ctx: *mut #rt::MQ_Context, #conn: *mut #rt::MQ_Connection, #third: *mut #rt::MQ_Message),
+            quote!(#rt::message::<#ret_ty, _>(&#meta, #ctx, #conn, #third, |#ctx, #conn, #third| #call)),
+            quote!(Message),
+        ),
     }
 }
 

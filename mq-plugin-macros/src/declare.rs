@@ -129,7 +129,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 }
             }
 
-            fn root_module() -> ::mq_plugin::abi::PluginModuleRef {
+            fn root_module() -> #rt::PluginModuleRef {
                 let mut authored = 0u64;
                 #(#probes)*
                 #rt::root_module(
@@ -147,7 +147,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 }
                 // SAFETY: the constructor returns the module type named here.
                 unsafe {
-                    #rt::abi_stable::library::LibHeader::from_constructor::<::mq_plugin::abi::PluginModuleRef>(
+                    #rt::abi_stable::library::LibHeader::from_constructor::<#rt::PluginModuleRef>(
                         erased_root_module,
                         #rt::abi_stable::library::CheckTypeLayout::Yes,
                     )

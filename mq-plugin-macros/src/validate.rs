@@ -11,8 +11,8 @@ use syn::{Expr, FnArg, ItemFn, Lifetime, Pat, Type};
 /// What codegen needs to lower one hook.
 pub(crate) struct Plan {
     pub(crate) hook: &'static Hook,
-    /// `Continue`, `Complete` or `Retry`.
-    pub(crate) fallback: &'static str,
+    /// The flow taken on an `Err` or a panic.
+    pub(crate) fallback: Fallback,
     /// The parameter kinds in the author's order.
     pub(crate) params: Vec<RustParam>,
     /// An `async fn`: lowered through the executor.
@@ -118,9 +118,28 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The flow a hook takes when it returns `Err` or panics (`fallback = ..`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    Continue,
+    Complete,
+    Retry,
+}
+
+impl Fallback {
+    /// The `mq_plugin::Flow` variant's name.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Fallback::Continue => "Continue",
+            Fallback::Complete => "Complete",
+            Fallback::Retry => "Retry",
+        }
+    }
+}
+
 /// The options as checked: the fallback flow and the deadline in ms.
 struct Options {
-    fallback: &'static str,
+    fallback: Fallback,
     deadline_ms: Option<u64>,
 }
 
@@ -131,7 +150,7 @@ fn check_options(
     errors: &mut Errors,
 ) -> Options {
     let mut options = Options {
-        fallback: "Continue",
+        fallback: Fallback::Continue,
         deadline_ms: None,
     };
     let mut seen: Vec<String> = Vec::new();
@@ -205,7 +224,7 @@ fn duration_ms(value: &Expr) -> Option<u64> {
     (value.is_finite() && ms >= 1.0 && ms <= u64::MAX as f64).then_some(ms as u64)
 }
 
-fn flow_name(value: &Expr) -> Option<&'static str> {
+fn flow_name(value: &Expr) -> Option<Fallback> {
     let text = match value {
         Expr::Path(p) => p.path.segments.last()?.ident.to_string(),
         Expr::Lit(syn::ExprLit {
@@ -217,9 +236,9 @@ fn flow_name(value: &Expr) -> Option<&'static str> {
         _ => return None,
     };
     match text.to_ascii_lowercase().as_str() {
-        "continue" => Some("Continue"),
-        "complete" => Some("Complete"),
-        "retry" => Some("Retry"),
+        "continue" => Some(Fallback::Continue),
+        "complete" => Some(Fallback::Complete),
+        "retry" => Some(Fallback::Retry),
         _ => None,
     }
 }
@@ -454,7 +473,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.params, vec![RustParam::Message, RustParam::Context]);
-        assert_eq!(p.fallback, "Continue");
+        assert_eq!(p.fallback, Fallback::Continue);
         let p = plan(
             quote!(smtp_in_data, fallback = complete),
             quote!(
@@ -463,7 +482,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.params, vec![RustParam::Mime]);
-        assert_eq!(p.fallback, "Complete");
+        assert_eq!(p.fallback, Fallback::Complete);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) fn guard_callback(what: &str, f: impl FnOnce()) {
 /// A panic's message. The payload is dropped inside the boundary too: a
 /// payload whose `Drop` panics (`panic_any(Bomb)`) must not unwind into
 /// the host.
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -9,8 +9,8 @@
 //! reported once through `MQ_log` (or stderr) and answers with a neutral
 //! value.
 
-use crate::abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
 use crate::sys::*;
+use mq_abi::{HostApiRef, IoCallbackParam, TimerCallbackParam};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
@@ -80,7 +80,7 @@ macro_rules! host_fns {
                     $( $field: {
                         let symbol = global_symbol(concat!($c_name, "\0"));
                         // SAFETY: the symbol is MailerQ's function of this exact C
-                        // signature (mailerq-api.md); a null pointer becomes None.
+                        // signature (`for_each_host_function!`); a null pointer becomes None.
                         unsafe { std::mem::transmute::<*mut c_void, Option<unsafe extern "C" fn($($ty),*) $(-> $ret)?>>(symbol) }
                     }, )*
                 }
@@ -147,37 +147,7 @@ fn table_api() -> HostApiRef {
         .expect("the host table is attached before it is used")
 }
 
-host_fns! {
-    log: "MQ_log" => fn(priority: c_int, text: *const c_char) = ();
-    context_data: "MQ_contextData" => fn(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut();
-    set_context_data: "MQ_setContextData" => fn(ctx: *mut MQ_Context, data: *mut c_void) = ();
-    ev: "MQ_ev" => fn(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut();
-    io_watch: "MQ_ioWatch" => fn(ctx: *mut MQ_Context, fd: c_int, events: c_int, cb: Option<MQ_IOCallback>, data: *mut c_void) -> *mut MQ_IOWatcher = std::ptr::null_mut();
-    io_unwatch: "MQ_ioUnwatch" => fn(watcher: *mut MQ_IOWatcher) = ();
-    start_timer: "MQ_startTimer" => fn(ctx: *mut MQ_Context, seconds: f32, cb: Option<MQ_TimerCallback>, data: *mut c_void) -> *mut MQ_Timer = std::ptr::null_mut();
-    stop_timer: "MQ_stopTimer" => fn(timer: *mut MQ_Timer) = ();
-    reset_timer: "MQ_resetTimer" => fn(timer: *mut MQ_Timer, seconds: f32) = ();
-    file_descriptor: "MQ_fileDescriptor" => fn(conn: *mut MQ_Connection) -> c_int = -1;
-    send: "MQ_send" => fn(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0;
-    authenticated: "MQ_authenticated" => fn(conn: *mut MQ_Connection) -> bool = false;
-    set_authenticated: "MQ_setAuthenticated" => fn(conn: *mut MQ_Connection, value: bool) = ();
-    secure: "MQ_secure" => fn(conn: *mut MQ_Connection) -> bool = false;
-    connection_data: "MQ_connectionData" => fn(conn: *mut MQ_Connection) -> *mut c_void = std::ptr::null_mut();
-    set_connection_data: "MQ_setConnectionData" => fn(conn: *mut MQ_Connection, data: *mut c_void) = ();
-    continue_: "MQ_continue" => fn(conn: *mut MQ_Connection) = ();
-    complete: "MQ_complete" => fn(conn: *mut MQ_Connection) = ();
-    retry: "MQ_retry" => fn(conn: *mut MQ_Connection) = ();
-    json: "MQ_json" => fn(msg: *mut MQ_Message) -> *const c_void = std::ptr::null();
-    envelope: "MQ_envelope" => fn(msg: *mut MQ_Message) -> *mut MQ_Address = std::ptr::null_mut();
-    set_envelope: "MQ_setEnvelope" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
-    recipient: "MQ_recipient" => fn(msg: *mut MQ_Message) -> *const c_char = std::ptr::null();
-    set_recipient: "MQ_setRecipient" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
-    mime: "MQ_mime" => fn(msg: *mut MQ_Message) -> *const c_char = std::ptr::null();
-    set_mime: "MQ_setMime" => fn(msg: *mut MQ_Message, text: *const c_char, size: usize) = ();
-    local: "MQ_local" => fn(msg: *mut MQ_Message) -> bool = false;
-    set_local: "MQ_setLocal" => fn(msg: *mut MQ_Message, value: bool) = ();
-    email: "MQ_email" => fn(addr: *mut MQ_Address) -> *const c_char = std::ptr::null();
-}
+mq_abi::for_each_host_function!(host_fns);
 
 impl HostFns {
     fn from_globals() -> HostFns {
@@ -258,6 +228,3 @@ pub(crate) fn json_text(raw: *const c_void) -> Option<String> {
             .into_owned(),
     )
 }
-
-#[allow(dead_code)]
-fn _assert_table_is_prefix(_: &HostApi) {}

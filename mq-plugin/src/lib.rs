@@ -59,12 +59,12 @@
 //! ## Where it runs
 //!
 //! In `mq-host`, the plugin gets the host's functions as a table through its
-//! abi_stable root module ([`abi`]); in MailerQ it resolves the global
-//! `MQ_*` symbols at run time. The same `.so` works in both.
+//! abi_stable root module (the `mq-abi` crate holds that contract); in
+//! MailerQ it resolves the global `MQ_*` symbols at run time. The same `.so`
+//! works in both.
 
 #![warn(missing_docs)]
 
-pub mod abi;
 mod boundary;
 pub mod control_flow;
 mod data;
@@ -77,7 +77,6 @@ pub mod io;
 pub mod log;
 pub mod net;
 pub mod raw;
-pub mod sys;
 pub mod task;
 pub mod time;
 mod timer;
@@ -95,6 +94,9 @@ pub use fd::{FdWatcher, Interest};
 pub use flow::{Flow, HookReturn, LifecycleReturn};
 pub use handles::{Address, Connection, Context, Credentials, JsonError, Message};
 pub use host::uses_host_table;
+/// Raw C declarations of the MailerQ plugin API, as in `mailerq.h` (for
+/// calling `MQ_*` functions directly; see [`raw`]).
+pub use mq_abi::sys;
 pub use mq_hook_table as hook_table;
 #[doc = include_str!("../docs/declare_plugin.md")]
 pub use mq_plugin_macros::declare_plugin;

@@ -5,17 +5,18 @@
 #![doc(hidden)]
 #![allow(missing_docs, clippy::missing_safety_doc)]
 
-use crate::abi::{HostApiRef, PluginModule, PluginModuleRef, FRAMEWORK_ABI_VERSION};
 use crate::boundary::catch;
 pub use crate::flow::Outcome;
 use crate::flow::{HookReturn, LifecycleReturn};
 use crate::handles::{free_connection_data, free_context_data, raw_slice};
 use crate::host::host;
-use crate::sys::*;
-pub use crate::sys::{MQ_Address, MQ_Connection, MQ_Context, MQ_Message};
 use crate::{Address, Connection, Context, Credentials, Flow, Message};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::RStr;
+use mq_abi::sys::*;
+pub use mq_abi::sys::{MQ_Address, MQ_Connection, MQ_Context, MQ_Message};
+use mq_abi::{HostApiRef, PluginModule, FRAMEWORK_ABI_VERSION};
+pub use mq_abi::{PluginModuleRef, RawHook};
 use std::ffi::{c_char, c_int};
 use std::marker::PhantomData;
 
@@ -37,18 +38,6 @@ pub struct HookMeta {
 pub trait PluginIdentity {
     const NAME: &'static str;
     const VERSION: &'static str;
-}
-
-/// A hook's C entry point, by shape.
-#[derive(Clone, Copy)]
-pub enum RawHook {
-    Global(GlobalHookFn),
-    Context(ContextHookFn),
-    Connection(ConnectionHookFn),
-    Authenticate(AuthenticateHookFn),
-    Address(AddressHookFn),
-    Data(DataHookFn),
-    Message(MessageHookFn),
 }
 
 /// Implemented by `#[mq_hook]` for the crate's `__MqPlugin` type, once per
@@ -126,7 +115,7 @@ pub(crate) fn flow_of(meta: &HookMeta, result: Result<Outcome, String>) -> Optio
 /// after `smtp_in_close`, and after `smtp_out_*` (outgoing connections have
 /// no close event).
 pub(crate) fn after_async_hook(meta: &HookMeta, conn: *mut MQ_Connection) {
-    if meta.hook.name == "smtp_in_close" || meta.hook.name.starts_with("smtp_out_") {
+    if meta.hook.frees_connection_data() {
         let plugin = meta.plugin;
         // SAFETY: the connection of a hook whose chain this plugin holds;
         // dropping runs user Drop impls, which may panic.
@@ -192,7 +181,7 @@ pub unsafe fn global<R: LifecycleReturn, F: FnOnce() -> R>(meta: &HookMeta, f: F
     };
     // A failed mq_initialize stops mq-host from starting; MailerQ cannot be
     // told, so there it is logged only.
-    let refuse = (meta.hook.name == "initialize")
+    let refuse = (meta.hook.id == mq_hook_table::HookId::Initialize)
         .then(|| host().refuse_start)
         .flatten();
     let consequence = if refuse.is_some() {

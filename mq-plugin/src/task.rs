@@ -111,14 +111,7 @@ impl<T> Future for Blocking<T> {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.result.take() {
             Some(Ok(value)) => Poll::Ready(Ok(value)),
-            Some(Err(panic)) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic with a non-string payload".into());
-                Poll::Ready(Err(JoinError(message)))
-            }
+            Some(Err(panic)) => Poll::Ready(Err(JoinError(crate::boundary::panic_message(panic)))),
             None => {
                 slot.waker = Some(cx.waker().clone());
                 Poll::Pending

@@ -7,8 +7,8 @@
 //! context cleanup drops pending futures.
 
 use abi_stable::prefix_type::PrefixTypeTrait;
+use mq_abi::{HostApi, IoCallbackParam, TimerCallbackParam};
 use mq_plugin::__private::v1::{self as rt, HookMeta, TaskCache};
-use mq_plugin::abi::{HostApi, IoCallbackParam, TimerCallbackParam};
 use mq_plugin::sys::*;
 use mq_plugin::Flow;
 use std::cell::{Cell, RefCell};

@@ -33,7 +33,7 @@ fn inspect_shows_name_version_abi_and_hooks() {
     );
     assert!(out.contains("api version: 1"), "{out}");
     assert!(
-        out.contains("Rust (mq-plugin, framework ABI 1; ABI check passed)"),
+        out.contains("Rust (mq-plugin, framework ABI 2; ABI check passed)"),
         "{out}"
     );
     assert!(

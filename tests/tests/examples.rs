@@ -1,7 +1,7 @@
 //! The example plugins, as a newcomer would use them.
 
 use mq_e2e::*;
-use mq_host::runmode::run_jsonl;
+use mq_host::batch::run_jsonl;
 use mq_host::{ChainEnd, Direction, Event};
 
 #[test]

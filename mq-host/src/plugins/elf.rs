@@ -3,7 +3,7 @@
 //! kill the host with SIGBUS when its segments are mapped. Only the native
 //! class is parsed: anything else is refused before its layout matters.
 
-use super::{LoadError, LoadErrorKind};
+use super::loader::{LoadError, LoadErrorKind};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;

@@ -7,7 +7,8 @@
 //! torn one; a leftover `.tmp` file was never acknowledged and is removed
 //! when the directory is picked up again.
 //!
-//! The layout (`mq-host serve` and `mq-host deliver`):
+//! The layout (`mq-host serve` and `mq-host deliver`), one [`Queue`]
+//! each, and the lock ([`DataDir::lock`]: one process per directory):
 //!
 //! | directory    | holds                                                     |
 //! |--------------|-----------------------------------------------------------|
@@ -17,12 +18,89 @@
 //! | `success/`   | delivery results: delivered                               |
 //! | `failures/`  | delivery results: failed for good                         |
 //! | `retry/`     | delivery results: failed for now, to be retried           |
+//! | `.lock`      | locked while a process uses the directory                 |
 
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A directory of a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Queue {
+    /// The outbox: accepted messages waiting for delivery.
+    Inbox,
+    /// Messages a plugin marked local.
+    Local,
+    /// Messages a plugin refused at `smtp_in_message`.
+    Refused,
+    /// Delivery results: delivered.
+    Success,
+    /// Delivery results: failed for good.
+    Failures,
+    /// Delivery results: failed for now.
+    Retry,
+}
+
+impl Queue {
+    /// The directory's name.
+    pub(crate) const fn dir_name(self) -> &'static str {
+        match self {
+            Queue::Inbox => "inbox",
+            Queue::Local => "local",
+            Queue::Refused => "refused",
+            Queue::Success => "success",
+            Queue::Failures => "failures",
+            Queue::Retry => "retry",
+        }
+    }
+}
+
+/// A data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DataDir(PathBuf);
+
+impl DataDir {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> DataDir {
+        DataDir(path.into())
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The directory of `queue`.
+    pub(crate) fn queue(&self, queue: Queue) -> PathBuf {
+        self.0.join(queue.dir_name())
+    }
+
+    /// Locks the directory (`.lock`) for this process while the returned
+    /// file is open; fails, naming the lock file, if another process (or
+    /// another lock in this one) has it.
+    pub(crate) fn lock(&self) -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&self.0)?;
+        let lock_path = self.0.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        if let Err(e) = lock.try_lock() {
+            let why = match e {
+                std::fs::TryLockError::WouldBlock => {
+                    "another mq-host uses this data directory".to_owned()
+                }
+                std::fs::TryLockError::Error(e) => e.to_string(),
+            };
+            return Err(std::io::Error::other(format!(
+                "cannot lock {}: {why}",
+                lock_path.display()
+            )));
+        }
+        Ok(lock)
+    }
+}
 
 /// Writes `message` as JSON under `dir` with a new, unique name, durably.
 pub(crate) fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
@@ -106,109 +184,9 @@ pub(crate) fn pending(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Now as RFC 3339 UTC (`2026-11-22T21:08:37Z`).
-pub(crate) fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// `time` as RFC 3339 UTC, to the second.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Parses the RFC 3339 UTC form [`rfc3339`] writes
-/// (`2026-11-22T21:08:37Z`); `None` for anything else.
-pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let b = text.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())
-            .flatten()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_827_696);
-        assert_eq!(rfc3339(leap), "2000-02-29T12:34:56Z");
-    }
-
-    #[test]
-    fn rfc3339_round_trips() {
-        for secs in [0, 951_827_696, 1_796_025_034, 4_102_444_800] {
-            let time = UNIX_EPOCH + Duration::from_secs(secs);
-            assert_eq!(parse_rfc3339(&rfc3339(time)), Some(time), "{secs}");
-        }
-        for bad in [
-            "",
-            "2026-11-22 21:08:37Z",
-            "2026-13-01T00:00:00Z",
-            "2026-11-22T21:08:37",
-            "x026-11-22T21:08:37Z",
-        ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn store_replace_and_pending() {

@@ -35,30 +35,20 @@
 //! mapped pages change under it or vanish. Install plugins with an atomic
 //! rename: copy under a temporary name, then `mv` it into place.
 
+use super::elf;
 use abi_stable::library::{
     lib_header_from_raw_library, RawLibrary, ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
+use mq_abi::sys::*;
+use mq_abi::RawHook;
+use mq_abi::{check_plugin_layout, HostApiRef, PluginModuleRef, FRAMEWORK_ABI_VERSION};
 use mq_hook_table::{Hook, Shape, HOOKS, HOOK_COUNT, MQ_API_VERSION};
-use mq_plugin::abi::{check_plugin_layout, HostApiRef, PluginModuleRef, FRAMEWORK_ABI_VERSION};
-use mq_plugin::sys::*;
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Mutex, PoisonError};
-
-/// A hook's entry point in a loaded plugin, typed by its shape.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum HookFn {
-    Global(GlobalHookFn),
-    Context(ContextHookFn),
-    Connection(ConnectionHookFn),
-    Authenticate(AuthenticateHookFn),
-    Address(AddressHookFn),
-    Data(DataHookFn),
-    Message(MessageHookFn),
-}
 
 /// What kind of plugin a file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +93,9 @@ pub struct PluginInfo {
 /// A plugin ready to be called.
 pub(crate) struct LoadedPlugin {
     pub(crate) info: PluginInfo,
-    pub(crate) hooks: [Option<HookFn>; HOOK_COUNT],
+    pub(crate) hooks: [Option<RawHook>; HOOK_COUNT],
     /// For Rust plugins with a checked root module: ends a held hook.
-    pub(crate) cancel: Option<mq_plugin::abi::CancelHoldFn>,
+    pub(crate) cancel: Option<mq_abi::CancelHoldFn>,
 }
 
 /// How Rust plugins get the host's functions.
@@ -246,7 +236,7 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 impl LoadError {
-    fn new(file: &Path, kind: LoadErrorKind) -> LoadError {
+    pub(super) fn new(file: &Path, kind: LoadErrorKind) -> LoadError {
         LoadError {
             file: file.to_owned(),
             kind,
@@ -303,8 +293,6 @@ pub fn discover(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     });
     Ok(files)
 }
-
-mod elf;
 
 /// A `dlopen` handle. Never closed (it has no `Drop`).
 struct DlHandle {
@@ -383,10 +371,17 @@ fn dlerror_text() -> String {
         .into_owned()
 }
 
+/// Whether the running executable exports the host's `MQ_*` functions, so
+/// that a C plugin's `dlopen` can resolve them.
+pub(crate) fn host_symbols_exported() -> bool {
+    // SAFETY: a plain symbol lookup in the global scope.
+    !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MQ_continue".as_ptr()) }.is_null()
+}
+
 /// The load error for `dlopen`'s `message`.
 fn open_error(path: &Path, message: &str) -> LoadError {
     let kind = match undefined_symbol(message) {
-        Some(symbol) if symbol.starts_with("MQ_") && !crate::capi::host_symbols_exported() => {
+        Some(symbol) if symbol.starts_with("MQ_") && !host_symbols_exported() => {
             LoadErrorKind::HostSymbolsNotExported
         }
         Some(symbol) => LoadErrorKind::UnresolvedSymbol {
@@ -425,32 +420,8 @@ fn check_library(
     mode: HostMode,
     host_api: Option<HostApiRef>,
 ) -> Result<LoadedPlugin, LoadError> {
-    // SAFETY: MailerQ's `int mq_version(void)`.
-    let version: VersionFn = unsafe { library.get::<VersionFn>(b"mq_version\0") }
-        .map(|s| *s)
-        .map_err(|_| LoadError::new(path, LoadErrorKind::NoVersion))?;
-    // SAFETY: calling the plugin's mq_version, as MailerQ does.
-    let api_version = unsafe { version() } as c_int;
-    if api_version != MQ_API_VERSION {
-        return Err(LoadError::new(
-            path,
-            LoadErrorKind::WrongApiVersion { found: api_version },
-        ));
-    }
-
-    let mut hooks: [Option<HookFn>; HOOK_COUNT] = [None; HOOK_COUNT];
-    for (i, hook) in HOOKS.iter().enumerate() {
-        let symbol = format!("{}\0", hook.symbol);
-        // SAFETY: looked up as an untyped pointer, typed below by the hook's shape.
-        if let Ok(sym) = unsafe { library.get::<*mut std::ffi::c_void>(symbol.as_bytes()) } {
-            let raw: *mut std::ffi::c_void = *sym;
-            // SAFETY: MailerQ's symbols have the signature of their shape
-            // (mailerq-api.md); a plugin exporting another signature under
-            // that name breaks the API contract, as in MailerQ.
-            hooks[i] = Some(unsafe { typed_hook(hook.shape, raw) });
-        }
-    }
-
+    let api_version = api_version(path, library)?;
+    let hooks = exported_hooks(library);
     // SAFETY: only asks whether the symbol exists (typed as a pointer,
     // which is what the loader accepts for data symbols).
     let has_root_module =
@@ -481,24 +452,7 @@ fn check_library(
             HostMode::GlobalSymbolsOnly => info.kind = PluginKind::RustWithoutRootModule,
             HostMode::Table => {
                 let module = check_root_module(path, library)?;
-                info.package = Some(module.name().to_string());
-                info.version = Some(module.version().to_string());
-                info.description = module
-                    .description()
-                    .map(|d| d.to_string())
-                    .filter(|d| !d.is_empty());
-                info.kind = PluginKind::Rust {
-                    framework_abi: module.framework_abi(),
-                };
-                let authored = module.authored_hooks();
-                info.authored_hooks = Some(
-                    HOOKS
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| authored & (1 << i) != 0)
-                        .map(|(_, h)| h)
-                        .collect(),
-                );
+                describe_rust_plugin(&mut info, module);
                 if let Some(api) = host_api {
                     (module.attach_host())(api);
                     cancel = module.cancel_hold();
@@ -507,7 +461,7 @@ fn check_library(
         }
     }
     let needs_globals = host_api.is_some() && !matches!(info.kind, PluginKind::Rust { .. });
-    if needs_globals && !crate::capi::host_symbols_exported() {
+    if needs_globals && !host_symbols_exported() {
         return Err(LoadError::new(path, LoadErrorKind::HostSymbolsNotExported));
     }
     Ok(LoadedPlugin {
@@ -515,6 +469,64 @@ fn check_library(
         hooks,
         cancel,
     })
+}
+
+/// The plugin's `mq_version()`, which must be the API version this host
+/// implements.
+fn api_version(path: &Path, library: &RawLibrary) -> Result<c_int, LoadError> {
+    // SAFETY: MailerQ's `int mq_version(void)`.
+    let version: VersionFn = unsafe { library.get::<VersionFn>(b"mq_version\0") }
+        .map(|s| *s)
+        .map_err(|_| LoadError::new(path, LoadErrorKind::NoVersion))?;
+    // SAFETY: calling the plugin's mq_version, as MailerQ does.
+    let api_version = unsafe { version() } as c_int;
+    if api_version != MQ_API_VERSION {
+        return Err(LoadError::new(
+            path,
+            LoadErrorKind::WrongApiVersion { found: api_version },
+        ));
+    }
+    Ok(api_version)
+}
+
+/// The hooks the library exports, by the hook table's index.
+fn exported_hooks(library: &RawLibrary) -> [Option<RawHook>; HOOK_COUNT] {
+    let mut hooks: [Option<RawHook>; HOOK_COUNT] = [None; HOOK_COUNT];
+    for (i, hook) in HOOKS.iter().enumerate() {
+        let symbol = format!("{}\0", hook.symbol);
+        // SAFETY: looked up as an untyped pointer, typed below by the hook's shape.
+        if let Ok(sym) = unsafe { library.get::<*mut std::ffi::c_void>(symbol.as_bytes()) } {
+            let raw: *mut std::ffi::c_void = *sym;
+            // SAFETY: MailerQ's symbols have the signature of their shape
+            // (`mailerq.h`); a plugin exporting another signature under
+            // that name breaks the API contract, as in MailerQ.
+            hooks[i] = Some(unsafe { typed_hook(hook.shape, raw) });
+        }
+    }
+    hooks
+}
+
+/// What a Rust plugin's root module says about it: package, version,
+/// description, framework ABI and the hooks its author wrote.
+fn describe_rust_plugin(info: &mut PluginInfo, module: PluginModuleRef) {
+    info.package = Some(module.name().to_string());
+    info.version = Some(module.version().to_string());
+    info.description = module
+        .description()
+        .map(|d| d.to_string())
+        .filter(|d| !d.is_empty());
+    info.kind = PluginKind::Rust {
+        framework_abi: module.framework_abi(),
+    };
+    let authored = module.authored_hooks();
+    info.authored_hooks = Some(
+        HOOKS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| authored & (1 << i) != 0)
+            .map(|(_, h)| h)
+            .collect(),
+    );
 }
 
 /// Loads and checks one plugin without attaching a host (`inspect`).
@@ -538,7 +550,7 @@ fn check_root_module(path: &Path, library: &RawLibrary) -> Result<PluginModuleRe
         })?;
     }
     // SAFETY: the layout was checked just above, with the plugin's layout as
-    // the expected side (see design.md: a newer host accepts older plugins).
+    // the expected side (a newer host accepts older plugins).
     let module = unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
         .map_err(|e| {
             let kind = match e {
@@ -562,22 +574,22 @@ fn check_root_module(path: &Path, library: &RawLibrary) -> Result<PluginModuleRe
 
 /// # Safety
 /// `raw` must be a function of the C signature of `shape`.
-unsafe fn typed_hook(shape: Shape, raw: *mut std::ffi::c_void) -> HookFn {
+unsafe fn typed_hook(shape: Shape, raw: *mut std::ffi::c_void) -> RawHook {
     // SAFETY: the caller's promise; function and data pointers have one size here.
     unsafe {
         use std::mem::transmute as t;
         match shape {
-            Shape::Global => HookFn::Global(t::<*mut std::ffi::c_void, GlobalHookFn>(raw)),
-            Shape::Context => HookFn::Context(t::<*mut std::ffi::c_void, ContextHookFn>(raw)),
+            Shape::Global => RawHook::Global(t::<*mut std::ffi::c_void, GlobalHookFn>(raw)),
+            Shape::Context => RawHook::Context(t::<*mut std::ffi::c_void, ContextHookFn>(raw)),
             Shape::Connection => {
-                HookFn::Connection(t::<*mut std::ffi::c_void, ConnectionHookFn>(raw))
+                RawHook::Connection(t::<*mut std::ffi::c_void, ConnectionHookFn>(raw))
             }
             Shape::Authenticate => {
-                HookFn::Authenticate(t::<*mut std::ffi::c_void, AuthenticateHookFn>(raw))
+                RawHook::Authenticate(t::<*mut std::ffi::c_void, AuthenticateHookFn>(raw))
             }
-            Shape::Address => HookFn::Address(t::<*mut std::ffi::c_void, AddressHookFn>(raw)),
-            Shape::Data => HookFn::Data(t::<*mut std::ffi::c_void, DataHookFn>(raw)),
-            Shape::Message => HookFn::Message(t::<*mut std::ffi::c_void, MessageHookFn>(raw)),
+            Shape::Address => RawHook::Address(t::<*mut std::ffi::c_void, AddressHookFn>(raw)),
+            Shape::Data => RawHook::Data(t::<*mut std::ffi::c_void, DataHookFn>(raw)),
+            Shape::Message => RawHook::Message(t::<*mut std::ffi::c_void, MessageHookFn>(raw)),
         }
     }
 }
@@ -670,7 +682,7 @@ mod tests {
     /// them from its binaries only).
     #[test]
     fn host_symbols_not_exported_is_named_at_load() {
-        if crate::capi::host_symbols_exported() {
+        if host_symbols_exported() {
             return;
         }
         let dir = std::env::temp_dir().join(format!("mq-host-noexport-{}", std::process::id()));

@@ -8,7 +8,7 @@
 //! Every function runs inside the host's panic boundary ([`host_fn!`]):
 //! a host bug is logged and the function returns a neutral value; nothing
 //! unwinds into a plugin. Every handle argument is checked through
-//! [`crate::handles`] before anything is touched: NULL, a foreign value, a
+//! [`crate::runtime::handles`] before anything is touched: NULL, a foreign value, a
 //! handle of another thread (everything but `MQ_log` must be called on
 //! the worker that owns the object) and a stale handle (its object is
 //! gone, e.g. a connection after `smtp_in_close`) are refused, logged with
@@ -17,23 +17,25 @@
 
 #![allow(non_snake_case)]
 
-use crate::boundary::host_call;
-use crate::chain;
-use crate::counters::Counters;
-use crate::event_loop::{Interest, TimerHandle, WatcherHandle};
-use crate::handles::{self, Kind, Refusal};
-use crate::hostlog::{HostLog, Priority, Source};
-use crate::objects::{AddressObj, ConnectionState, ContextObj, MessageObj};
-use crate::worker::{self, Worker};
-use mq_plugin::abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
-use mq_plugin::sys::*;
-use mq_plugin::Flow;
+use boundary::host_call;
+
+mod boundary;
+use crate::observe::Counters;
+use crate::observe::{HostLog, Priority, Source};
+use crate::runtime::connection::ConnectionState;
+use crate::runtime::dispatch;
+use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
+use crate::runtime::handles::{self, Kind, Refusal};
+use crate::runtime::message::{AddressObj, MessageObj};
+use crate::runtime::worker::ContextObj;
+use crate::runtime::worker::{self, Worker};
+use mq_abi::sys::*;
+use mq_abi::Flow;
+use mq_abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-pub(crate) use crate::boundary::panic_text;
 
 /// Defines an exported host function whose body runs inside the host's
 /// panic boundary; `neutral` is what it returns if the body panics.
@@ -132,14 +134,6 @@ unsafe extern "C" fn plugin_panicked() {
 /// Takes the refusal recorded on this thread, if any.
 pub(crate) fn take_start_refusal() -> Option<String> {
     REFUSAL.try_with(|r| r.borrow_mut().take()).ok().flatten()
-}
-
-/// Whether the running executable exports the `MQ_*` symbols, so that a C
-/// plugin's `dlopen` can resolve them.
-pub(crate) fn host_symbols_exported() -> bool {
-    // SAFETY: a plain symbol lookup in the global scope.
-    let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MQ_continue".as_ptr()) };
-    found == MQ_continue as *mut c_void
 }
 
 unsafe extern "C" fn table_io_watch(
@@ -253,19 +247,19 @@ fn connection_object(
     function: &str,
     conn: *mut MQ_Connection,
 ) -> Option<(Rc<ConnectionState>, usize)> {
-    handles::connection(conn as usize as u64)
+    handles::resolve::<ConnectionState>(conn as usize as u64, Kind::Connection)
         .map_err(|why| refuse(function, conn.cast(), Kind::Connection, why))
         .ok()
 }
 
-fn message<'a>(function: &str, msg: *mut MQ_Message) -> Option<(&'a MessageObj, usize)> {
-    handles::message(msg as usize as u64)
+fn message(function: &str, msg: *mut MQ_Message) -> Option<(Rc<MessageObj>, usize)> {
+    handles::resolve::<MessageObj>(msg as usize as u64, Kind::Message)
         .map_err(|why| refuse(function, msg.cast(), Kind::Message, why))
         .ok()
 }
 
-fn address<'a>(function: &str, addr: *mut MQ_Address) -> Option<&'a AddressObj> {
-    handles::address(addr as usize as u64)
+fn address(function: &str, addr: *mut MQ_Address) -> Option<Rc<AddressObj>> {
+    handles::resolve::<AddressObj>(addr as usize as u64, Kind::Address)
         .map(|(a, _)| a)
         .map_err(|why| refuse(function, addr.cast(), Kind::Address, why))
         .ok()
@@ -552,11 +546,11 @@ host_fn! {
 /// `MQ_continue`/`MQ_complete`/`MQ_retry`.
 fn resume(function: &str, conn: *mut MQ_Connection, flow: Flow) {
     let raw = conn as usize as u64;
-    match handles::connection(raw) {
+    match handles::resolve::<ConnectionState>(raw, Kind::Connection) {
         Ok((c, plugin)) => match worker::current() {
             // Also on a closed connection: it may be the late resume of a
             // take-over whose hold expired.
-            Some(w) => chain::resume(&w, &c, plugin, flow),
+            Some(w) => dispatch::resume(&w, &c, plugin, flow),
             None => refuse(
                 function,
                 conn.cast(),
@@ -568,7 +562,7 @@ fn resume(function: &str, conn: *mut MQ_Connection, flow: Flow) {
             match handles::plugin_of(raw)
                 .and_then(|(p, registry)| Some((p, worker::shared_of_registry(registry)?)))
             {
-                Some((plugin, shared)) => chain::wrong_thread_resume(function, &shared, plugin),
+                Some((plugin, shared)) => dispatch::wrong_thread_resume(function, &shared, plugin),
                 None => refuse(
                     function,
                     conn.cast(),
@@ -664,28 +658,30 @@ host_fn! {
     }
 }
 
-/// The `local` flag of a message or a recipient address.
-fn local_flag<'a>(function: &str, ptr: *mut MQ_Message) -> Option<&'a std::cell::Cell<bool>> {
+/// Reads or sets the `local` flag of a message or a recipient address.
+fn with_local_flag<R>(
+    function: &str,
+    ptr: *mut MQ_Message,
+    f: impl FnOnce(&std::cell::Cell<bool>) -> R,
+) -> Option<R> {
     let raw = ptr as usize as u64;
     match handles::Handle::from_raw(raw).map(|h| h.kind) {
-        Some(Kind::Address) => address(function, ptr.cast()).map(|a| &a.local),
-        _ => message(function, ptr).map(|(m, _)| &m.local),
+        Some(Kind::Address) => address(function, ptr.cast()).map(|a| f(&a.local)),
+        _ => message(function, ptr).map(|(m, _)| f(&m.local)),
     }
 }
 
 host_fn! {
     /// `bool MQ_local(MQ_Message*)`: also takes a recipient's `MQ_Address*`.
     fn MQ_local(msg: *mut MQ_Message) -> bool = false; {
-        local_flag("MQ_local", msg).is_some_and(|l| l.get())
+        with_local_flag("MQ_local", msg, |l| l.get()).unwrap_or(false)
     }
 }
 
 host_fn! {
     /// `void MQ_setLocal(MQ_Message*, bool)`: also takes a recipient's `MQ_Address*`.
     fn MQ_setLocal(msg: *mut MQ_Message, value: bool) = (); {
-        if let Some(l) = local_flag("MQ_setLocal", msg) {
-            l.set(value);
-        }
+        with_local_flag("MQ_setLocal", msg, |l| l.set(value));
     }
 }
 

@@ -4,9 +4,7 @@
 //! A panic here is a host bug: it is logged (critical) and counted
 //! (`host_panics`), and the function returns a neutral value.
 
-use crate::counters::Counters;
-use crate::hostlog::{HostLog, Priority, Source};
-use std::any::Any;
+use crate::observe::{panic_text, Counters, HostLog, Priority, Source};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs the body of exported host function `function`; on a panic, reports
@@ -31,7 +29,7 @@ pub(crate) fn host_call<R>(
 }
 
 fn report(text: String) {
-    match crate::worker::current() {
+    match crate::runtime::worker::current() {
         Some(w) => {
             Counters::bump(&w.shared.counters.host_panics);
             w.log(Priority::Critical, text);
@@ -41,32 +39,6 @@ fn report(text: String) {
             None => eprintln!("mq-host: {text}"),
         },
     }
-}
-
-/// A panic's message; the payload is dropped inside a boundary of its own
-/// (a payload whose `Drop` panics is leaked instead of aborting).
-pub(crate) fn panic_text(payload: Box<dyn Any + Send>) -> String {
-    let text = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    };
-    drop_payload(payload);
-    text
-}
-
-/// Drops a panic payload; a `Drop` that panics again is caught, a few
-/// times, and then the last payload is leaked rather than looping.
-fn drop_payload(mut payload: Box<dyn Any + Send>) {
-    for _ in 0..8 {
-        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-            Ok(()) => return,
-            Err(again) => payload = again,
-        }
-    }
-    std::mem::forget(payload);
 }
 
 #[cfg(test)]

@@ -1,26 +1,19 @@
-//! The host's side of the C objects a plugin gets handles to: contexts,
-//! connections, messages and addresses (see [`crate::handles`] for the
-//! handles themselves).
-//!
-//! Each plugin sees its own `MQ_contextData`/`MQ_connectionData` slot of a
-//! context or connection; the plugin index travels in the handle.
+//! The arguments a hook gets besides its context and connection: the
+//! message (`MQ_Message`, a wrapper over the MailerQ JSON object), its
+//! addresses (`MQ_Address`), credentials and MIME data.
 //!
 //! What a held hook can reach stays alive and unchanged until its hold is
-//! over: a chain's arguments are shared ([`ChainArgs`] holds `Rc`s), and a
-//! take-over whose hold expired without being cancelled (a C plugin, which
-//! cannot be) keeps its own share in an [`ExpiredHold`] on the connection
-//! until the plugin's late resume. While such a hold is outstanding on a
-//! message, the buffers that `MQ_mime`, `MQ_json`, `MQ_recipient` and
-//! `MQ_email` returned are kept when another plugin replaces them (they
-//! are *pinned*), so the late plugin never reads freed memory.
+//! over: a chain's arguments are shared ([`ChainArgs`] holds `Rc`s), and
+//! while an expired hold still uses a message (it is *pinned*), the buffers
+//! that `MQ_mime`, `MQ_json`, `MQ_recipient` and `MQ_email` returned are
+//! kept when another plugin replaces them, so the late plugin never reads
+//! freed memory.
 
-use crate::chain::Chain;
-use crate::handles::Registration;
+use crate::runtime::handles::{Handle, Kind, Registration};
 use serde_json::{Map, Value};
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, CString};
 use std::marker::PhantomData;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 
 /// Whether a connection is one the host accepted or one it opened.
@@ -34,28 +27,7 @@ pub enum Direction {
 
 /// Makes a host object `!Send`: it registers in its thread's handle
 /// registry and must be dropped on that thread.
-type NotSend = PhantomData<*const ()>;
-
-/// `MQ_Context`: one per plugin per worker.
-pub(crate) struct ContextObj {
-    pub(crate) data: Cell<*mut c_void>,
-}
-
-impl ContextObj {
-    pub(crate) fn new() -> ContextObj {
-        ContextObj {
-            data: Cell::new(std::ptr::null_mut()),
-        }
-    }
-}
-
-/// The result of `smtp_in_authenticate` so far.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct AuthState {
-    pub(crate) authenticated: bool,
-    /// A plugin said no: the login fails whatever others say.
-    pub(crate) refused: bool,
-}
+pub(crate) type NotSend = PhantomData<*const ()>;
 
 /// The arguments of a chain's hook besides context and connection. Shared,
 /// so that a plugin whose hold expired keeps what it was given alive.
@@ -72,98 +44,6 @@ pub(crate) enum ChainArgs {
 pub(crate) struct Credentials {
     pub(crate) login: Vec<u8>,
     pub(crate) password: Vec<u8>,
-}
-
-/// A take-over whose hold deadline passed without the plugin giving
-/// control back, and which could not be cancelled: the plugin may still
-/// use what it was given, and will resume late. Pins its message.
-pub(crate) struct ExpiredHold {
-    pub(crate) plugin: usize,
-    args: ChainArgs,
-}
-
-impl ExpiredHold {
-    pub(crate) fn new(plugin: usize, args: ChainArgs) -> ExpiredHold {
-        if let ChainArgs::Message(m) = &args {
-            m.pin();
-        }
-        ExpiredHold { plugin, args }
-    }
-}
-
-impl Drop for ExpiredHold {
-    fn drop(&mut self) {
-        if let ChainArgs::Message(m) = &self.args {
-            m.unpin();
-        }
-    }
-}
-
-/// One SMTP connection, owned by its worker.
-pub(crate) struct ConnectionState {
-    pub(crate) id: u64,
-    pub(crate) fd: Cell<RawFd>,
-    pub(crate) secure: Cell<bool>,
-    pub(crate) auth: Cell<AuthState>,
-    /// Bytes plugins sent with `MQ_send` since the host last took them.
-    pub(crate) sent: RefCell<Vec<u8>>,
-    /// Each plugin's `MQ_connectionData` slot, in plugin order.
-    pub(crate) data: Box<[Cell<*mut c_void>]>,
-    /// The chain running on this connection, if any.
-    pub(crate) chain: RefCell<Option<Box<Chain>>>,
-    /// The last take-over on this connection and whether it ended, for
-    /// telling double resumes from stray ones.
-    pub(crate) last_takeover: Cell<Option<(usize, TakeoverEnd)>>,
-    /// The message between `smtp_out_data` and `smtp_out_sent`.
-    pub(crate) outgoing_message: RefCell<Option<Rc<MessageObj>>>,
-    /// Expired, uncancelled take-overs, oldest first: a late resume of a
-    /// plugin is credited to its oldest one.
-    pub(crate) expired: RefCell<Vec<ExpiredHold>>,
-    /// `smtp_in_close` has run (or the connection was dropped): host
-    /// functions on it are refused.
-    pub(crate) closed: Cell<bool>,
-    pub(crate) registration: Registration,
-    _not_send: NotSend,
-}
-
-/// How the last take-over on a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TakeoverEnd {
-    Held,
-    Resumed,
-    Expired,
-}
-
-impl ConnectionState {
-    pub(crate) fn new(id: u64, fd: RawFd, plugins: usize) -> Rc<ConnectionState> {
-        Rc::new(ConnectionState {
-            id,
-            fd: Cell::new(fd),
-            secure: Cell::new(false),
-            auth: Cell::new(AuthState::default()),
-            sent: RefCell::new(Vec::new()),
-            data: (0..plugins)
-                .map(|_| Cell::new(std::ptr::null_mut()))
-                .collect(),
-            chain: RefCell::new(None),
-            last_takeover: Cell::new(None),
-            outgoing_message: RefCell::new(None),
-            expired: RefCell::new(Vec::new()),
-            closed: Cell::new(false),
-            registration: Registration::default(),
-            _not_send: PhantomData,
-        })
-    }
-
-    /// Takes the bytes plugins sent.
-    pub(crate) fn take_sent(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.sent.borrow_mut())
-    }
-
-    /// Whether a plugin whose hold expired may still use this connection.
-    pub(crate) fn has_expired_holds(&self) -> bool {
-        !self.expired.borrow().is_empty()
-    }
 }
 
 /// Buffers handed to plugins as C pointers: replaced ones are kept while
@@ -256,7 +136,7 @@ pub struct SmtpView {
 pub(crate) struct MessageObj {
     pub(crate) direction: Direction,
     json: RefCell<Map<String, Value>>,
-    envelope: AddressObj,
+    envelope: Rc<AddressObj>,
     recipient: RefCell<Option<CString>>,
     mime: RefCell<Option<Vec<u8>>>,
     pub(crate) local: Cell<bool>,
@@ -277,7 +157,7 @@ impl MessageObj {
         let mime = text("mime").map(String::into_bytes);
         Rc::new(MessageObj {
             direction,
-            envelope: AddressObj::new(envelope.as_deref()),
+            envelope: Rc::new(AddressObj::new(envelope.as_deref())),
             recipient: RefCell::new(recipient.map(|r| c_string(r.as_bytes()))),
             mime: RefCell::new(mime),
             local: Cell::new(false),
@@ -291,12 +171,12 @@ impl MessageObj {
     }
 
     /// An expired hold may still read what the C functions returned.
-    fn pin(&self) {
+    pub(crate) fn pin(&self) {
         self.retired.pin();
         self.envelope.retired.pin();
     }
 
-    fn unpin(&self) {
+    pub(crate) fn unpin(&self) {
         self.retired.unpin();
         self.envelope.retired.unpin();
     }
@@ -321,7 +201,7 @@ impl MessageObj {
         text.as_ptr()
     }
 
-    pub(crate) fn envelope(&self) -> &AddressObj {
+    pub(crate) fn envelope(&self) -> &Rc<AddressObj> {
         &self.envelope
     }
 
@@ -387,6 +267,20 @@ impl MessageObj {
     }
 }
 
+impl AddressObj {
+    /// This address's handle for `plugin` (registered on first use).
+    pub(crate) fn handle(self: &Rc<Self>, plugin: usize) -> Option<Handle> {
+        self.registration.handle(Kind::Address, plugin, self)
+    }
+}
+
+impl MessageObj {
+    /// This message's handle for `plugin` (registered on first use).
+    pub(crate) fn handle(self: &Rc<Self>, plugin: usize) -> Option<Handle> {
+        self.registration.handle(Kind::Message, plugin, self)
+    }
+}
+
 /// A C string of `bytes`, cut at the first NUL (as C would read it).
 pub(crate) fn c_string(bytes: &[u8]) -> CString {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
@@ -434,7 +328,7 @@ mod tests {
     #[test]
     fn a_pinned_message_keeps_the_buffers_it_handed_out() {
         let m = message(Direction::Incoming);
-        let hold = ExpiredHold::new(0, ChainArgs::Message(Rc::clone(&m)));
+        m.pin();
         let mime = m.mime_ptr();
         let json = m.json_ptr();
         let recipient = m.recipient_ptr();
@@ -458,7 +352,7 @@ mod tests {
             "mime, json text, recipient"
         );
         assert_eq!(m.envelope.retired.kept.borrow().len(), 1);
-        drop(hold);
+        m.unpin();
         assert!(m.retired.kept.borrow().is_empty(), "freed once unpinned");
         assert!(m.envelope.retired.kept.borrow().is_empty());
         m.set_mime(b"again");

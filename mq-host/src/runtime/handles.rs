@@ -26,10 +26,13 @@
 //! resume says which plugin gives control back), and lets a refusal name
 //! the plugin even when it comes from a thread the host does not know.
 //!
-//! Objects register themselves on first use as a handle and unregister
-//! when they are dropped, on their worker thread.
+//! Objects register themselves on first use as a handle (a [`Registration`]
+//! field) and unregister when they are dropped, on their worker thread. The
+//! registry keeps a `Weak` reference to each, so a lookup returns an `Rc`
+//! that keeps the object alive while a host function uses it; it knows no
+//! object type, which makes it a leaf of the runtime.
 
-use crate::objects::{AddressObj, ConnectionState, MessageObj};
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -119,16 +122,9 @@ impl Handle {
     }
 }
 
-/// A registered object, as the registry keeps it.
-enum Object {
-    Connection(Weak<ConnectionState>),
-    Message(*const MessageObj),
-    Address(*const AddressObj),
-}
-
 struct Slot {
     generation: u32,
-    object: Option<Object>,
+    object: Option<Weak<dyn Any>>,
 }
 
 /// One thread's registry.
@@ -179,12 +175,18 @@ pub(crate) struct Registration(Cell<Option<(u16, u32, u32)>>);
 impl Registration {
     /// The object's handle for `plugin`, registering it on first use.
     /// `None` when the slot space is exhausted or the thread is ending.
-    fn handle(&self, kind: Kind, plugin: usize, object: impl FnOnce() -> Object) -> Option<Handle> {
+    pub(crate) fn handle<T: Any>(
+        &self,
+        kind: Kind,
+        plugin: usize,
+        object: &Rc<T>,
+    ) -> Option<Handle> {
         let (registry, slot, generation) = match self.0.get() {
             Some(r) => r,
             None => {
                 let r = REGISTRY.try_with(|reg| {
-                    let (slot, generation) = reg.insert(object())?;
+                    let weak: Weak<dyn Any> = Rc::downgrade(object) as Weak<dyn Any>;
+                    let (slot, generation) = reg.insert(weak)?;
                     Some((reg.id, slot, generation))
                 });
                 let r = r.ok().flatten()?;
@@ -218,7 +220,7 @@ impl Registration {
 }
 
 impl Registry {
-    fn insert(&self, object: Object) -> Option<(u32, u32)> {
+    fn insert(&self, object: Weak<dyn Any>) -> Option<(u32, u32)> {
         let mut slots = self.slots.borrow_mut();
         if let Some(slot) = self.free.borrow_mut().pop_front() {
             let s = &mut slots[slot as usize];
@@ -251,13 +253,13 @@ impl Registry {
     }
 
     /// The object of a handle of this thread, if it is still registered.
-    fn with<R>(&self, h: Handle, f: impl FnOnce(&Object) -> Option<R>) -> Option<R> {
+    fn get(&self, h: Handle) -> Option<Rc<dyn Any>> {
         let slots = self.slots.borrow();
         let s = slots.get(h.slot as usize)?;
         if s.generation != h.generation {
             return None;
         }
-        f(s.object.as_ref()?)
+        s.object.as_ref()?.upgrade()
     }
 }
 
@@ -322,87 +324,17 @@ pub(crate) fn plugin_of(raw: u64) -> Option<(usize, u16)> {
     Handle::from_raw(raw).map(|h| (h.plugin, h.registry))
 }
 
-/// The connection of a connection handle of this thread, and the plugin.
-pub(crate) fn connection(raw: u64) -> Result<(Rc<ConnectionState>, usize), Refusal> {
-    let h = decode(raw, Kind::Connection)?;
-    REGISTRY
-        .try_with(|r| {
-            r.with(h, |o| match o {
-                Object::Connection(c) => c.upgrade(),
-                _ => None,
-            })
-        })
-        .ok()
-        .flatten()
-        .map(|c| (c, h.plugin))
-        .ok_or(Refusal::Stale)
-}
-
-/// The message of a message handle of this thread.
-///
-/// The reference is valid until the message is dropped, which no host
-/// function does while it uses the reference.
-pub(crate) fn message<'a>(raw: u64) -> Result<(&'a MessageObj, usize), Refusal> {
-    let h = decode(raw, Kind::Message)?;
-    let ptr = REGISTRY
-        .try_with(|r| {
-            r.with(h, |o| match o {
-                Object::Message(m) => Some(*m),
-                _ => None,
-            })
-        })
+/// The object of a handle of `kind` owned by the calling thread, and the
+/// plugin the handle names. `T` is the object type of `kind`.
+pub(crate) fn resolve<T: Any>(raw: u64, kind: Kind) -> Result<(Rc<T>, usize), Refusal> {
+    let h = decode(raw, kind)?;
+    let object = REGISTRY
+        .try_with(|r| r.get(h))
         .ok()
         .flatten()
         .ok_or(Refusal::Stale)?;
-    // SAFETY: a registered message is alive (it unregisters in its Drop,
-    // on this thread); host functions do not drop messages.
-    Ok((unsafe { &*ptr }, h.plugin))
-}
-
-/// The address of an address handle of this thread; see [`message`].
-pub(crate) fn address<'a>(raw: u64) -> Result<(&'a AddressObj, usize), Refusal> {
-    let h = decode(raw, Kind::Address)?;
-    let ptr = REGISTRY
-        .try_with(|r| {
-            r.with(h, |o| match o {
-                Object::Address(a) => Some(*a),
-                _ => None,
-            })
-        })
-        .ok()
-        .flatten()
-        .ok_or(Refusal::Stale)?;
-    // SAFETY: as in `message`.
-    Ok((unsafe { &*ptr }, h.plugin))
-}
-
-/// Registration of the objects that plugins get handles to.
-impl ConnectionState {
-    /// This connection's handle for `plugin`.
-    pub(crate) fn handle(self: &Rc<Self>, plugin: usize) -> Option<Handle> {
-        self.registration.handle(Kind::Connection, plugin, || {
-            Object::Connection(Rc::downgrade(self))
-        })
-    }
-}
-
-impl MessageObj {
-    /// This message's handle for `plugin`. The message must not move
-    /// while registered (it is boxed) and unregisters in its Drop.
-    pub(crate) fn handle(&self, plugin: usize) -> Option<Handle> {
-        let this: *const MessageObj = self;
-        self.registration
-            .handle(Kind::Message, plugin, || Object::Message(this))
-    }
-}
-
-impl AddressObj {
-    /// This address's handle for `plugin`; see [`MessageObj::handle`].
-    pub(crate) fn handle(&self, plugin: usize) -> Option<Handle> {
-        let this: *const AddressObj = self;
-        self.registration
-            .handle(Kind::Address, plugin, || Object::Address(this))
-    }
+    let object = object.downcast::<T>().map_err(|_| Refusal::NotA(kind))?;
+    Ok((object, h.plugin))
 }
 
 impl Drop for Registration {
@@ -414,7 +346,24 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::Direction;
+
+    /// An object as the runtime's are: it owns its registration.
+    #[derive(Default)]
+    struct Thing {
+        value: u32,
+        registration: Registration,
+    }
+
+    fn thing(value: u32) -> Rc<Thing> {
+        Rc::new(Thing {
+            value,
+            registration: Registration::default(),
+        })
+    }
+
+    fn handle(t: &Rc<Thing>, kind: Kind, plugin: usize) -> u64 {
+        t.registration.handle(kind, plugin, t).unwrap().to_raw()
+    }
 
     #[test]
     fn handles_round_trip_and_are_never_null() {
@@ -447,42 +396,59 @@ mod tests {
             decode(u64::MAX, Kind::Message),
             Err(Refusal::NotA(Kind::Message))
         );
-        let a = AddressObj::new(Some("a@b"));
-        let h = a.handle(0).unwrap();
+        let t = thing(7);
+        let raw = handle(&t, Kind::Address, 0);
         assert_eq!(
-            message(h.to_raw()).err(),
+            resolve::<Thing>(raw, Kind::Message).err(),
             Some(Refusal::NotA(Kind::Message))
         );
+        assert_eq!(resolve::<Thing>(raw, Kind::Address).unwrap().0.value, 7);
         assert_eq!(
-            address(h.to_raw()).unwrap().0.email().as_deref(),
-            Some("a@b")
+            resolve::<u8>(raw, Kind::Address).err(),
+            Some(Refusal::NotA(Kind::Address)),
+            "another type behind the handle"
         );
     }
 
     #[test]
     fn a_dropped_object_leaves_a_stale_handle() {
-        let m = MessageObj::new(Direction::Incoming, Default::default());
-        let raw = m.handle(3).unwrap().to_raw();
-        assert_eq!(message(raw).unwrap().1, 3);
-        drop(m);
-        assert_eq!(message(raw).err(), Some(Refusal::Stale));
+        let t = thing(1);
+        let raw = handle(&t, Kind::Message, 3);
+        assert_eq!(resolve::<Thing>(raw, Kind::Message).unwrap().1, 3);
+        drop(t);
+        assert_eq!(
+            resolve::<Thing>(raw, Kind::Message).err(),
+            Some(Refusal::Stale)
+        );
         // A new object in the same slot gets a new generation.
-        let n = MessageObj::new(Direction::Incoming, Default::default());
-        let fresh = n.handle(3).unwrap().to_raw();
+        let n = thing(2);
+        let fresh = handle(&n, Kind::Message, 3);
         assert_ne!(fresh, raw);
-        assert_eq!(message(raw).err(), Some(Refusal::Stale));
-        assert!(message(fresh).is_ok());
+        assert_eq!(
+            resolve::<Thing>(raw, Kind::Message).err(),
+            Some(Refusal::Stale)
+        );
+        assert!(resolve::<Thing>(fresh, Kind::Message).is_ok());
+    }
+
+    #[test]
+    fn one_registration_per_object_whatever_the_plugin() {
+        let t = thing(1);
+        let a = Handle::from_raw(handle(&t, Kind::Message, 1)).unwrap();
+        let b = Handle::from_raw(handle(&t, Kind::Message, 2)).unwrap();
+        assert_eq!((a.slot, a.generation), (b.slot, b.generation));
+        assert_eq!((a.plugin, b.plugin), (1, 2));
     }
 
     #[test]
     fn handles_of_another_thread_are_refused_without_a_lookup() {
-        let m = MessageObj::new(Direction::Incoming, Default::default());
-        let raw = m.handle(0).unwrap().to_raw();
-        let there = std::thread::spawn(move || message(raw).err())
+        let t = thing(1);
+        let raw = handle(&t, Kind::Message, 0);
+        let there = std::thread::spawn(move || resolve::<Thing>(raw, Kind::Message).err())
             .join()
             .unwrap();
         assert_eq!(there, Some(Refusal::OtherThread));
-        assert!(message(raw).is_ok());
+        assert!(resolve::<Thing>(raw, Kind::Message).is_ok());
     }
 
     #[test]
@@ -492,11 +458,12 @@ mod tests {
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(VecDeque::new()),
         };
-        let (slot, _) = reg.insert(Object::Address(std::ptr::null())).unwrap();
+        let t: Rc<dyn Any> = thing(1);
+        let (slot, _) = reg.insert(Rc::downgrade(&t)).unwrap();
         reg.slots.borrow_mut()[slot as usize].generation = MAX_GENERATION;
         reg.remove(slot, MAX_GENERATION);
         assert!(reg.free.borrow().is_empty(), "not reused");
-        let (next, generation) = reg.insert(Object::Address(std::ptr::null())).unwrap();
+        let (next, generation) = reg.insert(Rc::downgrade(&t)).unwrap();
         assert_ne!(next, slot);
         assert_eq!(generation, 0);
     }

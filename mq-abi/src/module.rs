@@ -1,6 +1,6 @@
-//! The binary contract between a Rust plugin and `mq-host`.
+//! A Rust plugin's root module and the host's function table.
 //!
-//! A plugin built with this crate exports, next to MailerQ's `mq_*` C
+//! A plugin built with `mq-plugin` exports, next to MailerQ's `mq_*` C
 //! symbols, an abi_stable root module ([`PluginModule`]) that names the
 //! plugin and carries [`FRAMEWORK_ABI_VERSION`]. `mq-host` checks its layout
 //! on load and hands the plugin its functions as a [`HostApi`] table through
@@ -21,7 +21,11 @@ use std::ffi::{c_char, c_int, c_void};
 
 /// The framework's ABI version, carried in every plugin's root module.
 /// Bumped on any change that an old plugin or host cannot work with.
-pub const FRAMEWORK_ABI_VERSION: u32 = 1;
+///
+/// 2: the ABI types moved from `mq-plugin` into this crate (abi_stable
+/// records the declaring crate in a layout, so plugins built before are
+/// refused with a layout mismatch).
+pub const FRAMEWORK_ABI_VERSION: u32 = 2;
 
 /// The symbol under which a host finds a Rust plugin's root module.
 pub const ROOT_MODULE_SYMBOL: &str = abi_stable::library::ROOT_MODULE_LOADER_NAME;

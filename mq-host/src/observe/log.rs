@@ -76,7 +76,7 @@ impl LogRecord {
             .time
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let seconds = crate::store::rfc3339(self.time);
+        let seconds = crate::clock::rfc3339(self.time);
         let time = format!(
             "{}.{:03}Z",
             seconds.trim_end_matches('Z'),

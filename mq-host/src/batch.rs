@@ -14,8 +14,8 @@
 //! what would be sent), or for an unusable line `{"error": ..., "line": N}`.
 //! Nothing is dropped silently.
 
-use crate::host::{Event, EventResult, Host, RunError};
-use crate::objects::Direction;
+use crate::api::{Event, EventResult, Host, RunError};
+use crate::runtime::message::Direction;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, Write};
 
@@ -122,7 +122,7 @@ fn text(message: &Map<String, Value>, key: &str) -> String {
 fn refusal(mut message: Map<String, Value>, step: &EventResult) -> (Value, bool) {
     message.insert(
         "result".into(),
-        json!({"queue": "refused", "stage": step.hook.name, "reply": step.reply()}),
+        crate::inbound::refused(step.hook, step.reply().as_deref()),
     );
     (Value::Object(message), true)
 }
@@ -156,10 +156,7 @@ fn incoming(host: &Host, message: Map<String, Value>) -> Result<(Value, bool), R
         unreachable!("message events return the message")
     };
     let local = recipient_local || result.local.unwrap_or(false);
-    changed.insert(
-        "result".into(),
-        json!({"queue": if local { "local" } else { "inbox" }}),
-    );
+    changed.insert("result".into(), crate::inbound::accepted(local));
     Ok((Value::Object(changed), false))
 }
 

@@ -5,14 +5,17 @@
 //! counted, and the loop goes on serving: the event loop stays consistent
 //! when a callback panics.
 
-use crate::counters::Counters;
-use crate::event_loop::{EventLoop, LoopRemote};
-use crate::hostlog::{HostLog, Priority, Source};
-use crate::loader::{HookFn, LoadedPlugin};
-use crate::objects::{ConnectionState, ContextObj};
-use mq_hook_table::{by_name, HOOK_COUNT};
+use crate::observe::Counters;
+use crate::observe::{HostLog, Priority, Source};
+use crate::plugins::LoadedPlugin;
+use crate::runtime::chain::{Chain, ChainReport};
+use crate::runtime::connection::ConnectionState;
+use crate::runtime::event_loop::{EventLoop, Interest, LoopRemote, TimerHandle, WatcherHandle};
+use mq_abi::sys::MQ_Context;
+use mq_hook_table::{Hook, HookId, HOOK_COUNT};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex, Weak};
@@ -56,13 +59,26 @@ impl Shared {
         }
     }
 
-    /// The plugins defining hook `name`, with their entry points.
-    pub(crate) fn hook_fns(&self, name: &str) -> Vec<(usize, HookFn)> {
-        let index = by_name(name).expect("hook in the table").index();
-        self.by_hook[index]
-            .iter()
-            .map(|&p| (p, self.plugins[p].hooks[index].expect("indexed")))
-            .collect()
+    /// The plugins defining `hook`, in call order.
+    pub(crate) fn plugins_with(&self, hook: &'static Hook) -> &[usize] {
+        &self.by_hook[hook.index()]
+    }
+
+    /// Calls lifecycle `hook` of `plugin` (with its context for context
+    /// hooks), counted.
+    pub(crate) fn call_lifecycle(
+        &self,
+        hook: &'static Hook,
+        plugin: usize,
+        ctx: Option<*mut MQ_Context>,
+    ) {
+        let Some(raw) = self.plugins[plugin].hooks[hook.index()] else {
+            return;
+        };
+        self.counters.hook_called(hook);
+        let _calling = Calling::enter(plugin);
+        // SAFETY: the plugin's entry point for `hook`, with its own context.
+        unsafe { crate::plugins::call::lifecycle(raw, ctx) };
     }
 
     /// A plugin's name for a log line (`(unknown)` for a bad index).
@@ -88,6 +104,28 @@ pub(crate) fn shared_of_registry(registry: u16) -> Option<Arc<Shared>> {
         .and_then(|(_, s)| s.upgrade())
 }
 
+/// `MQ_Context`: one per plugin per worker.
+pub(crate) struct ContextObj {
+    pub(crate) data: Cell<*mut c_void>,
+}
+
+impl ContextObj {
+    pub(crate) fn new() -> ContextObj {
+        ContextObj {
+            data: Cell::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+/// Runs when a chain ends.
+pub(crate) type Done = Box<dyn FnOnce(&Worker, &Rc<ConnectionState>, ChainReport)>;
+
+/// A chain running on a connection, and what runs when it ends.
+pub(crate) struct RunningChain {
+    pub(crate) chain: Chain,
+    pub(crate) done: Option<Done>,
+}
+
 /// One worker, on its own thread.
 pub(crate) struct Worker {
     pub(crate) id: usize,
@@ -99,6 +137,8 @@ pub(crate) struct Worker {
     /// or one whose hold expired uncancelled (it will resume late). They
     /// are let go when that is over.
     pub(crate) retired: RefCell<HashMap<u64, Rc<ConnectionState>>>,
+    /// The chain running on each connection that has one (by connection id).
+    pub(crate) chains: RefCell<HashMap<u64, RunningChain>>,
     takeovers: Cell<u64>,
 }
 
@@ -110,6 +150,19 @@ thread_local! {
 /// The worker of the calling thread, if it is a worker thread.
 pub(crate) fn current() -> Option<Rc<Worker>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
+/// Runs `f` with the worker of this thread (a loop callback, or a task
+/// posted to a worker); nothing happens on a thread that is no worker.
+pub(crate) fn with_current(f: impl FnOnce(&Worker)) {
+    if let Some(w) = current() {
+        f(&w);
+    }
+}
+
+/// Posts `f` to the worker behind `remote`; false if it has stopped.
+pub(crate) fn post(remote: &LoopRemote, f: impl FnOnce(&Worker) + Send + 'static) -> bool {
+    remote.post(Box::new(move || with_current(f)))
 }
 
 /// The plugin the worker is calling into right now (a hook, a timer or fd
@@ -140,6 +193,59 @@ impl Worker {
             .write(Some(self.id), priority, Source::Host, text);
     }
 
+    /// Runs `f` with this worker on a later turn of its loop.
+    pub(crate) fn defer(&self, f: impl FnOnce(&Worker) + 'static) {
+        self.ev.defer(Box::new(move || with_current(f)));
+    }
+
+    /// Runs `f` with this worker when `after` has passed.
+    pub(crate) fn start_timer(
+        &self,
+        after: Duration,
+        f: impl FnOnce(&Worker) + 'static,
+    ) -> TimerHandle {
+        self.ev
+            .start_timer(after, Box::new(move || with_current(f)))
+    }
+
+    /// Calls `f` with this worker while `fd` is ready for `interest`.
+    pub(crate) fn watch_io(
+        &self,
+        fd: std::os::fd::RawFd,
+        interest: Interest,
+        mut f: impl FnMut(&Worker, Interest) + 'static,
+    ) -> std::io::Result<WatcherHandle> {
+        self.ev.watch_io(
+            fd,
+            interest,
+            Box::new(move |_, _, ready| with_current(|w| f(w, ready))),
+        )
+    }
+
+    /// Whether a chain runs on connection `id`.
+    pub(crate) fn is_running(&self, id: u64) -> bool {
+        self.chains
+            .try_borrow()
+            .map_or(true, |c| c.contains_key(&id))
+    }
+
+    /// Runs `f` on the chain of connection `id`; `None` if it has none (or
+    /// the chains are borrowed: never while a plugin runs, a host bug).
+    pub(crate) fn with_chain<R>(
+        &self,
+        id: u64,
+        f: impl FnOnce(&mut RunningChain) -> R,
+    ) -> Option<R> {
+        let Ok(mut chains) = self.chains.try_borrow_mut() else {
+            self.log(
+                Priority::Critical,
+                "the chains were busy during a chain step; ignored (host bug)".to_owned(),
+            );
+            return None;
+        };
+        chains.get_mut(&id).map(f)
+    }
+
     /// A new take-over number (unique on this worker).
     pub(crate) fn next_takeover(&self) -> u64 {
         let n = self.takeovers.get() + 1;
@@ -149,20 +255,12 @@ impl Worker {
 
     /// Runs a lifecycle hook with a context (`context_initialize`,
     /// `context_cleanup`) in every plugin that defines it, in order.
-    fn run_context_hook(&self, name: &str) {
-        for (plugin, hook) in self.shared.hook_fns(name) {
-            let HookFn::Context(f) = hook else {
-                unreachable!("context hooks have the context shape")
-            };
-            self.shared
-                .counters
-                .hook_called(by_name(name).expect("in the table"));
-            let Some(ctx) = crate::handles::context_handle(plugin) else {
-                continue;
-            };
-            let _calling = Calling::enter(plugin);
-            // SAFETY: the plugin's hook of this shape, with its own context.
-            unsafe { f(ctx.to_ptr()) };
+    fn run_context_hook(&self, id: HookId) {
+        let hook = id.hook();
+        for &plugin in self.shared.plugins_with(hook) {
+            if let Some(ctx) = crate::runtime::handles::context_handle(plugin) {
+                self.shared.call_lifecycle(hook, plugin, Some(ctx.to_ptr()));
+            }
         }
     }
 
@@ -174,7 +272,7 @@ impl Worker {
             return;
         };
         conn.closed.set(true);
-        if crate::chain::is_running(&conn) || conn.has_expired_holds() {
+        if self.is_running(id) || conn.has_expired_holds() {
             self.retired.borrow_mut().insert(id, conn);
         }
     }
@@ -237,7 +335,7 @@ impl WorkerHandle {
                     format!(
                         "worker {} ended with a panic: {} (host bug)",
                         self.id,
-                        crate::capi::panic_text(panic)
+                        crate::observe::panic_text(panic)
                     ),
                 );
             }
@@ -256,7 +354,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
             return;
         }
     };
-    let Some(registry) = crate::handles::this_thread() else {
+    let Some(registry) = crate::runtime::handles::this_thread() else {
         let _ = ready.send(Err(format!("worker {id}: no handle registry")));
         return;
     };
@@ -274,11 +372,12 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         contexts,
         connections: RefCell::new(HashMap::new()),
         retired: RefCell::new(HashMap::new()),
+        chains: RefCell::new(HashMap::new()),
         takeovers: Cell::new(0),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 
-    worker.run_context_hook("context_initialize");
+    worker.run_context_hook(HookId::ContextInitialize);
     let _ = ready.send(Ok(worker.ev.remote()));
     run_loop(&worker);
     let open = worker.connections.borrow().len();
@@ -288,7 +387,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
             format!("worker {id}: stopping with {open} connection(s) still open"),
         );
     }
-    worker.run_context_hook("context_cleanup");
+    worker.run_context_hook(HookId::ContextCleanup);
     let connections: Vec<_> = worker.connections.borrow_mut().drain().collect();
     let retired: Vec<_> = worker.retired.borrow_mut().drain().collect();
     drop((connections, retired));
@@ -319,7 +418,7 @@ fn run_loop(worker: &Worker) {
                     format!(
                         "worker {}: a loop callback panicked: {} (host bug); the worker goes on",
                         worker.id,
-                        crate::capi::panic_text(panic)
+                        crate::observe::panic_text(panic)
                     ),
                 );
                 if worker.ev.is_stopped() {
@@ -333,7 +432,7 @@ fn run_loop(worker: &Worker) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostlog::LogEcho;
+    use crate::observe::LogEcho;
 
     fn shared() -> Arc<Shared> {
         let limits = Limits {

@@ -1,0 +1,370 @@
+//! The host as a library: [`Host`] loads plugins, starts workers, runs
+//! events through chains (`session`: connections and events), and shuts
+//! down in MailerQ's lifecycle order.
+
+mod session;
+
+pub use session::{Event, EventResult, PendingEvent, RunError, Session};
+
+use crate::observe::{CounterSnapshot, Counters};
+use crate::observe::{HostLog, LogEcho, LogRecord, Priority, Source};
+use crate::plugins::{self, HostMode, LoadError, PluginInfo};
+use crate::runtime::event_loop::LoopRemote;
+use crate::runtime::message::Direction;
+use crate::runtime::worker::{self, Limits, Shared, WorkerHandle};
+use mq_hook_table::HookId;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Builds a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostBuilder {
+    plugin_dir: Option<PathBuf>,
+    plugin_files: Vec<PathBuf>,
+    workers: usize,
+    hold_deadline: Option<Duration>,
+    retry_limit: u32,
+    mode: HostMode,
+    echo: LogEcho,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        HostBuilder {
+            plugin_dir: None,
+            plugin_files: Vec::new(),
+            workers: 2,
+            hold_deadline: Some(Duration::from_secs(60)),
+            retry_limit: 100,
+            mode: HostMode::Table,
+            echo: LogEcho::None,
+        }
+    }
+}
+
+impl HostBuilder {
+    /// Loads every shared object in `dir`, in byte order of file name.
+    pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.plugin_dir = Some(dir.into());
+        self
+    }
+
+    /// Loads this file (after the directory's plugins, in the order given).
+    pub fn plugin_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.plugin_files.push(file.into());
+        self
+    }
+
+    /// Number of worker threads (at least 1; default 2).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How long a plugin may hold control before the host reports it and
+    /// goes on (default 60 s; `None`: forever, as in MailerQ).
+    pub fn hold_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.hold_deadline = deadline;
+        self
+    }
+
+    /// How many retries a chain may make before it is cut (default 100).
+    pub fn retry_limit(mut self, limit: u32) -> Self {
+        self.retry_limit = limit;
+        self
+    }
+
+    /// How Rust plugins reach the host's functions (default: the table).
+    pub fn mode(mut self, mode: HostMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether log records are also printed to stderr (default: no).
+    pub fn log_echo(mut self, echo: LogEcho) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Loads and checks every plugin, runs `mq_initialize` in plugin
+    /// order, then starts the workers (each runs `mq_context_initialize`
+    /// before taking traffic). Any refused plugin stops the start.
+    pub fn start(self) -> Result<Host, StartError> {
+        let log = HostLog::new(self.echo);
+        log.install_as_fallback();
+        let mut files = match &self.plugin_dir {
+            Some(dir) => plugins::discover(dir).map_err(StartError::Load)?,
+            None => Vec::new(),
+        };
+        files.extend(self.plugin_files.iter().cloned());
+        let api = crate::capi::host_api();
+        let mut plugins = Vec::with_capacity(files.len());
+        for file in &files {
+            let plugin = plugins::load(file, self.mode, Some(api)).map_err(StartError::Load)?;
+            log.write(
+                None,
+                Priority::Info,
+                Source::Host,
+                format!(
+                    "loaded {} ({}) from {}",
+                    plugin.info.name,
+                    kind_label(&plugin.info),
+                    file.display()
+                ),
+            );
+            plugins.push(plugin);
+        }
+        if plugins.len() > crate::runtime::handles::MAX_PLUGINS {
+            return Err(StartError::TooManyPlugins(plugins.len()));
+        }
+        let limits = Limits {
+            hold_deadline: self.hold_deadline,
+            retry_limit: self.retry_limit,
+        };
+        let shared = Arc::new(Shared::new(plugins, limits, log));
+        if let Err((plugin, reason)) = initialize(&shared) {
+            let info = &shared.plugins[plugin].info;
+            return Err(StartError::Refused {
+                file: info.file.clone(),
+                plugin: info.name.clone(),
+                reason,
+            });
+        }
+        let mut workers = Vec::with_capacity(self.workers);
+        for id in 0..self.workers {
+            match WorkerHandle::spawn(id, Arc::clone(&shared)) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    let mut host = Host {
+                        shared,
+                        workers,
+                        next_worker: AtomicUsize::new(0),
+                        stopped: false,
+                    };
+                    host.stop();
+                    return Err(StartError::Worker(e));
+                }
+            }
+        }
+        Ok(Host {
+            shared,
+            workers,
+            next_worker: AtomicUsize::new(0),
+            stopped: false,
+        })
+    }
+}
+
+fn kind_label(info: &PluginInfo) -> &'static str {
+    match info.kind {
+        plugins::PluginKind::Rust { .. } => "Rust",
+        plugins::PluginKind::RustWithoutRootModule => "Rust, global symbols only",
+        plugins::PluginKind::C => "C",
+    }
+}
+
+/// Why a host did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A plugin was refused.
+    Load(LoadError),
+    /// A worker thread could not start.
+    Worker(String),
+    /// More plugins than a host can load.
+    TooManyPlugins(usize),
+    /// A plugin's `mq_initialize` failed and refused the start.
+    Refused {
+        /// The plugin's file.
+        file: PathBuf,
+        /// The plugin's name.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Load(e) => write!(f, "{e}"),
+            StartError::Worker(e) => write!(f, "{e}"),
+            StartError::TooManyPlugins(n) => write!(
+                f,
+                "{n} plugins: a host loads at most {} (merge plugins, or load fewer)",
+                crate::runtime::handles::MAX_PLUGINS
+            ),
+            StartError::Refused { file, reason, .. } => {
+                write!(
+                    f,
+                    "{}: mq_initialize failed, so the host does not start: {reason}",
+                    file.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running host: plugins loaded, workers running.
+pub struct Host {
+    shared: Arc<Shared>,
+    workers: Vec<WorkerHandle>,
+    next_worker: AtomicUsize,
+    stopped: bool,
+}
+
+impl Host {
+    /// A builder with the defaults.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The loaded plugins, in call order.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.shared.plugins.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The counters (guards and traffic).
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// The log records so far (the most recent 100 000).
+    pub fn log(&self) -> Vec<LogRecord> {
+        self.shared.log.since(0, None)
+    }
+
+    pub(crate) fn counters_live(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Writes a host log record (not from a worker).
+    pub(crate) fn host_log(&self, priority: Priority, text: String) {
+        self.shared.log.write(None, priority, Source::Host, text);
+    }
+
+    /// Opens a connection on the next worker (round robin).
+    pub fn open(&self, direction: Direction) -> Result<Session<'_>, RunError> {
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        self.open_on(worker, direction)
+    }
+
+    /// Opens a connection on worker `worker`. No hook runs yet: send
+    /// [`Event::Connect`] for `smtp_in_connect`.
+    pub fn open_on(&self, worker: usize, direction: Direction) -> Result<Session<'_>, RunError> {
+        let (tx, rx) = mpsc::channel();
+        let posted = worker::post(&self.worker(worker)?.remote, move |w| {
+            let _ = tx.send(w.open_connection(-1).id);
+        });
+        if !posted {
+            return Err(RunError::WorkerGone);
+        }
+        let id = rx.recv().map_err(|_| RunError::WorkerGone)?;
+        Ok(Session {
+            host: self,
+            worker,
+            id,
+            direction,
+            open: true,
+        })
+    }
+
+    /// Runs one event's chain on a fresh connection and closes it again
+    /// (incoming connections with the `smtp_in_close` chain, so that
+    /// plugins free their connection data).
+    pub fn run_event(&self, direction: Direction, event: Event) -> Result<EventResult, RunError> {
+        let mut session = self.open(direction)?;
+        let result = session.run(event);
+        session.close()?;
+        result
+    }
+
+    /// The workers' loops, for the acceptor of `serve`.
+    pub(crate) fn worker_remotes(&self) -> Vec<LoopRemote> {
+        self.workers.iter().map(|w| w.remote.clone()).collect()
+    }
+
+    fn worker(&self, worker: usize) -> Result<&WorkerHandle, RunError> {
+        self.workers
+            .get(worker)
+            .ok_or(RunError::NoSuchWorker(worker))
+    }
+
+    /// Stops the workers (`mq_context_cleanup` on each) and runs
+    /// `mq_cleanup`, in plugin order; returns the final counters and log.
+    pub fn shutdown(mut self) -> Shutdown {
+        self.stop();
+        Shutdown {
+            counters: self.counters(),
+            log: self.log(),
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        for w in &mut self.workers {
+            w.stop(&self.shared.log);
+        }
+        cleanup(&self.shared);
+    }
+}
+
+/// Runs `mq_initialize` or `mq_cleanup` of every plugin, in order, on this
+/// thread; their `MQ_log` lines go to this host's log.
+/// Runs every plugin's `mq_initialize` in order; stops at the first that
+/// refuses the start (a Rust plugin whose `initialize` hook failed) and runs
+/// `mq_cleanup` of those initialized before it.
+fn initialize(shared: &Shared) -> Result<(), (usize, String)> {
+    let _scope = crate::observe::CallerScope::enter(&shared.log);
+    crate::capi::take_start_refusal();
+    let (initialize, cleanup) = (HookId::Initialize.hook(), HookId::Cleanup.hook());
+    let plugins = shared.plugins_with(initialize);
+    for (done, &plugin) in plugins.iter().enumerate() {
+        shared.call_lifecycle(initialize, plugin, None);
+        if let Some(reason) = crate::capi::take_start_refusal() {
+            let initialized = &plugins[..done];
+            for &p in shared.plugins_with(cleanup) {
+                if initialized.contains(&p) {
+                    shared.call_lifecycle(cleanup, p, None);
+                }
+            }
+            return Err((plugin, reason));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `mq_cleanup` of every plugin, in order, on this thread.
+fn cleanup(shared: &Shared) {
+    let _scope = crate::observe::CallerScope::enter(&shared.log);
+    let hook = HookId::Cleanup.hook();
+    for &plugin in shared.plugins_with(hook) {
+        shared.call_lifecycle(hook, plugin, None);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a host leaves behind when it shuts down.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// The final counters.
+    pub counters: CounterSnapshot,
+    /// The whole log, cleanups included.
+    pub log: Vec<LogRecord>,
+}

@@ -1,0 +1,195 @@
+//! `mq-host deliver`: a file of messages through an outbox to a relay,
+//! results as JSON lines, progress on stderr.
+
+use crate::*;
+use mq_host::delivery::{self, DeliveryConfig, Outbox, Status, Until};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `mq-host deliver`: the file's messages into an outbox, delivered until
+/// each has its final result.
+pub(crate) fn deliver(
+    args: HostArgs,
+    config: DeliveryConfig,
+    data_dir: Option<PathBuf>,
+    input: PathBuf,
+    output: Option<PathBuf>,
+) -> Result<(), String> {
+    let text = read_input(&input)?;
+    let mut writer = open_output(output.as_deref())?;
+    let temporary = data_dir.is_none();
+    let data_dir = data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("mq-host-deliver-{}", std::process::id()))
+    });
+    let (outbox, pickup) = Outbox::open(&data_dir)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
+    let examples = ExamplePlugins::unless_given(&args)?;
+    let host = start(&args, examples.as_ref().map(|e| e.dir.as_path()))?;
+    let invalid = fill_outbox(&outbox, &text, &mut writer)?;
+    let total = outbox.pending();
+    if pickup.waiting > 0 {
+        eprintln!(
+            "mq-host: {} message(s) from an earlier run in {} are delivered too",
+            pickup.waiting,
+            outbox.dir().display()
+        );
+    }
+    let progress = Progress::new(total);
+    let writer = std::sync::Mutex::new(writer);
+    let write_error = std::sync::Mutex::new(None);
+    delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
+        progress.record(outcome.status);
+        if outcome.status != Status::Retry {
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
+                write_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e.to_string());
+            }
+        }
+    });
+    progress.finish();
+    finish(host, &args);
+    let left = outbox.pending_files();
+    let outbox_dir = outbox.dir();
+    drop(outbox);
+    if left > 0 {
+        return Err(format!(
+            "{left} message(s) got no final result (see the log) and stay in {}",
+            outbox_dir.display()
+        ));
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    if let Some(e) = write_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(format!("cannot write a result: {e}"));
+    }
+    let failed = progress.failed() + invalid;
+    if failed > 0 {
+        return Err(format!("{failed} message(s) not delivered"));
+    }
+    Ok(())
+}
+
+/// The text of `input` (`-`: standard input).
+fn read_input(input: &Path) -> Result<String, String> {
+    if input == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))
+    }
+}
+
+/// Where the results go: `output`, or standard output.
+fn open_output(output: Option<&Path>) -> Result<Box<dyn Write + Send>, String> {
+    Ok(match output {
+        None => Box::new(std::io::stdout()),
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| format!("cannot create output {}: {e}", p.display()))?,
+        ),
+    })
+}
+
+/// Each line of `text` into the outbox; a line that is not a message gets
+/// an error line in `writer`. Returns how many lines were not messages.
+fn fill_outbox(outbox: &Outbox, text: &str, writer: &mut dyn Write) -> Result<usize, String> {
+    let mut invalid = 0;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let error = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(message @ serde_json::Value::Object(_)) => match outbox.add(&message) {
+                Ok(_) => continue,
+                Err(e) => format!("cannot store it in the outbox: {e}"),
+            },
+            Ok(_) => "a MailerQ message must be a JSON object".to_owned(),
+            Err(e) => format!("not JSON: {e}"),
+        };
+        invalid += 1;
+        let line = serde_json::json!({"error": format!("line {}: {error}", n + 1), "line": n + 1});
+        writeln!(writer, "{line}").map_err(|e| format!("cannot write a result: {e}"))?;
+    }
+    Ok(invalid)
+}
+
+/// The progress line of `mq-host deliver` (stderr; redrawn in place on a
+/// terminal, a line per second otherwise).
+pub(crate) struct Progress {
+    total: usize,
+    state: std::sync::Mutex<ProgressState>,
+    terminal: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct ProgressState {
+    success: usize,
+    failure: usize,
+    retries: usize,
+    printed: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            total,
+            state: Default::default(),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn record(&self, status: Status) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            Status::Success => state.success += 1,
+            Status::Failure => state.failure += 1,
+            Status::Retry => state.retries += 1,
+        }
+        // The last one is printed by `finish`.
+        let last = state.success + state.failure == self.total;
+        let due = !last
+            && state
+                .printed
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if (self.terminal && !last) || due {
+            state.printed = Some(std::time::Instant::now());
+            self.print(&state, false);
+        }
+    }
+
+    fn print(&self, state: &ProgressState, last: bool) {
+        let line = format!(
+            "deliver: {}/{} done: {} delivered, {} failed; {} retr{} so far",
+            state.success + state.failure,
+            self.total,
+            state.success,
+            state.failure,
+            state.retries,
+            if state.retries == 1 { "y" } else { "ies" }
+        );
+        // A closed stderr must not stop the delivery.
+        let mut err = std::io::stderr().lock();
+        let _ = if self.terminal {
+            write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" })
+        } else {
+            writeln!(err, "{line}")
+        };
+    }
+
+    fn finish(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.print(&state, true);
+    }
+
+    fn failed(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).failure
+    }
+}

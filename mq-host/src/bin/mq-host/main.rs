@@ -1,0 +1,381 @@
+//! The `mq-host` command: run MailerQ plugins outside MailerQ.
+
+mod batch;
+mod deliver;
+mod inspect;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mq_host::delivery::DeliveryConfig;
+use mq_host::{Host, HostMode, LogEcho};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// An open MailerQ plugin host: loads C and Rust plugins and runs their
+/// hooks with MailerQ's exact control-flow rules.
+#[derive(Parser)]
+#[command(name = "mq-host", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the example plugins on built-in sample messages through an SMTP
+    /// session's hooks, without network. Build them first: `cargo build --workspace`.
+    Demo {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Feed MailerQ JSON messages (one per line) through the message hooks
+    /// and write the resulting JSON, one line each.
+    Run {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Incoming (SMTP session hooks) or outgoing (delivery hooks).
+        #[arg(long, value_enum, default_value_t = DirectionArg::In)]
+        direction: DirectionArg,
+        /// Input file; `-` or nothing for standard input.
+        input: Option<PathBuf>,
+        /// Output file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Serve SMTP with the plugins' smtp_in_* hooks; accepted messages are
+    /// stored under --data-dir and, with --relay, delivered with the
+    /// smtp_out_* hooks. Without --plugins/--plugin: the example plugins.
+    Serve {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Deliver the outbox (DATA-DIR/inbox) to this SMTP relay
+        /// (host:port); without it, accepted messages wait there.
+        #[arg(long)]
+        relay: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: std::net::SocketAddr,
+        /// Directory for accepted messages (inbox/, local/, refused/).
+        #[arg(long, default_value = "mq-data")]
+        data_dir: PathBuf,
+        /// Name in the greeting.
+        #[arg(long, default_value = "localhost")]
+        hostname: String,
+        /// Largest message accepted, in bytes.
+        #[arg(long, default_value_t = 25 * 1024 * 1024)]
+        max_message_size: usize,
+        /// Seconds an idle client may stay connected.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout: u64,
+        /// PEM certificate chain for STARTTLS (with --tls-key); without it a
+        /// self-signed development certificate is generated.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for STARTTLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Do not offer STARTTLS.
+        #[arg(long, conflicts_with = "tls_cert")]
+        no_tls: bool,
+        /// Seconds open sessions may take to finish after SIGINT/SIGTERM
+        /// (SIGUSR1 prints the counters).
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+    },
+    /// Deliver MailerQ JSON messages (one per line) to an SMTP relay with
+    /// the smtp_out_* hooks; print each final result as a JSON line and a
+    /// progress line on stderr. Without --plugins/--plugin: the example
+    /// plugins.
+    Deliver {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The SMTP relay (host:port).
+        #[arg(long)]
+        relay: String,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+        /// Keep the outbox and results here (inbox/, success/, failures/,
+        /// retry/); default: a temporary directory, removed at the end.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Input file; `-` for standard input.
+        input: PathBuf,
+        /// Output file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Show what plugin files are: name, version, API version, ABI check,
+    /// and the hooks each defines. Runs nothing but `mq_version`.
+    Inspect {
+        /// Plugin files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print abi_stable's full report for an ABI mismatch.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct HostArgs {
+    /// Load every shared object in this directory, in byte order of name.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Load this plugin file (repeatable; after the directory's).
+    #[arg(long = "plugin")]
+    plugin_files: Vec<PathBuf>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds a plugin may hold control before the host reports it and
+    /// goes on; 0 for no limit.
+    #[arg(long, default_value_t = 60.0)]
+    hold_deadline: f64,
+    /// Retries a chain may make before it is cut.
+    #[arg(long, default_value_t = 100)]
+    retry_limit: u32,
+    /// Give Rust plugins only the global MQ_* symbols, as MailerQ does.
+    #[arg(long)]
+    global_symbols_only: bool,
+    /// Do not print the log to stderr.
+    #[arg(short, long)]
+    quiet: bool,
+    /// How the log is printed to stderr: text lines, or one JSON object
+    /// per line (time, level, worker, source, seq, text).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the host's counters to stderr at the end.
+    #[arg(long)]
+    counters: bool,
+}
+
+#[derive(clap::Args)]
+struct DeliveryArgs {
+    /// Messages delivered at once (delivery connections).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Seconds before the first retry of a temporary failure; doubles for
+    /// each further retry.
+    #[arg(long, default_value_t = 60.0)]
+    retry_delay: f64,
+    /// The longest delay between retries, in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    max_retry_delay: f64,
+    /// Attempts before a temporary failure becomes a failure (a message's
+    /// own `maxattempts` wins).
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// Seconds the relay may take for each reply.
+    #[arg(long, default_value_t = 300.0)]
+    reply_timeout: f64,
+}
+
+impl DeliveryArgs {
+    fn config(&self, relay: String, helo: &str) -> Result<DeliveryConfig, String> {
+        if helo.is_empty() || helo.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("--hostname {helo:?}: not a name to give in EHLO"));
+        }
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("--{name} {v}: not a number of seconds"))
+        };
+        Ok(DeliveryConfig {
+            relay,
+            helo: helo.to_owned(),
+            connections: self.connections.max(1),
+            reply_timeout: secs("reply-timeout", self.reply_timeout)?,
+            retry_delay: secs("retry-delay", self.retry_delay)?,
+            max_retry_delay: secs("max-retry-delay", self.max_retry_delay)?,
+            max_attempts: self.max_attempts.max(1),
+            ..DeliveryConfig::default()
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    In,
+    Out,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { host } => batch::demo(host),
+        Command::Run {
+            host,
+            direction,
+            input,
+            output,
+        } => batch::run(host, direction, input, output),
+        Command::Inspect { files, verbose } => return inspect::inspect(&files, verbose),
+        Command::Deliver {
+            host,
+            relay,
+            delivery,
+            data_dir,
+            input,
+            output,
+        } => delivery
+            .config(relay, "localhost")
+            .and_then(|config| deliver::deliver(host, config, data_dir, input, output)),
+        Command::Serve {
+            host,
+            relay,
+            delivery,
+            listen,
+            data_dir,
+            hostname,
+            max_message_size,
+            idle_timeout,
+            grace,
+            tls_cert,
+            tls_key,
+            no_tls,
+        } => {
+            let tls = match (no_tls, tls_cert, tls_key) {
+                (true, _, _) => Ok(None),
+                (false, Some(cert), Some(key)) => {
+                    mq_host::smtp_in::tls_from_pem(&cert, &key).map(Some)
+                }
+                _ => mq_host::smtp_in::self_signed_tls(&hostname).map(Some),
+            };
+            let tls = match tls {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("mq-host: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let delivery = match relay.map(|r| delivery.config(r, &hostname)).transpose() {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    eprintln!("mq-host: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let config = mq_host::smtp_in::ServeConfig {
+                data_dir,
+                hostname,
+                max_message_size,
+                idle_timeout: Duration::from_secs(idle_timeout),
+                tls,
+                outbox: None,
+            };
+            serve::serve(host, listen, config, delivery, Duration::from_secs(grace))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mq-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
+    let hold_deadline = match args.hold_deadline {
+        0.0 => None,
+        v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+            format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
+        })?),
+    };
+    let mut builder = Host::builder()
+        .workers(args.workers)
+        .retry_limit(args.retry_limit)
+        .hold_deadline(hold_deadline)
+        .log_echo(match (args.quiet, args.log_format) {
+            (true, _) => LogEcho::None,
+            (false, LogFormat::Text) => LogEcho::Stderr,
+            (false, LogFormat::Json) => LogEcho::StderrJson,
+        });
+    if args.global_symbols_only {
+        builder = builder.mode(HostMode::GlobalSymbolsOnly);
+    }
+    if let Some(dir) = dir.or(args.plugins.as_deref()) {
+        builder = builder.plugin_dir(dir);
+    }
+    for file in &args.plugin_files {
+        builder = builder.plugin_file(file);
+    }
+    builder.start().map_err(|e| e.to_string())
+}
+
+fn finish(host: Host, args: &HostArgs) {
+    let report = host.shutdown();
+    if args.counters {
+        eprintln!("counters:\n{}", report.counters);
+    }
+}
+
+/// The example plugins, in the order they load.
+const EXAMPLE_PLUGINS: [(&str, &str); 4] = [
+    ("10-c-allowlist.so", "libmq_example_c_allowlist.so"),
+    ("20-allowlist.so", "libmq_example_allowlist.so"),
+    ("30-stamp.so", "libmq_example_stamp.so"),
+    ("40-out-trace.so", "libmq_example_out_trace.so"),
+];
+
+/// A temporary plugin directory with the example plugins (links to the
+/// libraries built next to this executable); removed on drop.
+struct ExamplePlugins {
+    dir: PathBuf,
+}
+
+impl ExamplePlugins {
+    fn link() -> Result<ExamplePlugins, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let built = exe.parent().ok_or("this executable has no directory")?;
+        let dir = std::env::temp_dir().join(format!("mq-host-examples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let examples = ExamplePlugins { dir };
+        for (name, library) in EXAMPLE_PLUGINS {
+            let source = built.join(library);
+            if !source.is_file() {
+                return Err(format!(
+                    "example plugin {} is not built next to this executable; run \
+                     `cargo build --workspace`, or give --plugins DIR or --plugin FILE",
+                    source.display()
+                ));
+            }
+            let link = examples.dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&source, &link).map_err(|e| {
+                format!(
+                    "cannot link {} to {}: {e}",
+                    link.display(),
+                    source.display()
+                )
+            })?;
+        }
+        Ok(examples)
+    }
+
+    /// The example plugins, unless `args` name plugins.
+    fn unless_given(args: &HostArgs) -> Result<Option<ExamplePlugins>, String> {
+        if args.plugins.is_some() || !args.plugin_files.is_empty() {
+            return Ok(None);
+        }
+        let examples = ExamplePlugins::link()?;
+        eprintln!("mq-host: no --plugins/--plugin: loading the example plugins");
+        Ok(Some(examples))
+    }
+}
+
+impl Drop for ExamplePlugins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,119 @@
+//! `mq-host serve`: SMTP in with the plugins, delivery to a relay, and a
+//! graceful stop on SIGINT/SIGTERM.
+
+use crate::*;
+use mq_host::delivery::{self, DeliveryConfig, Outbox, Until};
+use mq_host::Host;
+use std::time::Duration;
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after
+/// it, so that `wait_for_stop` receives them synchronously.
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a zeroed set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (returns its name); prints the counters on
+/// each SIGUSR1 meanwhile.
+pub(crate) fn wait_for_stop(set: &libc::sigset_t, host: &Host) -> &'static str {
+    loop {
+        let mut signal = 0;
+        // SAFETY: `set` holds the blocked signals; sigwait writes one to `signal`.
+        unsafe { libc::sigwait(set, &mut signal) };
+        match signal {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            _ => eprintln!("counters:\n{}", host.counters()),
+        }
+    }
+}
+
+pub(crate) fn serve(
+    args: HostArgs,
+    listen: std::net::SocketAddr,
+    mut config: mq_host::smtp_in::ServeConfig,
+    delivery: Option<DeliveryConfig>,
+    grace: Duration,
+) -> Result<(), String> {
+    let signals = block_stop_signals();
+    let examples = ExamplePlugins::unless_given(&args)?;
+    let host = start(&args, examples.as_ref().map(|e| e.dir.as_path()))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let data_dir = config.data_dir.clone();
+    // The outbox is opened (and its directory locked) even without a
+    // relay; only with one are stored messages queued for delivery.
+    let (opened, pickup) = Outbox::open(&data_dir)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", data_dir.display()))?;
+    let delivering = delivery.map(|d| (opened.clone(), d));
+    config.outbox = delivering.as_ref().map(|(outbox, _)| outbox.clone());
+    let server = host
+        .serve(listener, config)
+        .map_err(|e| format!("cannot serve: {e}"))?;
+    eprintln!(
+        "mq-host: serving SMTP on {} with {} plugin(s); messages go to {}{}",
+        server.local_addr(),
+        host.plugins().len(),
+        data_dir.display(),
+        if delivering.is_none() {
+            format!(
+                " (no --relay: they wait in inbox/, {} there now)",
+                pickup.waiting
+            )
+        } else {
+            String::new()
+        }
+    );
+    if let Some((outbox, d)) = &delivering {
+        eprintln!(
+            "mq-host: outbox {}: {} message(s) waiting{}; delivering to {} with {} connection(s)",
+            outbox.dir().display(),
+            pickup.waiting,
+            if pickup.finished > 0 {
+                format!(
+                    ", {} already delivered before a restart (removed)",
+                    pickup.finished
+                )
+            } else {
+                String::new()
+            },
+            d.relay,
+            d.connections
+        );
+    }
+    std::thread::scope(|scope| {
+        if let Some((outbox, delivery)) = &delivering {
+            let host = &host;
+            scope.spawn(move || {
+                delivery::run(host, outbox, delivery, Until::Stopped, &|_| {});
+            });
+        }
+        let signal = wait_for_stop(&signals, &host);
+        eprintln!("mq-host: {signal}: no new connections; open sessions get {grace:?} to finish");
+        let cut = server.shutdown(grace);
+        if cut > 0 {
+            eprintln!("mq-host: {cut} session(s) did not finish in time and were told 421");
+        }
+        if let Some((outbox, _)) = &delivering {
+            eprintln!(
+                "mq-host: finishing the deliveries on their way (up to {grace:?}); {} message(s) in the outbox",
+                outbox.pending()
+            );
+            let cut = outbox.stop_within(grace);
+            if cut > 0 {
+                eprintln!("mq-host: {cut} delivery(ies) cut short; they stay in the outbox for the next start");
+            }
+        }
+    });
+    finish(host, &args);
+    eprintln!("mq-host: stopped");
+    Ok(())
+}

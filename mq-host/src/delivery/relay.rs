@@ -1,0 +1,446 @@
+//! One delivery attempt: the SMTP conversation with the relay, and the
+//! `smtp_out_data` / `smtp_out_sent` chains at DATA.
+
+use super::*;
+use crate::api::{Event, Host};
+use crate::observe::Priority;
+use crate::runtime::message::Direction;
+use serde_json::{Map, Value};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// Where in the attempt a result arose: the `state` of a result in
+/// MailerQ's result JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Before any connection: the message itself cannot be sent.
+    Message,
+    Connect,
+    Greeting,
+    /// EHLO, or HELO after a refused EHLO.
+    Ehlo,
+    Mailfrom,
+    Rcptto,
+    Data,
+    /// The reply after the message's data.
+    Sent,
+}
+
+impl Step {
+    /// The name in the result JSON.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Step::Message => "message",
+            Step::Connect => "connect",
+            Step::Greeting => "greeting",
+            Step::Ehlo => "ehlo",
+            Step::Mailfrom => "mailfrom",
+            Step::Rcptto => "rcptto",
+            Step::Data => "data",
+            Step::Sent => "sent",
+        }
+    }
+
+    /// Whether a refusal here is about the connection (busy, our name), not
+    /// about this message: such a refusal is retried.
+    fn speaks_of_the_connection(self) -> bool {
+        matches!(self, Step::Greeting | Step::Ehlo)
+    }
+}
+
+/// One attempt's result, before it is recorded.
+pub(super) struct Attempt {
+    pub(super) status: Status,
+    pub(super) state: Step,
+    pub(super) reply: Option<Reply>,
+    pub(super) error: Option<String>,
+}
+
+impl Attempt {
+    pub(super) fn error(status: Status, state: Step, error: impl Into<String>) -> Attempt {
+        Attempt {
+            status,
+            state,
+            reply: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// The status a reply means: 2xx success, 4xx retry, anything else
+    /// failure.
+    pub(super) fn from_reply(state: Step, reply: Reply) -> Attempt {
+        let status = match reply.code / 100 {
+            2 => Status::Success,
+            4 => Status::Retry,
+            _ => Status::Failure,
+        };
+        Attempt {
+            status,
+            state,
+            reply: Some(reply),
+            error: None,
+        }
+    }
+}
+
+/// A relay's reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reply {
+    pub(super) code: u16,
+    /// The enhanced status code (`2.0.0`), if the relay gave one.
+    pub(super) extended: Option<String>,
+    /// The reply's text, lines joined with a space, without the codes.
+    pub(super) text: String,
+}
+
+/// An SMTP client connection to the relay (blocking, with timeouts).
+pub(super) struct Relay {
+    pub(super) reader: BufReader<TcpStream>,
+    pub(super) writer: BufWriter<TcpStream>,
+    pub(super) reply_timeout: Duration,
+    /// Lets a shutdown cut this connection.
+    pub(super) tracked: Option<Tracked>,
+}
+
+/// The longest reply line read from a relay (RFC 5321 allows 512 octets).
+pub(super) const LONGEST_REPLY_LINE: usize = 4096;
+
+/// The most lines a relay's reply may have.
+pub(super) const MOST_REPLY_LINES: usize = 100;
+
+impl Relay {
+    pub(super) fn connect(config: &DeliveryConfig) -> Result<Relay, String> {
+        let addrs = config
+            .relay
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve relay {}: {e}", config.relay))?;
+        let mut last = format!("relay {} has no address", config.relay);
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, config.connect_timeout) {
+                Ok(stream) => {
+                    stream
+                        .set_write_timeout(Some(config.reply_timeout))
+                        .map_err(|e| e.to_string())?;
+                    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+                    return Ok(Relay {
+                        reader: BufReader::new(stream),
+                        writer: BufWriter::new(writer),
+                        reply_timeout: config.reply_timeout,
+                        tracked: None,
+                    });
+                }
+                Err(e) => last = format!("cannot connect to relay {addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// One reply (all its lines), within `reply_timeout` for the whole
+    /// reply; lines longer than [`LONGEST_REPLY_LINE`] or replies of more
+    /// than [`MOST_REPLY_LINES`] lines are errors.
+    pub(super) fn read_reply(&mut self) -> Result<Reply, String> {
+        let deadline = Instant::now() + self.reply_timeout;
+        let mut text = Vec::new();
+        let mut extended = None;
+        for _ in 0..MOST_REPLY_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("the relay did not answer in time".into());
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| format!("reading from the relay: {e}"))?;
+            let mut line = Vec::new();
+            let read = std::io::Read::take(&mut self.reader, LONGEST_REPLY_LINE as u64)
+                .read_until(b'\n', &mut line);
+            match read {
+                Ok(0) => return Err("the relay closed the connection".into()),
+                Ok(_) if line.last() != Some(&b'\n') => {
+                    if line.len() >= LONGEST_REPLY_LINE {
+                        return Err("the relay sent a reply line that is too long".into());
+                    }
+                    return Err("the relay closed the connection".into());
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err("the relay did not answer in time".into())
+                }
+                Err(e) => return Err(format!("reading from the relay: {e}")),
+            }
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let (code, more, rest) = parse_reply_line(line)
+                .ok_or_else(|| format!("the relay sent a malformed reply: {line:?}"))?;
+            let (ext, rest) = split_extended(rest);
+            if extended.is_none() {
+                extended = ext;
+            }
+            if !rest.is_empty() {
+                text.push(rest.to_owned());
+            }
+            if !more {
+                return Ok(Reply {
+                    code,
+                    extended,
+                    text: text.join(" "),
+                });
+            }
+        }
+        Err(format!(
+            "the relay sent a reply of more than {MOST_REPLY_LINES} lines"
+        ))
+    }
+
+    /// `QUIT`, waiting briefly for the answer; the result is already known.
+    pub(super) fn quit(&mut self) {
+        self.reply_timeout = self.reply_timeout.min(Duration::from_secs(5));
+        let _ = self.command("QUIT");
+    }
+
+    pub(super) fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.writer
+            .write_all(line.as_bytes())
+            .and_then(|_| self.writer.write_all(b"\r\n"))
+            .and_then(|_| self.writer.flush())
+            .map_err(|e| format!("writing to the relay: {e}"))?;
+        self.read_reply()
+    }
+
+    /// Sends `mime` as DATA content: every line end (CRLF, or a bare LF or
+    /// CR) sent as CRLF, lines starting with `.` dot-stuffed, a final CRLF
+    /// added if missing, then `.`. A bare CR never reaches the relay, so
+    /// no relay can read an end of data into the content.
+    pub(super) fn send_data(&mut self, mime: &[u8]) -> Result<(), String> {
+        let w = &mut self.writer;
+        let mut write = || -> std::io::Result<()> {
+            let mut at_line_start = true;
+            let mut i = 0;
+            while i < mime.len() {
+                let b = mime[i];
+                if at_line_start && b == b'.' {
+                    w.write_all(b".")?;
+                }
+                match b {
+                    b'\r' => {
+                        // CRLF, or a bare CR: one line end either way.
+                        if mime.get(i + 1) == Some(&b'\n') {
+                            i += 1;
+                        }
+                        w.write_all(b"\r\n")?;
+                        at_line_start = true;
+                    }
+                    b'\n' => {
+                        w.write_all(b"\r\n")?;
+                        at_line_start = true;
+                    }
+                    _ => {
+                        w.write_all(&[b])?;
+                        at_line_start = false;
+                    }
+                }
+                i += 1;
+            }
+            if !at_line_start {
+                w.write_all(b"\r\n")?;
+            }
+            w.write_all(b".\r\n")?;
+            w.flush()
+        };
+        write().map_err(|e| format!("sending the message to the relay: {e}"))
+    }
+}
+
+/// `250-text` → (250, true, "text"); `250 text` or `250` → (250, false, ..).
+pub(super) fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
+    let code = line.get(..3)?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let code: u16 = code.parse().ok()?;
+    match line.as_bytes().get(3) {
+        None => Some((code, false, "")),
+        Some(b'-') => Some((code, true, &line[4..])),
+        Some(b' ') => Some((code, false, &line[4..])),
+        Some(_) => None,
+    }
+}
+
+/// `2.1.0 Ok` → (Some("2.1.0"), "Ok").
+pub(super) fn split_extended(text: &str) -> (Option<String>, &str) {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let parts: Vec<_> = first.split('.').collect();
+    let extended = parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    if extended {
+        (Some(first.to_owned()), rest.trim_start())
+    } else {
+        (None, text)
+    }
+}
+
+/// One delivery attempt of `message` to the relay, with the out hooks;
+/// the relay connection too while the conversation is still in step (for
+/// a polite `QUIT` once the result is recorded).
+pub(super) fn attempt(
+    host: &Host,
+    outbox: &Outbox,
+    config: &DeliveryConfig,
+    message: &Map<String, Value>,
+) -> (Attempt, Option<Relay>) {
+    let envelope = message
+        .get("envelope")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let recipient = match message.get("recipient").and_then(Value::as_str) {
+        Some(r) if !r.trim().is_empty() => r,
+        _ => {
+            let e = "the message has no `recipient`";
+            return (Attempt::error(Status::Failure, Step::Message, e), None);
+        }
+    };
+    for (what, address) in [("envelope", envelope), ("recipient", recipient)] {
+        if let Some(bad) = address
+            .chars()
+            .find(|c| matches!(c, '\r' | '\n' | '\0' | '<' | '>'))
+        {
+            let e = format!("the message's `{what}` holds {bad:?}, which no SMTP address may");
+            return (Attempt::error(Status::Failure, Step::Message, e), None);
+        }
+    }
+    let mut relay = match Relay::connect(config) {
+        Ok(relay) => relay,
+        Err(e) => return (Attempt::error(Status::Retry, Step::Connect, e), None),
+    };
+    match outbox.track(relay.reader.get_ref()) {
+        Some(tracked) => relay.tracked = Some(tracked),
+        None => {
+            let e = "the host is stopping";
+            return (Attempt::error(Status::Retry, Step::Connect, e), None);
+        }
+    }
+    let attempt = converse(host, config, &mut relay, message, envelope, recipient);
+    // After an error the connection is broken, or aborted in DATA: it is
+    // only closed.
+    let relay = attempt.error.is_none().then_some(relay);
+    (attempt, relay)
+}
+
+/// The conversation with the relay, from its greeting to its reply after
+/// the message's data.
+pub(super) fn converse(
+    host: &Host,
+    config: &DeliveryConfig,
+    relay: &mut Relay,
+    message: &Map<String, Value>,
+    envelope: &str,
+    recipient: &str,
+) -> Attempt {
+    if let Err(stop) = open_data(config, relay, envelope, recipient) {
+        return stop;
+    }
+    if let Err(stop) = send_message(host, relay, message) {
+        return stop;
+    }
+    match relay.read_reply() {
+        Ok(reply) => Attempt::from_reply(Step::Sent, reply),
+        Err(e) => Attempt::error(Status::Retry, Step::Sent, e),
+    }
+}
+
+/// The reply to `step`, if its class is `want` (2 for 2xx, 3 for 3xx);
+/// otherwise the attempt ends with it.
+fn expect(step: Step, reply: Result<Reply, String>, want: u16) -> Result<Reply, Attempt> {
+    match reply {
+        Ok(reply) if reply.code / 100 == want => Ok(reply),
+        Ok(reply) => {
+            let mut a = Attempt::from_reply(step, reply);
+            // A 2xx where a 354 was due: the relay is confused. A 5xx to
+            // the greeting or EHLO/HELO speaks of the connection (busy, our
+            // name), not of this message.
+            if a.status == Status::Success || step.speaks_of_the_connection() {
+                a.status = Status::Retry;
+            }
+            Err(a)
+        }
+        Err(e) => Err(Attempt::error(Status::Retry, step, e)),
+    }
+}
+
+/// Greeting, EHLO (HELO if refused), MAIL FROM, RCPT TO and DATA: on `Ok`
+/// the relay waits for the message's data.
+fn open_data(
+    config: &DeliveryConfig,
+    relay: &mut Relay,
+    envelope: &str,
+    recipient: &str,
+) -> Result<(), Attempt> {
+    expect(Step::Greeting, relay.read_reply(), 2)?;
+    match relay.command(&format!("EHLO {}", config.helo)) {
+        Ok(reply) if reply.code / 100 == 5 => {
+            let helo = relay.command(&format!("HELO {}", config.helo));
+            expect(Step::Ehlo, helo, 2)?;
+        }
+        reply => {
+            expect(Step::Ehlo, reply, 2)?;
+        }
+    }
+    let mail = relay.command(&format!("MAIL FROM:<{envelope}>"));
+    expect(Step::Mailfrom, mail, 2)?;
+    let rcpt = relay.command(&format!("RCPT TO:<{recipient}>"));
+    expect(Step::Rcptto, rcpt, 2)?;
+    expect(Step::Data, relay.command("DATA"), 3)?;
+    Ok(())
+}
+
+/// In the DATA state: `smtp_out_data` (which may set the MIME), the data
+/// sent, then `smtp_out_sent`.
+fn send_message(
+    host: &Host,
+    relay: &mut Relay,
+    message: &Map<String, Value>,
+) -> Result<(), Attempt> {
+    let cannot_run = |e| {
+        Attempt::error(
+            Status::Retry,
+            Step::Data,
+            format!("the host cannot run smtp_out_data: {e}"),
+        )
+    };
+    let mut session = host.open(Direction::Outgoing).map_err(cannot_run)?;
+    let mime = match session.run(Event::OutData(Value::Object(message.clone()))) {
+        Ok(out) => out.smtp.and_then(|smtp| smtp.mime),
+        Err(e) => return Err(cannot_run(e)),
+    };
+    let Some(mime) = mime else {
+        // Closing the connection in DATA aborts the transaction.
+        let _ = session.close();
+        return Err(Attempt::error(
+            Status::Failure,
+            Step::Data,
+            "the message has no `mime` and no plugin set one in smtp_out_data",
+        ));
+    };
+    if let Err(e) = relay.send_data(&mime) {
+        let _ = session.close();
+        return Err(Attempt::error(Status::Retry, Step::Data, e));
+    }
+    let sent = session.run(Event::OutSent);
+    let _ = session.close();
+    if let Err(e) = sent {
+        host.host_log(
+            Priority::Warning,
+            format!("delivery: smtp_out_sent did not run: {e}"),
+        );
+    }
+    Ok(())
+}

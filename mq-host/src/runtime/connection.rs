@@ -1,0 +1,113 @@
+//! One connection as the runtime keeps it: its state, its plugins' data
+//! slots, the chain running on it, and the take-overs whose hold expired
+//! but which a plugin may still resume late.
+
+use crate::runtime::handles::{Handle, Kind, Registration};
+use crate::runtime::message::{ChainArgs, MessageObj, NotSend};
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+/// The result of `smtp_in_authenticate` so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AuthState {
+    pub(crate) authenticated: bool,
+    /// A plugin said no: the login fails whatever others say.
+    pub(crate) refused: bool,
+}
+
+/// A take-over whose hold deadline passed without the plugin giving
+/// control back, and which could not be cancelled: the plugin may still
+/// use what it was given, and will resume late. Pins its message.
+pub(crate) struct ExpiredHold {
+    pub(crate) plugin: usize,
+    args: ChainArgs,
+}
+
+impl ExpiredHold {
+    pub(crate) fn new(plugin: usize, args: ChainArgs) -> ExpiredHold {
+        if let ChainArgs::Message(m) = &args {
+            m.pin();
+        }
+        ExpiredHold { plugin, args }
+    }
+}
+
+impl Drop for ExpiredHold {
+    fn drop(&mut self) {
+        if let ChainArgs::Message(m) = &self.args {
+            m.unpin();
+        }
+    }
+}
+
+/// One SMTP connection, owned by its worker.
+pub(crate) struct ConnectionState {
+    pub(crate) id: u64,
+    pub(crate) fd: Cell<RawFd>,
+    pub(crate) secure: Cell<bool>,
+    pub(crate) auth: Cell<AuthState>,
+    /// Bytes plugins sent with `MQ_send` since the host last took them.
+    pub(crate) sent: RefCell<Vec<u8>>,
+    /// Each plugin's `MQ_connectionData` slot, in plugin order.
+    pub(crate) data: Box<[Cell<*mut c_void>]>,
+    /// The last take-over on this connection and whether it ended, for
+    /// telling double resumes from stray ones.
+    pub(crate) last_takeover: Cell<Option<(usize, TakeoverEnd)>>,
+    /// The message between `smtp_out_data` and `smtp_out_sent`.
+    pub(crate) outgoing_message: RefCell<Option<Rc<MessageObj>>>,
+    /// Expired, uncancelled take-overs, oldest first: a late resume of a
+    /// plugin is credited to its oldest one.
+    pub(crate) expired: RefCell<Vec<ExpiredHold>>,
+    /// `smtp_in_close` has run (or the connection was dropped): host
+    /// functions on it are refused.
+    pub(crate) closed: Cell<bool>,
+    pub(crate) registration: Registration,
+    _not_send: NotSend,
+}
+
+/// How the last take-over on a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakeoverEnd {
+    Held,
+    Resumed,
+    Expired,
+}
+
+impl ConnectionState {
+    pub(crate) fn new(id: u64, fd: RawFd, plugins: usize) -> Rc<ConnectionState> {
+        Rc::new(ConnectionState {
+            id,
+            fd: Cell::new(fd),
+            secure: Cell::new(false),
+            auth: Cell::new(AuthState::default()),
+            sent: RefCell::new(Vec::new()),
+            data: (0..plugins)
+                .map(|_| Cell::new(std::ptr::null_mut()))
+                .collect(),
+            last_takeover: Cell::new(None),
+            outgoing_message: RefCell::new(None),
+            expired: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+            registration: Registration::default(),
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Takes the bytes plugins sent.
+    pub(crate) fn take_sent(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.sent.borrow_mut())
+    }
+
+    /// Whether a plugin whose hold expired may still use this connection.
+    pub(crate) fn has_expired_holds(&self) -> bool {
+        !self.expired.borrow().is_empty()
+    }
+
+    /// This connection's handle for `plugin` (registered on first use).
+    pub(crate) fn handle(self: &Rc<Self>, plugin: usize) -> Option<Handle> {
+        self.registration.handle(Kind::Connection, plugin, self)
+    }
+}

@@ -1,0 +1,11 @@
+//! The runtime: worker threads, each with its event loop, the objects
+//! plugins get handles to, and the chains that walk an event through the
+//! plugins.
+
+pub(crate) mod chain;
+pub(crate) mod connection;
+pub(crate) mod dispatch;
+pub mod event_loop;
+pub(crate) mod handles;
+pub(crate) mod message;
+pub(crate) mod worker;

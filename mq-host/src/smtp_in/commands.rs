@@ -1,0 +1,437 @@
+//! What a session's input asks for: commands (parsed by smtp-proto), AUTH
+//! exchanges, DATA and BDAT chunks, and what each does.
+
+use super::session::Recipient;
+use super::session::{
+    close, reply, reply_or, reply_raw, reset, start_tls, step, step_with, Ending, Phase, Shared,
+};
+use super::transaction::end_of_data;
+use crate::inbound::refuses as refused;
+use crate::runtime::message::{AddressObj, ChainArgs, Credentials};
+use crate::runtime::worker::Worker;
+use mq_hook_table::HookId;
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
+use smtp_proto::{Error as ParseError, Request};
+use std::rc::Rc;
+
+/// A parsed command, owning its text.
+pub(super) enum Cmd {
+    Ehlo(String),
+    Helo(String),
+    Mail(String),
+    Rcpt(String),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    /// AUTH with its mechanism and initial response (may be empty).
+    Auth(u64, String),
+    /// BDAT with the chunk size and whether it is the last.
+    Bdat(usize, bool),
+    StartTls,
+    Other(&'static str),
+}
+
+fn to_cmd(r: Request<std::borrow::Cow<'_, str>>) -> Cmd {
+    match r {
+        Request::Ehlo { host } | Request::Lhlo { host } => Cmd::Ehlo(host.into_owned()),
+        Request::Helo { host } => Cmd::Helo(host.into_owned()),
+        Request::Mail { from } => Cmd::Mail(from.address.into_owned()),
+        Request::Rcpt { to } => Cmd::Rcpt(to.address.into_owned()),
+        Request::Data => Cmd::Data,
+        Request::Rset => Cmd::Rset,
+        Request::Noop { .. } => Cmd::Noop,
+        Request::Quit => Cmd::Quit,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Cmd::Auth(mechanism, initial_response.into_owned()),
+        Request::Bdat {
+            chunk_size,
+            is_last,
+        } => Cmd::Bdat(chunk_size, is_last),
+        Request::StartTls => Cmd::StartTls,
+        other => Cmd::Other(other.name()),
+    }
+}
+
+/// What buffered input asks for next.
+enum Action {
+    EndOfData,
+    /// A BDAT chunk that is not the last was read.
+    ChunkDone(usize),
+    Command(Cmd),
+    Reply(String),
+    /// A line answering an AUTH challenge.
+    AuthLine(Vec<u8>),
+}
+
+/// Handles buffered input until it runs out or a chain takes over. The
+/// session is borrowed only to decide; acting happens without the borrow.
+pub(super) fn process(w: &Worker, s: &Shared) {
+    process_input(w, s);
+    let input_done = {
+        let sess = s.borrow();
+        sess.eof && !sess.busy && !sess.finishing_data && sess.ending == Ending::No
+    };
+    if input_done {
+        close(w, s);
+    }
+}
+
+fn process_input(w: &Worker, s: &Shared) {
+    loop {
+        let Some(action) = next_action(&mut s.borrow_mut()) else {
+            return;
+        };
+        match action {
+            Action::EndOfData => end_of_data(w, s),
+            Action::ChunkDone(total) => {
+                reply(w, s, &format!("250 2.0.0 {total} octets received so far"))
+            }
+            Action::Command(cmd) => command(w, s, cmd),
+            Action::Reply(line) => reply(w, s, &line),
+            Action::AuthLine(line) => auth_line(w, s, line),
+        }
+    }
+}
+
+/// The next thing to do with the buffered input, if it holds one: nothing
+/// while a step is running or the session is ending.
+fn next_action(sess: &mut super::session::Session) -> Option<Action> {
+    if sess.busy || sess.finishing_data || sess.ending != Ending::No || sess.input.is_empty() {
+        return None;
+    }
+    let input = std::mem::take(&mut sess.input);
+    let mut bytes = input.iter();
+    let action = match &mut sess.phase {
+        Phase::Connecting => {
+            sess.input = input;
+            return None;
+        }
+        Phase::Data(receiver) => {
+            let done = receiver.ingest(&mut bytes, &mut sess.data);
+            let left = bytes.as_slice().len();
+            sess.input = keep_tail(input, left);
+            sess.enforce_size_limit();
+            if !done {
+                return None;
+            }
+            sess.phase = Phase::Commands;
+            Action::EndOfData
+        }
+        Phase::Bdat(receiver) => {
+            let done = receiver.ingest(&mut bytes, &mut sess.data);
+            let last = receiver.is_last;
+            let left = bytes.as_slice().len();
+            sess.input = keep_tail(input, left);
+            sess.enforce_size_limit();
+            if !done {
+                return None;
+            }
+            sess.phase = Phase::Commands;
+            if last {
+                Action::EndOfData
+            } else {
+                Action::ChunkDone(sess.data.len())
+            }
+        }
+        Phase::SkipBdat(receiver, _) => {
+            let done = receiver.ingest(&mut bytes);
+            let left = bytes.as_slice().len();
+            sess.input = keep_tail(input, left);
+            if !done {
+                return None;
+            }
+            let Phase::SkipBdat(_, line) = std::mem::replace(&mut sess.phase, Phase::Commands)
+            else {
+                unreachable!("matched above")
+            };
+            Action::Reply(line)
+        }
+        Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
+            let Some(end) = input.iter().position(|b| *b == b'\n') else {
+                sess.input = input;
+                return None;
+            };
+            let line = input[..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&input[..end])
+                .to_vec();
+            let mut input = input;
+            input.drain(..=end);
+            sess.input = input;
+            Action::AuthLine(line)
+        }
+        Phase::Commands => {
+            let parsed = sess.parser.ingest(&mut bytes).map(to_cmd);
+            let left = bytes.as_slice().len();
+            sess.input = keep_tail(input, left);
+            match parsed {
+                Ok(cmd) => Action::Command(cmd),
+                Err(ParseError::NeedsMoreData { .. }) => return None,
+                Err(e) => Action::Reply(parse_error(&e)),
+            }
+        }
+    };
+    Some(action)
+}
+
+/// `input` without what was consumed, keeping its allocation (no copy per
+/// pipelined command).
+fn keep_tail(mut input: Vec<u8>, left: usize) -> Vec<u8> {
+    let consumed = input.len() - left;
+    input.drain(..consumed);
+    input
+}
+
+fn parse_error(e: &ParseError) -> String {
+    match e {
+        ParseError::UnknownCommand => "500 5.5.1 unknown command".into(),
+        ParseError::InvalidSenderAddress => "501 5.1.7 invalid sender address".into(),
+        ParseError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address".into(),
+        ParseError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
+        ParseError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
+        ParseError::UnsupportedParameter { param } => {
+            format!("504 5.5.4 unsupported parameter {param}")
+        }
+        ParseError::ResponseTooLong => "500 5.5.6 line too long".into(),
+        other => format!("500 5.5.2 cannot parse the command ({other:?})"),
+    }
+}
+
+fn command(w: &Worker, s: &Shared, cmd: Cmd) {
+    match cmd {
+        Cmd::Ehlo(host) => ehlo(w, s, host),
+        Cmd::Helo(host) => {
+            s.borrow_mut().helo = Some(host);
+            reset(s);
+            let name = s.borrow().config.hostname.clone();
+            reply(w, s, &format!("250 {name}"));
+        }
+        Cmd::Mail(from) => mail(w, s, from),
+        Cmd::Rcpt(to) => rcpt(w, s, to),
+        Cmd::Data => data(w, s),
+        Cmd::Rset => {
+            reset(s);
+            reply(w, s, "250 2.0.0 reset");
+        }
+        Cmd::Noop => reply(w, s, "250 2.0.0 ok"),
+        Cmd::Quit => {
+            reply(w, s, "221 2.0.0 bye");
+            close(w, s);
+        }
+        Cmd::Auth(mechanism, initial) => auth(w, s, mechanism, initial),
+        Cmd::Bdat(size, last) => bdat(w, s, size, last),
+        Cmd::StartTls => start_tls(w, s),
+        Cmd::Other(name) => reply(w, s, &format!("502 5.5.1 {name} is not implemented")),
+    }
+}
+
+fn ehlo(w: &Worker, s: &Shared, host: String) {
+    s.borrow_mut().helo = Some(host);
+    reset(s);
+    let (name, max, offers_tls) = {
+        let sess = s.borrow();
+        (
+            sess.config.hostname.clone(),
+            sess.config.max_message_size,
+            sess.config.tls.is_some() && sess.tls.is_none(),
+        )
+    };
+    let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
+    reply(
+        w,
+        s,
+        &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n{starttls}250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
+    );
+}
+
+/// `MAIL FROM`: `smtp_in_mailfrom`, then the envelope is set (unless a
+/// plugin refused it).
+fn mail(w: &Worker, s: &Shared, from: String) {
+    if s.borrow().helo.is_none() {
+        return reply(w, s, "503 5.5.1 say EHLO or HELO first");
+    }
+    if s.borrow().envelope.is_some() {
+        return reply(w, s, "503 5.5.1 a transaction is already open; RSET first");
+    }
+    let address = Rc::new(AddressObj::new(Some(&from)));
+    step(
+        w,
+        s,
+        HookId::SmtpInMailfrom,
+        ChainArgs::Address(address),
+        move |w, s, sent| {
+            if refused(&sent) {
+                reply_raw(w, s, &sent);
+            } else {
+                s.borrow_mut().envelope = Some(from);
+                reply_or(w, s, &sent, "250 2.1.0 sender ok");
+            }
+        },
+    );
+}
+
+/// `RCPT TO`: `smtp_in_rcptto`, then the recipient is added (with the
+/// `local` flag a plugin may have set on its address).
+fn rcpt(w: &Worker, s: &Shared, to: String) {
+    if s.borrow().envelope.is_none() {
+        return reply(w, s, "503 5.5.1 MAIL FROM first");
+    }
+    let address = Rc::new(AddressObj::new(Some(&to)));
+    step_with(
+        w,
+        s,
+        HookId::SmtpInRcptto,
+        ChainArgs::Address(address),
+        move |w, s, sent, args| {
+            if refused(&sent) {
+                reply_raw(w, s, &sent);
+            } else {
+                let local = matches!(&args, ChainArgs::Address(a) if a.local.get());
+                s.borrow_mut()
+                    .recipients
+                    .push(Recipient { address: to, local });
+                reply_or(w, s, &sent, "250 2.1.5 recipient ok");
+            }
+        },
+    );
+}
+
+fn data(w: &Worker, s: &Shared) {
+    if s.borrow().recipients.is_empty() {
+        return reply(w, s, "554 5.5.1 no valid recipients");
+    }
+    {
+        let mut sess = s.borrow_mut();
+        sess.data.clear();
+        sess.too_big = false;
+        sess.phase = Phase::Data(DataReceiver::new());
+    }
+    reply(w, s, "354 end data with <CR><LF>.<CR><LF>");
+}
+
+/// `BDAT size [LAST]` (CHUNKING): the chunk's bytes follow the command.
+fn bdat(w: &Worker, s: &Shared, size: usize, last: bool) {
+    let no_recipients = s.borrow().recipients.is_empty();
+    match (size, no_recipients) {
+        // Nothing to read: answered at once.
+        (0, true) => reply(w, s, "554 5.5.1 no valid recipients"),
+        (0, false) if last => end_of_data(w, s),
+        (0, false) => {
+            let total = s.borrow().data.len();
+            reply(w, s, &format!("250 2.0.0 {total} octets received so far"));
+        }
+        // The chunk's bytes still arrive: skip them, then refuse.
+        (size, true) => {
+            s.borrow_mut().phase = Phase::SkipBdat(
+                DummyDataReceiver::new_bdat(size),
+                "554 5.5.1 no valid recipients".into(),
+            )
+        }
+        (size, false) => {
+            let mut sess = s.borrow_mut();
+            if !matches!(sess.phase, Phase::Bdat(_)) && sess.data.is_empty() {
+                sess.too_big = false;
+            }
+            sess.phase = Phase::Bdat(BdatReceiver::new(size, last));
+        }
+    }
+}
+
+fn auth(w: &Worker, s: &Shared, mechanism: u64, initial: String) {
+    if s.borrow().helo.is_none() {
+        return reply(w, s, "503 5.5.1 say EHLO first");
+    }
+    if s.borrow().conn.auth.get().authenticated {
+        return reply(w, s, "503 5.5.1 already authenticated");
+    }
+    match mechanism {
+        smtp_proto::AUTH_PLAIN if initial.is_empty() => {
+            s.borrow_mut().phase = Phase::AuthPlain;
+            reply(w, s, "334 ");
+        }
+        smtp_proto::AUTH_PLAIN => plain(w, s, initial.as_bytes()),
+        smtp_proto::AUTH_LOGIN if initial.is_empty() => {
+            s.borrow_mut().phase = Phase::AuthLoginUser;
+            reply(w, s, "334 VXNlcm5hbWU6");
+        }
+        smtp_proto::AUTH_LOGIN => match decode(initial.as_bytes()) {
+            Some(user) => {
+                s.borrow_mut().phase = Phase::AuthLoginPassword(user);
+                reply(w, s, "334 UGFzc3dvcmQ6");
+            }
+            None => reply(w, s, "501 5.5.2 the initial response is not base64"),
+        },
+        _ => reply(
+            w,
+            s,
+            "504 5.5.4 unrecognized authentication mechanism (PLAIN and LOGIN are offered)",
+        ),
+    }
+}
+
+fn decode(line: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(line.trim_ascii())
+        .ok()
+}
+
+/// A line answering an AUTH challenge (`*` cancels, RFC 4954).
+fn auth_line(w: &Worker, s: &Shared, line: Vec<u8>) {
+    let phase = std::mem::replace(&mut s.borrow_mut().phase, Phase::Commands);
+    if line == b"*" {
+        return reply(w, s, "501 5.0.0 authentication cancelled");
+    }
+    match phase {
+        Phase::AuthPlain => plain(w, s, &line),
+        Phase::AuthLoginUser => match decode(&line) {
+            Some(user) => {
+                s.borrow_mut().phase = Phase::AuthLoginPassword(user);
+                reply(w, s, "334 UGFzc3dvcmQ6");
+            }
+            None => reply(w, s, "501 5.5.2 not base64"),
+        },
+        Phase::AuthLoginPassword(user) => match decode(&line) {
+            Some(password) => authenticate(w, s, user, password),
+            None => reply(w, s, "501 5.5.2 not base64"),
+        },
+        other => s.borrow_mut().phase = other,
+    }
+}
+
+/// AUTH PLAIN's response: `[authzid] NUL authcid NUL password`.
+fn plain(w: &Worker, s: &Shared, response: &[u8]) {
+    let Some(decoded) = decode(response) else {
+        return reply(w, s, "501 5.5.2 not base64");
+    };
+    let mut parts = decoded.splitn(3, |b| *b == 0);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(user), Some(password)) => {
+            authenticate(w, s, user.to_vec(), password.to_vec())
+        }
+        _ => reply(w, s, "501 5.5.2 malformed PLAIN response"),
+    }
+}
+
+/// `smtp_in_authenticate`: accepted only if a plugin set authenticated
+/// and none refused (the connection's auth state, reset per attempt).
+fn authenticate(w: &Worker, s: &Shared, login: Vec<u8>, password: Vec<u8>) {
+    s.borrow().conn.auth.set(Default::default());
+    step(
+        w,
+        s,
+        HookId::SmtpInAuthenticate,
+        ChainArgs::Authenticate(Rc::new(Credentials { login, password })),
+        |w, s, sent| {
+            let ok = s.borrow().conn.auth.get().authenticated;
+            match (ok, sent.is_empty()) {
+                (_, false) => reply_raw(w, s, &sent),
+                (true, true) => reply(w, s, "235 2.7.0 authentication succeeded"),
+                (false, true) => reply(w, s, "535 5.7.8 authentication credentials invalid"),
+            }
+        },
+    );
+}

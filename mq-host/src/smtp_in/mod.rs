@@ -1,0 +1,267 @@
+//! SMTP in: real ESMTP sessions on the workers' event loops, with the
+//! `smtp_in_*` hooks at their MailerQ moments.
+//!
+//! One acceptor thread hands each accepted socket to a worker (round
+//! robin); the session then lives on that worker's loop: an fd watcher
+//! feeds smtp-proto's request parser, each command that has a hook runs its
+//! chain, and the session goes on from the chain's end. While a plugin holds
+//! control the session simply waits (pipelined commands stay buffered), so
+//! it never blocks other sessions.
+//!
+//! A reply a plugin writes with `MQ_send` during a step replaces the host's
+//! own reply to that command; a 4xx/5xx reply refuses the command.
+//!
+//! It speaks ESMTP with pipelining: EHLO/HELO, STARTTLS (rustls;
+//! `smtp_in_secure` after the handshake), AUTH PLAIN and LOGIN
+//! (`smtp_in_authenticate`), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET, NOOP,
+//! QUIT. A panic in a session's handling (a host bug) ends that session,
+//! never the worker. An accepted
+//! message is written durably (fsync, atomic rename) under the data
+//! directory — `inbox/` or, for local messages, `local/` — before the 250.
+
+//!
+//! The files: this one the server (configuration, acceptor, shutdown);
+//! `session` a session's socket, life and steps; `commands` what each
+//! command does; `transaction` the end of DATA through the message hooks to
+//! durable storage.
+
+mod commands;
+mod session;
+mod transaction;
+
+use crate::runtime::dispatch;
+use crate::runtime::worker::{self, Worker};
+use session::{close, reply, Ending, Shared, SESSIONS};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How `mq-host serve` behaves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where accepted messages are stored (`inbox/`, `local/`).
+    pub data_dir: PathBuf,
+    /// The name the server greets with.
+    pub hostname: String,
+    /// The largest message accepted, in bytes.
+    pub max_message_size: usize,
+    /// How long an idle client may stay connected.
+    pub idle_timeout: Duration,
+    /// TLS for STARTTLS; `None` does not offer it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where messages stored in `inbox/` are queued for delivery (an
+    /// [`Outbox`](crate::delivery::Outbox) opened on the same data
+    /// directory); `None`: they wait in `inbox/`.
+    pub outbox: Option<crate::delivery::Outbox>,
+}
+
+/// A TLS configuration with a self-signed certificate for `hostname`, for
+/// development when no certificate is configured.
+pub fn self_signed_tls(hostname: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certified = rcgen::generate_simple_self_signed(vec![hostname.to_owned()])
+        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    tls_config(vec![certified.cert.der().clone()], key.into())
+}
+
+/// A TLS configuration from PEM files (certificate chain, private key).
+pub fn tls_from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: cannot read the certificate: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read the key: {e}", key.display()))?;
+    tls_config(chain, key)
+}
+
+fn tls_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+    .map_err(|e| format!("bad TLS certificate or key: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("mq-data"),
+            hostname: "localhost".to_owned(),
+            max_message_size: 25 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            tls: None,
+            outbox: None,
+        }
+    }
+}
+
+/// How many sessions are open, for a graceful shutdown to wait on.
+#[derive(Default)]
+pub(super) struct OpenSessions {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl OpenSessions {
+    fn add(&self, delta: isize) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_add_signed(delta);
+        self.changed.notify_all();
+    }
+
+    /// Waits until no session is open or `limit` passed; true if none is.
+    fn wait_idle(&self, limit: Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, limit, |c| *c > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *count == 0
+    }
+}
+
+/// On a worker: tells every session of this worker the server goes away.
+fn close_all_sessions(w: &Worker) {
+    let sessions: Vec<Shared> = SESSIONS.with(|m| m.borrow().values().cloned().collect());
+    for s in sessions {
+        if s.borrow().ending == Ending::No {
+            reply(w, &s, "421 4.3.2 the server is shutting down");
+            close(w, &s);
+        }
+    }
+}
+
+/// On a worker, at the end of a shutdown: the holds of this worker's
+/// sessions end now, as at their hold deadline (Rust plugins' holds are
+/// cancelled), so that every session gets to `smtp_in_close`.
+fn expire_session_holds(w: &Worker) {
+    let sessions: Vec<Shared> = SESSIONS.with(|m| m.borrow().values().cloned().collect());
+    for s in sessions {
+        let conn = Rc::clone(&s.borrow().conn);
+        dispatch::expire_hold(w, &conn, None, "the host shut down");
+    }
+}
+
+/// A running SMTP listener; stops accepting when dropped.
+pub struct Listener {
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    open: Arc<OpenSessions>,
+    remotes: Vec<crate::runtime::event_loop::LoopRemote>,
+}
+
+impl Listener {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Graceful shutdown: stops accepting, lets open sessions finish for up
+    /// to `grace`, then sends the rest `421` and closes them (running
+    /// `smtp_in_close`). Returns how many had to be cut.
+    pub fn shutdown(mut self, grace: Duration) -> usize {
+        self.stop_accepting();
+        if self.open.wait_idle(grace) {
+            return 0;
+        }
+        let left = *self.open.count.lock().unwrap_or_else(|e| e.into_inner());
+        for remote in &self.remotes {
+            worker::post(remote, close_all_sessions);
+        }
+        // Their close chains run; give them the same bound again.
+        if self.open.wait_idle(grace) {
+            return left;
+        }
+        // Plugins still hold steps: end those holds as the hold deadline
+        // would, so that every session runs `smtp_in_close` (a close chain
+        // that holds again is ended the same way).
+        for _ in 0..3 {
+            for remote in &self.remotes {
+                worker::post(remote, expire_session_holds);
+            }
+            if self.open.wait_idle(Duration::from_millis(500)) {
+                break;
+            }
+        }
+        left
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+impl crate::api::Host {
+    /// Serves SMTP on `listener` with the plugins' `smtp_in_*` hooks until
+    /// the returned [`Listener`] is dropped.
+    pub fn serve(
+        &self,
+        listener: std::net::TcpListener,
+        config: ServeConfig,
+    ) -> std::io::Result<Listener> {
+        listen(listener, self.worker_remotes(), config)
+    }
+}
+
+/// Accepts on `listener` and hands each client to a worker, round robin.
+fn listen(
+    listener: std::net::TcpListener,
+    remotes: Vec<crate::runtime::event_loop::LoopRemote>,
+    config: ServeConfig,
+) -> std::io::Result<Listener> {
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let open = Arc::new(OpenSessions::default());
+    let open_for_thread = Arc::clone(&open);
+    let remotes_for_thread = remotes.clone();
+    let thread = std::thread::Builder::new()
+        .name("mq-smtp-accept".into())
+        .spawn(move || {
+            let mut next = 0usize;
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let config = config.clone();
+                let open = Arc::clone(&open_for_thread);
+                let remote = &remotes_for_thread[next % remotes_for_thread.len()];
+                next += 1;
+                worker::post(remote, move |w| {
+                    session::start_session(w, stream, Rc::new(config), open, commands::process)
+                });
+            }
+        })?;
+    Ok(Listener {
+        addr,
+        stop,
+        thread: Some(thread),
+        open,
+        remotes,
+    })
+}

@@ -1,0 +1,635 @@
+//! One SMTP session on a worker's loop: its socket (watcher, idle timer,
+//! TLS, replies), its steps (a hook's chain, then what the command does
+//! next), and its end — however it ends, `smtp_in_close` runs exactly
+//! once, after a held step is over, then the socket goes.
+
+use super::{OpenSessions, ServeConfig};
+use crate::inbound::refuses as refused;
+use crate::observe::Priority;
+use crate::runtime::chain::ChainReport;
+use crate::runtime::connection::ConnectionState;
+use crate::runtime::dispatch;
+use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
+use crate::runtime::message::ChainArgs;
+use crate::runtime::worker::Worker;
+use mq_hook_table::HookId;
+use smtp_proto::request::receiver::{
+    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
+};
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub(super) enum Phase {
+    /// Waiting for `smtp_in_connect` before the greeting.
+    Connecting,
+    Commands,
+    /// AUTH PLAIN without an initial response: the next line is it.
+    AuthPlain,
+    /// AUTH LOGIN: the next line is the user name.
+    AuthLoginUser,
+    /// AUTH LOGIN: the next line is the password for this user name.
+    AuthLoginPassword(Vec<u8>),
+    Data(DataReceiver),
+    /// A BDAT chunk being read (CHUNKING).
+    Bdat(BdatReceiver),
+    /// A BDAT chunk of a refused command being skipped, then this reply.
+    SkipBdat(DummyDataReceiver, String),
+}
+
+/// How far a session's end has got. Every session, however it ends,
+/// runs the `smtp_in_close` chain exactly once, and only after the step a
+/// plugin holds is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Serving.
+    No,
+    /// The session is to end once the running chain ends.
+    Pending,
+    /// The `smtp_in_close` chain runs.
+    Closing,
+    /// `smtp_in_close` ran; the reply is flushed, then the session goes.
+    Closed,
+}
+
+pub(super) struct Session {
+    /// Open sessions of this listener (shared with its accept thread).
+    pub(super) open: Arc<OpenSessions>,
+    pub(super) conn: Rc<ConnectionState>,
+    pub(super) stream: TcpStream,
+    /// The TLS layer after STARTTLS.
+    pub(super) tls: Option<rustls::ServerConnection>,
+    /// `smtp_in_secure` is due once the TLS handshake completes.
+    pub(super) secure_pending: bool,
+    pub(super) config: Rc<ServeConfig>,
+    pub(super) watcher: Option<WatcherHandle>,
+    pub(super) watching_write: bool,
+    pub(super) watching_read: bool,
+    pub(super) idle: Option<TimerHandle>,
+    pub(super) input: Vec<u8>,
+    pub(super) output: Vec<u8>,
+    pub(super) parser: RequestReceiver,
+    pub(super) phase: Phase,
+    /// A chain is running: input waits.
+    pub(super) busy: bool,
+    /// Handles buffered input (the commands' interpreter).
+    pub(super) on_input: InputHandler,
+    /// The client closed its side: no more input will come.
+    pub(super) eof: bool,
+    pub(super) ending: Ending,
+    /// The socket failed: nothing more is written to it.
+    pub(super) broken: bool,
+    /// The end of DATA is being handled (several chains, then storage):
+    /// pipelined input waits for its reply.
+    pub(super) finishing_data: bool,
+    pub(super) envelope: Option<String>,
+    pub(super) recipients: Vec<Recipient>,
+    pub(super) data: Vec<u8>,
+    pub(super) too_big: bool,
+    pub(super) helo: Option<String>,
+}
+
+pub(super) type Shared = Rc<RefCell<Session>>;
+
+/// A recipient the plugins accepted.
+#[derive(Debug, Clone)]
+pub(super) struct Recipient {
+    pub(super) address: String,
+    /// Set by a plugin in `smtp_in_rcptto` (`MQ_address_set_local`): the
+    /// message for it goes to `local/`, not to delivery.
+    pub(super) local: bool,
+}
+
+/// Handles a session's buffered input: what its commands ask for.
+pub(super) type InputHandler = fn(&Worker, &Shared);
+
+/// Goes on with the session's buffered input.
+pub(super) fn go_on(w: &Worker, s: &Shared) {
+    let on_input = s.borrow().on_input;
+    on_input(w, s);
+}
+
+impl Session {
+    /// A message over the size limit is dropped as it arrives (and refused
+    /// with 552 at its end), so it never occupies memory.
+    pub(super) fn enforce_size_limit(&mut self) {
+        if self.data.len() > self.config.max_message_size {
+            self.too_big = true;
+            self.data.clear();
+        }
+    }
+}
+
+thread_local! {
+    pub(super) static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
+}
+
+/// Runs a session's event handling; a panic (a host bug) is logged and
+/// ends only this session, never the worker.
+pub(super) fn guarded(w: &Worker, s: &Shared, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let what = crate::observe::panic_text(panic);
+        w.log(
+            Priority::Critical,
+            format!("smtp: a session failed ({what}); closing it"),
+        );
+        crate::observe::Counters::bump(&w.shared.counters.host_panics);
+        fail(w, s);
+    }
+}
+
+/// On the worker: takes over an accepted socket.
+pub(super) fn start_session(
+    w: &Worker,
+    stream: TcpStream,
+    config: Rc<ServeConfig>,
+    open: Arc<OpenSessions>,
+    on_input: InputHandler,
+) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        w.log(
+            Priority::Warning,
+            format!("smtp: cannot make a client socket non-blocking: {e}"),
+        );
+        return;
+    }
+    let conn = w.open_connection(stream.as_raw_fd());
+    let id = conn.id;
+    open.add(1);
+    crate::observe::Counters::bump(&w.shared.counters.smtp_sessions);
+    let session = Rc::new(RefCell::new(Session {
+        open,
+        conn,
+        stream,
+        tls: None,
+        secure_pending: false,
+        config,
+        watcher: None,
+        watching_write: false,
+        watching_read: false,
+        idle: None,
+        input: Vec::new(),
+        output: Vec::new(),
+        parser: RequestReceiver::default(),
+        phase: Phase::Connecting,
+        busy: false,
+        on_input,
+        eof: false,
+        ending: Ending::No,
+        broken: false,
+        finishing_data: false,
+        envelope: None,
+        recipients: Vec::new(),
+        data: Vec::new(),
+        too_big: false,
+        helo: None,
+    }));
+    SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
+    watch(w, &session, false);
+    touch(w, &session);
+    step(
+        w,
+        &session,
+        HookId::SmtpInConnect,
+        ChainArgs::None,
+        |w, s, sent| {
+            if refused(&sent) {
+                reply_raw(w, s, &sent);
+                close(w, s);
+            } else {
+                let greeting = format!("220 {} ESMTP mq-host\r\n", s.borrow().config.hostname);
+                reply_raw(
+                    w,
+                    s,
+                    if sent.is_empty() {
+                        greeting.as_bytes()
+                    } else {
+                        &sent
+                    },
+                );
+                s.borrow_mut().phase = Phase::Commands;
+            }
+        },
+    );
+}
+
+/// (Re)registers the socket's watcher with read, and write if output waits.
+pub(super) fn watch(w: &Worker, s: &Shared, want_write: bool) {
+    let (fd, old, reading) = {
+        let mut sess = s.borrow_mut();
+        // Once the session ends, input is no longer read: a hung-up
+        // socket would otherwise report itself readable on every turn.
+        let reading = sess.ending == Ending::No && !sess.eof;
+        let current = (
+            sess.watcher.is_some(),
+            sess.watching_write,
+            sess.watching_read,
+        );
+        if current == (true, want_write, reading) {
+            return;
+        }
+        sess.watching_write = want_write;
+        sess.watching_read = reading;
+        (sess.stream.as_raw_fd(), sess.watcher.take(), reading)
+    };
+    if let Some(old) = old {
+        w.ev.unwatch_io(old);
+    }
+    let interest = match (reading, want_write) {
+        (true, true) => Interest::BOTH,
+        (true, false) => Interest::READ,
+        (false, true) => Interest::WRITE,
+        (false, false) => return,
+    };
+    let weak = Rc::downgrade(s);
+    let handle = w.watch_io(fd, interest, move |w, ready| {
+        let Some(s) = weak.upgrade() else { return };
+        guarded(w, &s, || {
+            if ready.write {
+                flush(w, &s);
+            }
+            if ready.read {
+                read(w, &s);
+            }
+        });
+    });
+    match handle {
+        Ok(h) => s.borrow_mut().watcher = Some(h),
+        Err(e) => {
+            w.log(
+                Priority::Warning,
+                format!("smtp: cannot watch a client socket: {e}"),
+            );
+            fail(w, s);
+        }
+    }
+}
+
+pub(super) fn touch(w: &Worker, s: &Shared) {
+    let (old, after) = {
+        let sess = s.borrow();
+        (sess.idle, sess.config.idle_timeout)
+    };
+    if let Some(t) = old {
+        if w.ev.reset_timer(t, after) {
+            return;
+        }
+    }
+    let weak = Rc::downgrade(s);
+    let timer = w.start_timer(after, move |w| {
+        let Some(s) = weak.upgrade() else { return };
+        s.borrow_mut().idle = None;
+        reply(w, &s, "421 4.4.2 idle for too long, closing");
+        close(w, &s);
+    });
+    s.borrow_mut().idle = Some(timer);
+}
+
+pub(super) fn read(w: &Worker, s: &Shared) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let result = s.borrow_mut().stream.read(&mut buf);
+        match result {
+            Ok(0) => {
+                // End of input: what is buffered is still served (as a
+                // client that half-closes after QUIT expects), then the
+                // session ends.
+                s.borrow_mut().eof = true;
+                let want_write = s.borrow().watching_write;
+                watch(w, s, want_write);
+                break;
+            }
+            Ok(n) => {
+                if let Err(e) = receive(s, &buf[..n]) {
+                    w.log(Priority::Warning, format!("smtp: TLS failed: {e}"));
+                    flush(w, s);
+                    fail(w, s);
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                close(w, s);
+                return;
+            }
+        }
+    }
+    touch(w, s);
+    // Handshake records to send, if any.
+    flush(w, s);
+    let handshake_done = {
+        let mut sess = s.borrow_mut();
+        let done = sess.secure_pending && sess.tls.as_ref().is_some_and(|t| !t.is_handshaking());
+        if done {
+            sess.secure_pending = false;
+        }
+        done
+    };
+    if handshake_done {
+        s.borrow().conn.secure.set(true);
+        return step(w, s, HookId::SmtpInSecure, ChainArgs::None, |w, s, sent| {
+            if refused(&sent) {
+                reply_raw(w, s, &sent);
+                close(w, s);
+            } else if !sent.is_empty() {
+                reply_raw(w, s, &sent);
+            }
+        });
+    }
+    go_on(w, s);
+}
+
+/// Bytes from the socket: plaintext, or TLS records to decrypt.
+pub(super) fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
+    let mut sess = s.borrow_mut();
+    let sess = &mut *sess;
+    let Some(tls) = sess.tls.as_mut() else {
+        sess.input.extend_from_slice(bytes);
+        return Ok(());
+    };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match tls.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
+        }
+        tls.process_new_packets()?;
+    }
+    let mut plain = [0u8; 16 * 1024];
+    loop {
+        match tls.reader().read(&mut plain) {
+            Ok(0) => break,
+            Ok(n) => sess.input.extend_from_slice(&plain[..n]),
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// STARTTLS: the `220` goes out in plaintext, then TLS takes the socket.
+/// Pipelined plaintext after the command is discarded and the session
+/// starts over (RFC 3207).
+pub(super) fn start_tls(w: &Worker, s: &Shared) {
+    let config = {
+        let sess = s.borrow();
+        match (&sess.tls, &sess.config.tls) {
+            (Some(_), _) => Err("503 5.5.1 TLS is already active"),
+            (None, None) => Err("502 5.5.1 TLS is not available"),
+            (None, Some(c)) => Ok(Arc::clone(c)),
+        }
+    };
+    // The borrow ends before replying.
+    let config = match config {
+        Ok(c) => c,
+        Err(line) => return reply(w, s, line),
+    };
+    let conn = match rustls::ServerConnection::new(config) {
+        Ok(c) => c,
+        Err(e) => return reply(w, s, &format!("454 4.7.0 TLS not available now: {e}")),
+    };
+    reply(w, s, "220 2.0.0 ready to start TLS");
+    let mut sess = s.borrow_mut();
+    sess.tls = Some(conn);
+    sess.secure_pending = true;
+    sess.input.clear();
+    sess.helo = None;
+    sess.envelope = None;
+    sess.recipients.clear();
+    sess.data.clear();
+}
+
+/// Runs `hook`'s chain; `then` gets the bytes plugins sent.
+pub(super) fn step(
+    w: &Worker,
+    s: &Shared,
+    hook: HookId,
+    args: ChainArgs,
+    then: impl FnOnce(&Worker, &Shared, Vec<u8>) + 'static,
+) {
+    step_with(w, s, hook, args, move |w, s, sent, _| then(w, s, sent));
+}
+
+/// Runs `hook`'s chain; `then` gets the bytes plugins sent and the
+/// chain's arguments. Once the session is ending, no chain but
+/// `smtp_in_close` starts, and `then` of a chain that ends after the
+/// session was told to end is skipped: `smtp_in_close` runs instead.
+pub(super) fn step_with(
+    w: &Worker,
+    s: &Shared,
+    hook: HookId,
+    args: ChainArgs,
+    then: impl FnOnce(&Worker, &Shared, Vec<u8>, ChainArgs) + 'static,
+) {
+    let hook = hook.hook();
+    let ending = s.borrow().ending;
+    match ending {
+        Ending::No => {}
+        Ending::Closing if hook.id == HookId::SmtpInClose => {}
+        Ending::Pending => return start_close(w, s),
+        Ending::Closing | Ending::Closed => return,
+    }
+    let conn = {
+        let mut sess = s.borrow_mut();
+        sess.busy = true;
+        Rc::clone(&sess.conn)
+    };
+    conn.take_sent();
+    let weak = Rc::downgrade(s);
+    let started = dispatch::start(
+        w,
+        &conn,
+        hook,
+        args,
+        Box::new(move |w, conn, report: ChainReport| {
+            let sent = conn.take_sent();
+            let Some(s) = weak.upgrade() else {
+                return;
+            };
+            s.borrow_mut().busy = false;
+            if s.borrow().ending == Ending::Pending {
+                // The client went away (or is sent away) during the step.
+                return start_close(w, &s);
+            }
+            then(w, &s, sent, report.args);
+            // Go on with buffered (pipelined) input on the next turn.
+            w.defer(move |w| go_on(w, &s));
+        }),
+    );
+    if started.is_err() {
+        s.borrow_mut().busy = false;
+        w.log(
+            Priority::Critical,
+            format!(
+                "smtp: {} could not start: another chain runs on the connection (host bug); closing the session",
+                hook.symbol
+            ),
+        );
+        let ending = s.borrow().ending;
+        if ending == Ending::No {
+            close(w, s);
+        }
+    }
+}
+
+pub(super) fn reply(w: &Worker, s: &Shared, line: &str) {
+    let mut bytes = line.as_bytes().to_vec();
+    bytes.extend_from_slice(b"\r\n");
+    reply_raw(w, s, &bytes);
+}
+
+/// A plugin's own reply, else the host's default.
+pub(super) fn reply_or(w: &Worker, s: &Shared, sent: &[u8], default: &str) {
+    if sent.is_empty() {
+        reply(w, s, default);
+    } else {
+        reply_raw(w, s, sent);
+    }
+}
+
+pub(super) fn reply_raw(w: &Worker, s: &Shared, bytes: &[u8]) {
+    s.borrow_mut().output.extend_from_slice(bytes);
+    flush(w, s);
+}
+
+pub(super) fn flush(w: &Worker, s: &Shared) {
+    // Under TLS, replies are encrypted first; the records go out below.
+    {
+        let mut sess = s.borrow_mut();
+        let sess = &mut *sess;
+        if let Some(tls) = sess.tls.as_mut() {
+            if !sess.output.is_empty() {
+                let _ = tls.writer().write_all(&sess.output);
+                sess.output.clear();
+            }
+        }
+    }
+    loop {
+        let result = {
+            let mut sess = s.borrow_mut();
+            let Session {
+                stream,
+                output,
+                tls,
+                ..
+            } = &mut *sess;
+            match tls {
+                Some(tls) if tls.wants_write() => tls.write_tls(&mut SendOnly(stream)),
+                Some(_) => break,
+                None if output.is_empty() => break,
+                None => stream.write(output),
+            }
+        };
+        match result {
+            Ok(n) => {
+                let mut sess = s.borrow_mut();
+                if sess.tls.is_none() {
+                    sess.output.drain(..n);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return watch(w, s, true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                {
+                    let mut sess = s.borrow_mut();
+                    sess.broken = true;
+                    sess.output.clear();
+                }
+                return fail(w, s);
+            }
+        }
+    }
+    if s.borrow().ending == Ending::Closed {
+        drop_session(w, s);
+    } else {
+        watch(w, s, false);
+    }
+}
+
+/// Writes to a socket with `send(2)` only: rustls writes its records with
+/// `write_vectored`, which on a `TcpStream` is `writev(2)`, and that raises
+/// SIGPIPE on a reset connection (std's `write` passes `MSG_NOSIGNAL`). A
+/// program embedding the host under a C `main` does not ignore SIGPIPE.
+struct SendOnly<'a>(&'a mut TcpStream);
+
+impl Write for SendOnly<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The client left or is sent away: once no chain is running,
+/// `smtp_in_close`, then the socket goes.
+pub(super) fn close(w: &Worker, s: &Shared) {
+    let busy = {
+        let mut sess = s.borrow_mut();
+        if sess.ending != Ending::No {
+            return;
+        }
+        if sess.busy {
+            sess.ending = Ending::Pending;
+        }
+        sess.busy
+    };
+    // No more input is read.
+    let want_write = s.borrow().watching_write;
+    watch(w, s, want_write);
+    if !busy {
+        start_close(w, s);
+    }
+}
+
+pub(super) fn start_close(w: &Worker, s: &Shared) {
+    s.borrow_mut().ending = Ending::Closing;
+    step(w, s, HookId::SmtpInClose, ChainArgs::None, |w, s, _| {
+        s.borrow_mut().ending = Ending::Closed;
+        flush(w, s)
+    });
+}
+
+/// The session cannot go on (a broken socket, a TLS failure, a host bug):
+/// it ends as any session does, with `smtp_in_close` once no chain runs.
+pub(super) fn fail(w: &Worker, s: &Shared) {
+    if s.borrow().ending == Ending::Closed {
+        drop_session(w, s);
+    } else {
+        close(w, s);
+    }
+}
+
+pub(super) fn drop_session(w: &Worker, s: &Shared) {
+    let id = s.borrow().conn.id;
+    // Once per session, however it ends.
+    if SESSIONS.with(|m| m.borrow_mut().remove(&id)).is_none() {
+        return;
+    }
+    let (watcher, idle) = {
+        let mut sess = s.borrow_mut();
+        (sess.watcher.take(), sess.idle.take())
+    };
+    if let Some(h) = watcher {
+        w.ev.unwatch_io(h);
+    }
+    if let Some(t) = idle {
+        w.ev.stop_timer(t);
+    }
+    w.close_connection(id);
+    let open = Arc::clone(&s.borrow().open);
+    open.add(-1);
+}
+
+/// Forgets the open transaction (envelope, recipients, data).
+pub(super) fn reset(s: &Shared) {
+    let mut sess = s.borrow_mut();
+    sess.envelope = None;
+    sess.recipients.clear();
+    sess.data.clear();
+}
