@@ -52,6 +52,7 @@ pub(crate) struct Credentials {
 struct Retired {
     pins: Cell<u32>,
     kept: RefCell<Vec<CString>>,
+    kept_bytes: RefCell<Vec<Rc<[u8]>>>,
 }
 
 impl Retired {
@@ -60,6 +61,15 @@ impl Retired {
         if let Some(old) = old {
             if self.pins.get() > 0 {
                 self.kept.borrow_mut().push(old);
+            }
+        }
+    }
+
+    /// Like [`Retired::retire`], for a byte buffer.
+    fn retire_bytes(&self, old: Option<Rc<[u8]>>) {
+        if let Some(old) = old {
+            if self.pins.get() > 0 {
+                self.kept_bytes.borrow_mut().push(old);
             }
         }
     }
@@ -73,6 +83,7 @@ impl Retired {
         self.pins.set(pins);
         if pins == 0 {
             self.kept.borrow_mut().clear();
+            self.kept_bytes.borrow_mut().clear();
         }
     }
 }
@@ -138,7 +149,9 @@ pub(crate) struct MessageObj {
     json: RefCell<Map<String, Value>>,
     envelope: Rc<AddressObj>,
     recipient: RefCell<Option<CString>>,
-    mime: RefCell<Option<Vec<u8>>>,
+    /// The MIME data, byte for byte; shared (not copied) by the messages
+    /// of one transaction until a plugin replaces it.
+    mime: RefCell<Option<Rc<[u8]>>>,
     pub(crate) local: Cell<bool>,
     /// Caches for pointers returned to plugins: valid until the next change
     /// (or, while pinned, until the message is freed).
@@ -154,7 +167,7 @@ impl MessageObj {
         let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
         let envelope = text("envelope");
         let recipient = text("recipient");
-        let mime = text("mime").map(String::into_bytes);
+        let mime = text("mime").map(|m| Rc::from(m.into_bytes()));
         Rc::new(MessageObj {
             direction,
             envelope: Rc::new(AddressObj::new(envelope.as_deref())),
@@ -238,8 +251,14 @@ impl MessageObj {
         cache.get_or_insert_with(|| c_string(bytes)).as_ptr()
     }
 
+    /// The MIME data, byte for byte (NUL bytes included).
+    pub(crate) fn mime(&self) -> Option<Rc<[u8]>> {
+        self.mime.borrow().clone()
+    }
+
     pub(crate) fn set_mime(&self, mime: &[u8]) {
-        *self.mime.borrow_mut() = Some(mime.to_vec());
+        let old = self.mime.borrow_mut().replace(Rc::from(mime));
+        self.retired.retire_bytes(old);
         self.retired.retire(self.mime_c.borrow_mut().take());
         self.changed(
             "mime",
@@ -262,7 +281,7 @@ impl MessageObj {
                 .as_ref()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            mime: self.mime.borrow().clone(),
+            mime: self.mime().as_deref().map(<[u8]>::to_vec),
         }
     }
 }
