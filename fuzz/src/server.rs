@@ -55,7 +55,7 @@ impl Server {
             max_message_size: MAX_MESSAGE_SIZE,
             idle_timeout: IDLE_TIMEOUT,
             tls: Some(server_tls),
-            outbox: None,
+            ..Default::default()
         };
         let socket = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let listener = host.serve(socket, config).expect("serve starts");

@@ -287,6 +287,12 @@ impl Host {
         result
     }
 
+    /// The state the workers share (log, counters), for the acceptor of
+    /// `serve`.
+    pub(crate) fn shared_state(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// The workers' loops, for the acceptor of `serve`.
     pub(crate) fn worker_remotes(&self) -> Vec<LoopRemote> {
         self.workers.iter().map(|w| w.remote.clone()).collect()

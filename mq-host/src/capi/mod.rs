@@ -196,6 +196,18 @@ fn refuse(function: &str, raw: *const c_void, kind: Kind, why: Refusal) {
         .write(worker, Priority::Critical, Source::Host, text(name));
 }
 
+/// Reports an `MQ_send` cut at the connection's output limit (a client
+/// that does not read, or a plugin that sends without bound).
+fn output_cut(cut: usize, limit: usize) {
+    let Some(w) = worker::current() else { return };
+    Counters::bump(&w.shared.counters.plugin_output_cut);
+    let name = worker::calling().map_or("(unknown)", |p| w.shared.plugin_name(p));
+    w.log(
+        Priority::Warning,
+        format!("plugin {name}: MQ_send cut: {cut} byte(s) over the connection's output limit of {limit} bytes were not sent"),
+    );
+}
+
 /// Reports a timer or watcher function called off any worker thread (their
 /// handles name the loop, not a plugin).
 fn refuse_off_worker(function: &str, what: &str) {
@@ -487,8 +499,11 @@ host_fn! {
         };
         // SAFETY: the C API: `buf` is valid for `size` bytes.
         let data = unsafe { bytes(buf.cast(), size) };
-        conn.sent.borrow_mut().extend_from_slice(data);
-        data.len()
+        let taken = conn.send(data);
+        if taken < data.len() {
+            output_cut(data.len() - taken, conn.send_limit.get());
+        }
+        taken
     }
 }
 

@@ -87,6 +87,20 @@ counters! {
     messages_failed,
     /// Temporary delivery failures: the message waits for a retry.
     messages_deferred,
+    /// Clients refused at a connection limit (`max_connections`, `max_connections_per_ip`).
+    connections_refused,
+    /// Accepts that failed for want of descriptors or memory (the acceptor backs off).
+    accept_errors,
+    /// Times a session stopped reading: its unhandled input or unread replies were at their limit.
+    input_paused,
+    /// `RCPT TO`s refused with `452` at `max_recipients`.
+    recipients_over_limit,
+    /// Sessions closed because a command line or a message's data took longer than its deadline.
+    sessions_too_slow,
+    /// AUTH lines over the longest allowed (the exchange was cancelled).
+    auth_lines_too_long,
+    /// `MQ_send` calls cut at the session's output limit (`max_output_buffer`).
+    plugin_output_cut,
 }
 
 impl Counters {

@@ -51,6 +51,8 @@ pub(crate) struct ConnectionState {
     pub(crate) auth: Cell<AuthState>,
     /// Bytes plugins sent with `MQ_send` since the host last took them.
     pub(crate) sent: RefCell<Vec<u8>>,
+    /// The most bytes `sent` may hold (see [`ConnectionState::send`]).
+    pub(crate) send_limit: Cell<usize>,
     /// Each plugin's `MQ_connectionData` slot, in plugin order.
     pub(crate) data: Box<[Cell<*mut c_void>]>,
     /// The last take-over on this connection and whether it ended, for
@@ -84,6 +86,7 @@ impl ConnectionState {
             secure: Cell::new(false),
             auth: Cell::new(AuthState::default()),
             sent: RefCell::new(Vec::new()),
+            send_limit: Cell::new(usize::MAX),
             data: (0..plugins)
                 .map(|_| Cell::new(std::ptr::null_mut()))
                 .collect(),
@@ -94,6 +97,16 @@ impl ConnectionState {
             registration: Registration::default(),
             _not_send: PhantomData,
         })
+    }
+
+    /// Buffers `bytes` a plugin sent, as far as the send limit allows;
+    /// returns how many were taken.
+    pub(crate) fn send(&self, bytes: &[u8]) -> usize {
+        let mut sent = self.sent.borrow_mut();
+        let room = self.send_limit.get().saturating_sub(sent.len());
+        let taken = bytes.len().min(room);
+        sent.extend_from_slice(&bytes[..taken]);
+        taken
     }
 
     /// Takes the bytes plugins sent.

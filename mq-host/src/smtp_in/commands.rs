@@ -1,9 +1,11 @@
 //! What a session's input asks for: commands (parsed by smtp-proto), AUTH
 //! exchanges, DATA and BDAT chunks, and what each does.
 
+use super::input::InputBuffer;
 use super::session::Recipient;
 use super::session::{
-    close, reply, reply_or, reply_raw, reset, start_tls, step, step_with, Ending, Phase, Shared,
+    close, flush, go_on, reply, reply_or, reply_raw, reset, start_tls, step, step_with,
+    update_deadline, Ending, Phase, Shared,
 };
 use super::transaction::end_of_data;
 use crate::inbound::refuses as refused;
@@ -64,6 +66,8 @@ enum Action {
     Reply(String),
     /// A line answering an AUTH challenge.
     AuthLine(Vec<u8>),
+    /// An AUTH line over [`LONGEST_AUTH_LINE`]: the exchange is cancelled.
+    AuthLineTooLong,
 }
 
 /// Handles buffered input until it runs out or a chain takes over. The
@@ -79,11 +83,28 @@ pub(super) fn process(w: &Worker, s: &Shared) {
     }
 }
 
+/// The most commands (or data chunks) one session handles in one turn of
+/// its worker's loop: the rest waits for the next turn, so one client's
+/// pipelined batch never keeps the worker from its other sessions.
+const ACTIONS_PER_TURN: usize = 64;
+
+/// The longest AUTH line (RFC 4954: at least 12 288 octets).
+const LONGEST_AUTH_LINE: usize = 12_288;
+
 fn process_input(w: &Worker, s: &Shared) {
+    // Replies to a batch go out in one write, at its end.
+    let corked = std::mem::replace(&mut s.borrow_mut().corked, true);
+    let mut handled = 0;
     loop {
+        if handled == ACTIONS_PER_TURN {
+            let s = Rc::clone(s);
+            w.defer(move |w| go_on(w, &s));
+            break;
+        }
         let Some(action) = next_action(&mut s.borrow_mut()) else {
-            return;
+            break;
         };
+        handled += 1;
         match action {
             Action::EndOfData => end_of_data(w, s),
             Action::ChunkDone(total) => {
@@ -92,27 +113,52 @@ fn process_input(w: &Worker, s: &Shared) {
             Action::Command(cmd) => command(w, s, cmd),
             Action::Reply(line) => reply(w, s, &line),
             Action::AuthLine(line) => auth_line(w, s, line),
+            Action::AuthLineTooLong => {
+                crate::observe::Counters::bump(&w.shared.counters.auth_lines_too_long);
+                reply(
+                    w,
+                    s,
+                    &format!("500 5.5.6 authentication line longer than {LONGEST_AUTH_LINE} bytes; authentication cancelled"),
+                )
+            }
         }
     }
+    s.borrow_mut().corked = corked;
+    if !corked {
+        flush(w, s);
+    }
+    update_deadline(w, s);
 }
 
 /// The next thing to do with the buffered input, if it holds one: nothing
-/// while a step is running or the session is ending.
+/// while a step is running, replies wait for the client, or the session is
+/// ending.
 fn next_action(sess: &mut super::session::Session) -> Option<Action> {
-    if sess.busy || sess.finishing_data || sess.ending != Ending::No || sess.input.is_empty() {
+    if sess.busy
+        || sess.finishing_data
+        || sess.ending != Ending::No
+        || sess.input.is_empty()
+        || sess.output_waiting()
+    {
         return None;
     }
-    let input = std::mem::take(&mut sess.input);
-    let mut bytes = input.iter();
+    let mut input = std::mem::take(&mut sess.input);
+    let action = next_action_in(sess, &mut input);
+    sess.input = input;
+    action
+}
+
+fn next_action_in(sess: &mut super::session::Session, input: &mut InputBuffer) -> Option<Action> {
+    if sess.skipping_line && !skip_line(sess, input) {
+        return None;
+    }
+    let mut bytes = input.pending().iter();
+    let total = bytes.len();
     let action = match &mut sess.phase {
-        Phase::Connecting => {
-            sess.input = input;
-            return None;
-        }
+        Phase::Connecting => return None,
         Phase::Data(receiver) => {
             let done = receiver.ingest(&mut bytes, &mut sess.data);
-            let left = bytes.as_slice().len();
-            sess.input = keep_tail(input, left);
+            input.consume(total - bytes.len());
             sess.enforce_size_limit();
             if !done {
                 return None;
@@ -123,8 +169,7 @@ fn next_action(sess: &mut super::session::Session) -> Option<Action> {
         Phase::Bdat(receiver) => {
             let done = receiver.ingest(&mut bytes, &mut sess.data);
             let last = receiver.is_last;
-            let left = bytes.as_slice().len();
-            sess.input = keep_tail(input, left);
+            input.consume(total - bytes.len());
             sess.enforce_size_limit();
             if !done {
                 return None;
@@ -138,8 +183,7 @@ fn next_action(sess: &mut super::session::Session) -> Option<Action> {
         }
         Phase::SkipBdat(receiver, _) => {
             let done = receiver.ingest(&mut bytes);
-            let left = bytes.as_slice().len();
-            sess.input = keep_tail(input, left);
+            input.consume(total - bytes.len());
             if !done {
                 return None;
             }
@@ -150,39 +194,64 @@ fn next_action(sess: &mut super::session::Session) -> Option<Action> {
             Action::Reply(line)
         }
         Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
-            let Some(end) = input.iter().position(|b| *b == b'\n') else {
-                sess.input = input;
-                return None;
-            };
-            let line = input[..end]
-                .strip_suffix(b"\r")
-                .unwrap_or(&input[..end])
-                .to_vec();
-            let mut input = input;
-            input.drain(..=end);
-            sess.input = input;
-            Action::AuthLine(line)
+            return next_auth_line(sess, input);
         }
         Phase::Commands => {
             let parsed = sess.parser.ingest(&mut bytes).map(to_cmd);
-            let left = bytes.as_slice().len();
-            sess.input = keep_tail(input, left);
+            let used = total - bytes.len();
+            input.consume(used);
             match parsed {
-                Ok(cmd) => Action::Command(cmd),
-                Err(ParseError::NeedsMoreData { .. }) => return None,
-                Err(e) => Action::Reply(parse_error(&e)),
+                Ok(cmd) => {
+                    sess.partial_line = false;
+                    Action::Command(cmd)
+                }
+                Err(ParseError::NeedsMoreData { .. }) => {
+                    sess.partial_line |= used > 0;
+                    return None;
+                }
+                Err(e) => {
+                    sess.partial_line = false;
+                    Action::Reply(parse_error(&e))
+                }
             }
         }
     };
     Some(action)
 }
 
-/// `input` without what was consumed, keeping its allocation (no copy per
-/// pipelined command).
-fn keep_tail(mut input: Vec<u8>, left: usize) -> Vec<u8> {
-    let consumed = input.len() - left;
-    input.drain(..consumed);
-    input
+/// The line answering an AUTH challenge, once it is complete. An
+/// over-long one cancels the exchange; the rest of it is skipped as it
+/// arrives.
+fn next_auth_line(sess: &mut super::session::Session, input: &mut InputBuffer) -> Option<Action> {
+    if let Some(line) = input.take_line() {
+        if line.len() > LONGEST_AUTH_LINE {
+            sess.phase = Phase::Commands;
+            return Some(Action::AuthLineTooLong);
+        }
+        return Some(Action::AuthLine(line));
+    }
+    if input.len() > LONGEST_AUTH_LINE {
+        input.consume(input.len());
+        sess.phase = Phase::Commands;
+        sess.skipping_line = true;
+        return Some(Action::AuthLineTooLong);
+    }
+    None
+}
+
+/// Skips the rest of a line being skipped; false if input ran out first.
+fn skip_line(sess: &mut super::session::Session, input: &mut InputBuffer) -> bool {
+    match input.pending().iter().position(|b| *b == b'\n') {
+        Some(end) => {
+            input.consume(end + 1);
+            sess.skipping_line = false;
+            !input.is_empty()
+        }
+        None => {
+            input.consume(input.len());
+            false
+        }
+    }
 }
 
 fn parse_error(e: &ParseError) -> String {
@@ -278,6 +347,18 @@ fn mail(w: &Worker, s: &Shared, from: String) {
 fn rcpt(w: &Worker, s: &Shared, to: String) {
     if s.borrow().envelope.is_none() {
         return reply(w, s, "503 5.5.1 MAIL FROM first");
+    }
+    let (count, max) = {
+        let sess = s.borrow();
+        (sess.recipients.len(), sess.config.max_recipients)
+    };
+    if count >= max {
+        crate::observe::Counters::bump(&w.shared.counters.recipients_over_limit);
+        return reply(
+            w,
+            s,
+            &format!("452 4.5.3 too many recipients (at most {max} per message)"),
+        );
     }
     let address = Rc::new(AddressObj::new(Some(&to)));
     step_with(

@@ -25,14 +25,17 @@
 //! command does; `transaction` the end of DATA through the message hooks to
 //! durable storage.
 
+mod accept;
 mod commands;
+mod input;
 mod session;
 mod transaction;
 
 use crate::runtime::dispatch;
 use crate::runtime::worker::{self, Worker};
 use session::{close, reply, Ending, Shared, SESSIONS};
-use std::net::TcpStream;
+use std::collections::HashMap;
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -48,8 +51,30 @@ pub struct ServeConfig {
     pub hostname: String,
     /// The largest message accepted, in bytes.
     pub max_message_size: usize,
-    /// How long an idle client may stay connected.
+    /// How long an idle client (not a byte sent) may stay connected.
     pub idle_timeout: Duration,
+    /// How long a client may take to send one command line (or AUTH
+    /// line) from its first byte: a client that trickles bytes gets a
+    /// `421` at this deadline, whatever the idle timeout.
+    pub command_timeout: Duration,
+    /// How long a client may take to send a message's data (from the
+    /// `354`, or each BDAT chunk).
+    pub data_timeout: Duration,
+    /// The most recipients in one transaction: more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// The most sessions open at once: more clients get `421 4.7.0` and
+    /// are closed at once.
+    pub max_connections: usize,
+    /// The most sessions open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// The most unhandled input a session buffers: beyond it the host
+    /// stops reading from the client (TCP flow control holds the rest)
+    /// until the session has handled what it has.
+    pub max_input_buffer: usize,
+    /// The most bytes of replies a session buffers for a client that does
+    /// not read them: the session stops handling input while its replies
+    /// wait, and a plugin's `MQ_send` beyond this is cut (and reported).
+    pub max_output_buffer: usize,
     /// TLS for STARTTLS; `None` does not offer it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where messages stored in `inbox/` are queued for delivery (an
@@ -99,34 +124,117 @@ impl Default for ServeConfig {
             hostname: "localhost".to_owned(),
             max_message_size: 25 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_recipients: 1000,
+            max_connections: 1000,
+            max_connections_per_ip: 100,
+            max_input_buffer: 256 * 1024,
+            max_output_buffer: 1024 * 1024,
             tls: None,
             outbox: None,
         }
     }
 }
 
-/// How many sessions are open, for a graceful shutdown to wait on.
+/// The sessions open on a listener, in total and per client address: for
+/// the connection limits, and for a graceful shutdown to wait on.
 #[derive(Default)]
 pub(super) struct OpenSessions {
-    count: std::sync::Mutex<usize>,
+    state: std::sync::Mutex<OpenState>,
     changed: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct OpenState {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// Which connection limit refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnectionLimit {
+    /// [`ServeConfig::max_connections`].
+    Total(usize),
+    /// [`ServeConfig::max_connections_per_ip`].
+    PerAddress(usize),
+}
+
 impl OpenSessions {
-    fn add(&self, delta: isize) {
-        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        *count = count.saturating_add_signed(delta);
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a client from `address` in, unless a limit is reached.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        config: &ServeConfig,
+    ) -> Result<Admission, ConnectionLimit> {
+        let mut state = self.lock();
+        if state.total >= config.max_connections {
+            return Err(ConnectionLimit::Total(config.max_connections));
+        }
+        let from_address = state.by_address.entry(address).or_default();
+        if *from_address >= config.max_connections_per_ip {
+            return Err(ConnectionLimit::PerAddress(config.max_connections_per_ip));
+        }
+        *from_address += 1;
+        state.total += 1;
+        Ok(Admission {
+            open: Arc::clone(self),
+            address,
+            released: false,
+        })
+    }
+
+    fn release(&self, address: IpAddr) {
+        let mut state = self.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.by_address.get_mut(&address) {
+            *n -= 1;
+            if *n == 0 {
+                state.by_address.remove(&address);
+            }
+        }
         self.changed.notify_all();
+    }
+
+    fn count(&self) -> usize {
+        self.lock().total
     }
 
     /// Waits until no session is open or `limit` passed; true if none is.
     fn wait_idle(&self, limit: Duration) -> bool {
-        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        let (count, _) = self
+        let state = self.lock();
+        let (state, _) = self
             .changed
-            .wait_timeout_while(count, limit, |c| *c > 0)
+            .wait_timeout_while(state, limit, |s| s.total > 0)
             .unwrap_or_else(|e| e.into_inner());
-        *count == 0
+        state.total == 0
+    }
+}
+
+/// A session's place in [`OpenSessions`]: released when the session ends
+/// (or, whatever happens, when this is dropped).
+pub(super) struct Admission {
+    open: Arc<OpenSessions>,
+    address: IpAddr,
+    released: bool,
+}
+
+impl Admission {
+    /// The session ended: it no longer counts.
+    pub(super) fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.open.release(self.address);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -175,7 +283,7 @@ impl Listener {
         if self.open.wait_idle(grace) {
             return 0;
         }
-        let left = *self.open.count.lock().unwrap_or_else(|e| e.into_inner());
+        let left = self.open.count();
         for remote in &self.remotes {
             worker::post(remote, close_all_sessions);
         }
@@ -223,45 +331,6 @@ impl crate::api::Host {
         listener: std::net::TcpListener,
         config: ServeConfig,
     ) -> std::io::Result<Listener> {
-        listen(listener, self.worker_remotes(), config)
+        accept::listen(listener, self.worker_remotes(), self.shared_state(), config)
     }
-}
-
-/// Accepts on `listener` and hands each client to a worker, round robin.
-fn listen(
-    listener: std::net::TcpListener,
-    remotes: Vec<crate::runtime::event_loop::LoopRemote>,
-    config: ServeConfig,
-) -> std::io::Result<Listener> {
-    let addr = listener.local_addr()?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let open = Arc::new(OpenSessions::default());
-    let open_for_thread = Arc::clone(&open);
-    let remotes_for_thread = remotes.clone();
-    let thread = std::thread::Builder::new()
-        .name("mq-smtp-accept".into())
-        .spawn(move || {
-            let mut next = 0usize;
-            for stream in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let config = config.clone();
-                let open = Arc::clone(&open_for_thread);
-                let remote = &remotes_for_thread[next % remotes_for_thread.len()];
-                next += 1;
-                worker::post(remote, move |w| {
-                    session::start_session(w, stream, Rc::new(config), open, commands::process)
-                });
-            }
-        })?;
-    Ok(Listener {
-        addr,
-        stop,
-        thread: Some(thread),
-        open,
-        remotes,
-    })
 }

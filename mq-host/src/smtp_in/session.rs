@@ -3,7 +3,8 @@
 //! next), and its end — however it ends, `smtp_in_close` runs exactly
 //! once, after a held step is over, then the socket goes.
 
-use super::{OpenSessions, ServeConfig};
+use super::input::InputBuffer;
+use super::{Admission, ServeConfig};
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::chain::ChainReport;
@@ -56,8 +57,8 @@ pub(super) enum Ending {
 }
 
 pub(super) struct Session {
-    /// Open sessions of this listener (shared with its accept thread).
-    pub(super) open: Arc<OpenSessions>,
+    /// This session's place among the listener's open sessions.
+    pub(super) admission: Admission,
     pub(super) conn: Rc<ConnectionState>,
     pub(super) stream: TcpStream,
     /// The TLS layer after STARTTLS.
@@ -69,8 +70,19 @@ pub(super) struct Session {
     pub(super) watching_write: bool,
     pub(super) watching_read: bool,
     pub(super) idle: Option<TimerHandle>,
-    pub(super) input: Vec<u8>,
+    /// The running deadline: a command line, an AUTH line, or a message's
+    /// data must be complete before it fires (`command_timeout`,
+    /// `data_timeout`).
+    pub(super) deadline: Option<(Deadline, TimerHandle)>,
+    /// The current command line is partly received.
+    pub(super) partial_line: bool,
+    pub(super) input: InputBuffer,
     pub(super) output: Vec<u8>,
+    /// Replies are collected while a batch of input is handled, and
+    /// written once at its end.
+    pub(super) corked: bool,
+    /// An over-long AUTH line is being skipped up to its line end.
+    pub(super) skipping_line: bool,
     pub(super) parser: RequestReceiver,
     pub(super) phase: Phase,
     /// A chain is running: input waits.
@@ -94,6 +106,18 @@ pub(super) struct Session {
 
 pub(super) type Shared = Rc<RefCell<Session>>;
 
+/// Replies waiting beyond this stop a session from handling more input.
+const OUTPUT_PAUSE: usize = 64 * 1024;
+
+/// A deadline the client must meet (see [`Session::deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// A command or AUTH line, from its first byte.
+    Line,
+    /// A message's data, from the `354` or the BDAT command.
+    Data,
+}
+
 /// A recipient the plugins accepted.
 #[derive(Debug, Clone)]
 pub(super) struct Recipient {
@@ -113,6 +137,17 @@ pub(super) fn go_on(w: &Worker, s: &Shared) {
 }
 
 impl Session {
+    /// Input is not read while this holds: unhandled input at its limit,
+    /// or replies waiting for a client that does not read them.
+    pub(super) fn input_full(&self) -> bool {
+        self.input.len() >= self.config.max_input_buffer || self.output_waiting()
+    }
+
+    /// Replies wait to be written: input is not handled meanwhile.
+    pub(super) fn output_waiting(&self) -> bool {
+        self.output.len() >= OUTPUT_PAUSE.min(self.config.max_output_buffer)
+    }
+
     /// A message over the size limit is dropped as it arrives (and refused
     /// with 552 at its end), so it never occupies memory.
     pub(super) fn enforce_size_limit(&mut self) {
@@ -146,7 +181,7 @@ pub(super) fn start_session(
     w: &Worker,
     stream: TcpStream,
     config: Rc<ServeConfig>,
-    open: Arc<OpenSessions>,
+    admission: Admission,
     on_input: InputHandler,
 ) {
     if let Err(e) = stream.set_nonblocking(true) {
@@ -156,12 +191,15 @@ pub(super) fn start_session(
         );
         return;
     }
+    // Replies go out as they are written: no Nagle delay after a write
+    // that the client waits on.
+    let _ = stream.set_nodelay(true);
     let conn = w.open_connection(stream.as_raw_fd());
+    conn.send_limit.set(config.max_output_buffer);
     let id = conn.id;
-    open.add(1);
     crate::observe::Counters::bump(&w.shared.counters.smtp_sessions);
     let session = Rc::new(RefCell::new(Session {
-        open,
+        admission,
         conn,
         stream,
         tls: None,
@@ -171,8 +209,12 @@ pub(super) fn start_session(
         watching_write: false,
         watching_read: false,
         idle: None,
-        input: Vec::new(),
+        deadline: None,
+        partial_line: false,
+        input: InputBuffer::default(),
         output: Vec::new(),
+        corked: false,
+        skipping_line: false,
         parser: RequestReceiver::default(),
         phase: Phase::Connecting,
         busy: false,
@@ -222,7 +264,9 @@ pub(super) fn watch(w: &Worker, s: &Shared, want_write: bool) {
         let mut sess = s.borrow_mut();
         // Once the session ends, input is no longer read: a hung-up
         // socket would otherwise report itself readable on every turn.
-        let reading = sess.ending == Ending::No && !sess.eof;
+        // Nor while its buffers are full: the client waits (TCP flow
+        // control) until the session has handled what it has.
+        let reading = sess.ending == Ending::No && !sess.eof && !sess.input_full();
         let current = (
             sess.watcher.is_some(),
             sess.watching_write,
@@ -291,6 +335,13 @@ pub(super) fn touch(w: &Worker, s: &Shared) {
 pub(super) fn read(w: &Worker, s: &Shared) {
     let mut buf = [0u8; 16 * 1024];
     loop {
+        if s.borrow().input_full() {
+            // Read again once the session has handled its input.
+            crate::observe::Counters::bump(&w.shared.counters.input_paused);
+            let want_write = s.borrow().watching_write;
+            watch(w, s, want_write);
+            break;
+        }
         let result = s.borrow_mut().stream.read(&mut buf);
         match result {
             Ok(0) => {
@@ -348,7 +399,7 @@ pub(super) fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
     let mut sess = s.borrow_mut();
     let sess = &mut *sess;
     let Some(tls) = sess.tls.as_mut() else {
-        sess.input.extend_from_slice(bytes);
+        sess.input.extend(bytes);
         return Ok(());
     };
     let mut rest = bytes;
@@ -364,7 +415,7 @@ pub(super) fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
     loop {
         match tls.reader().read(&mut plain) {
             Ok(0) => break,
-            Ok(n) => sess.input.extend_from_slice(&plain[..n]),
+            Ok(n) => sess.input.extend(&plain[..n]),
             Err(_) => break,
         }
     }
@@ -393,6 +444,15 @@ pub(super) fn start_tls(w: &Worker, s: &Shared) {
         Err(e) => return reply(w, s, &format!("454 4.7.0 TLS not available now: {e}")),
     };
     reply(w, s, "220 2.0.0 ready to start TLS");
+    // The 220 goes out in plaintext now, whatever batch it ends.
+    flush(w, s);
+    if !s.borrow().output.is_empty() {
+        w.log(
+            Priority::Warning,
+            "smtp: a client that does not read its replies asked for STARTTLS; closing".to_owned(),
+        );
+        return fail(w, s);
+    }
     let mut sess = s.borrow_mut();
     sess.tls = Some(conn);
     sess.secure_pending = true;
@@ -401,6 +461,75 @@ pub(super) fn start_tls(w: &Worker, s: &Shared) {
     sess.envelope = None;
     sess.recipients.clear();
     sess.data.clear();
+}
+
+/// Arms, keeps or stops the session's deadline for what it waits for from
+/// the client now: a line being received, or a message's data.
+pub(super) fn update_deadline(w: &Worker, s: &Shared) {
+    let (want, current, config) = {
+        let sess = s.borrow();
+        let waiting_for_client = sess.ending == Ending::No && !sess.busy && !sess.finishing_data;
+        let want = match sess.phase {
+            _ if !waiting_for_client => None,
+            Phase::Data(_) | Phase::Bdat(_) | Phase::SkipBdat(..) => Some(Deadline::Data),
+            Phase::Commands => (sess.partial_line || sess.skipping_line).then_some(Deadline::Line),
+            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
+                (!sess.input.is_empty()).then_some(Deadline::Line)
+            }
+            Phase::Connecting => None,
+        };
+        (want, sess.deadline.map(|(d, _)| d), Rc::clone(&sess.config))
+    };
+    if want == current {
+        return;
+    }
+    if let Some((_, timer)) = s.borrow_mut().deadline.take() {
+        w.ev.stop_timer(timer);
+    }
+    let Some(kind) = want else { return };
+    let after = match kind {
+        Deadline::Line => config.command_timeout,
+        Deadline::Data => config.data_timeout,
+    };
+    let weak = Rc::downgrade(s);
+    let timer = w.start_timer(after, move |w| {
+        let Some(s) = weak.upgrade() else { return };
+        s.borrow_mut().deadline = None;
+        guarded(w, &s, || too_slow(w, &s, kind, after));
+    });
+    s.borrow_mut().deadline = Some((kind, timer));
+}
+
+/// A deadline passed: the client trickles its input. `421`, and the
+/// session ends.
+fn too_slow(w: &Worker, s: &Shared, kind: Deadline, after: std::time::Duration) {
+    crate::observe::Counters::bump(&w.shared.counters.sessions_too_slow);
+    let what = match kind {
+        Deadline::Line => "a command line",
+        Deadline::Data => "the message data",
+    };
+    let peer = s
+        .borrow()
+        .stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    w.log(
+        Priority::Info,
+        format!(
+            "smtp: {peer} did not send {what} within {} s; closing",
+            after.as_secs_f64()
+        ),
+    );
+    reply(
+        w,
+        s,
+        &format!(
+            "421 4.4.2 {what} took longer than {} s, closing",
+            after.as_secs_f64()
+        ),
+    );
+    close(w, s);
 }
 
 /// Runs `hook`'s chain; `then` gets the bytes plugins sent.
@@ -492,23 +621,34 @@ pub(super) fn reply_or(w: &Worker, s: &Shared, sent: &[u8], default: &str) {
 }
 
 pub(super) fn reply_raw(w: &Worker, s: &Shared, bytes: &[u8]) {
-    s.borrow_mut().output.extend_from_slice(bytes);
-    flush(w, s);
+    let corked = {
+        let mut sess = s.borrow_mut();
+        sess.output.extend_from_slice(bytes);
+        sess.corked
+    };
+    if !corked {
+        flush(w, s);
+    }
 }
 
 pub(super) fn flush(w: &Worker, s: &Shared) {
-    // Under TLS, replies are encrypted first; the records go out below.
-    {
-        let mut sess = s.borrow_mut();
-        let sess = &mut *sess;
-        if let Some(tls) = sess.tls.as_mut() {
-            if !sess.output.is_empty() {
-                let _ = tls.writer().write_all(&sess.output);
-                sess.output.clear();
+    loop {
+        // Under TLS, replies are encrypted first, as far as rustls takes
+        // them (it bounds what it buffers); the records go out below.
+        {
+            let mut sess = s.borrow_mut();
+            let sess = &mut *sess;
+            if let Some(tls) = sess.tls.as_mut() {
+                while !sess.output.is_empty() {
+                    match tls.writer().write(&sess.output) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            sess.output.drain(..n);
+                        }
+                    }
+                }
             }
         }
-    }
-    loop {
         let result = {
             let mut sess = s.borrow_mut();
             let Session {
@@ -545,8 +685,14 @@ pub(super) fn flush(w: &Worker, s: &Shared) {
     }
     if s.borrow().ending == Ending::Closed {
         drop_session(w, s);
-    } else {
-        watch(w, s, false);
+        return;
+    }
+    let input_waits = !s.borrow().input.is_empty();
+    watch(w, s, false);
+    if input_waits {
+        // The replies are out: input held back behind them goes on.
+        let s = Rc::clone(s);
+        w.defer(move |w| go_on(w, &s));
     }
 }
 
@@ -611,19 +757,18 @@ pub(super) fn drop_session(w: &Worker, s: &Shared) {
     if SESSIONS.with(|m| m.borrow_mut().remove(&id)).is_none() {
         return;
     }
-    let (watcher, idle) = {
+    let (watcher, idle, deadline) = {
         let mut sess = s.borrow_mut();
-        (sess.watcher.take(), sess.idle.take())
+        (sess.watcher.take(), sess.idle.take(), sess.deadline.take())
     };
     if let Some(h) = watcher {
         w.ev.unwatch_io(h);
     }
-    if let Some(t) = idle {
+    for t in idle.into_iter().chain(deadline.map(|(_, t)| t)) {
         w.ev.stop_timer(t);
     }
     w.close_connection(id);
-    let open = Arc::clone(&s.borrow().open);
-    open.add(-1);
+    s.borrow_mut().admission.release();
 }
 
 /// Forgets the open transaction (envelope, recipients, data).

@@ -84,6 +84,8 @@ enum Command {
         /// (SIGUSR1 prints the counters).
         #[arg(long, default_value_t = 10)]
         grace: u64,
+        #[command(flatten)]
+        limits: serve::SessionLimits,
     },
     /// Deliver MailerQ JSON messages (one per line) to an SMTP relay with
     /// the smtp_out_* hooks; print each final result as a JSON line and a
@@ -241,6 +243,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             no_tls,
+            limits,
         } => {
             let tls = match (no_tls, tls_cert, tls_key) {
                 (true, _, _) => Ok(None),
@@ -263,14 +266,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let config = mq_host::smtp_in::ServeConfig {
+            let mut config = mq_host::smtp_in::ServeConfig {
                 data_dir,
                 hostname,
                 max_message_size,
                 idle_timeout: Duration::from_secs(idle_timeout),
                 tls,
-                outbox: None,
+                ..Default::default()
             };
+            limits.apply(&mut config);
             serve::serve(host, listen, config, delivery, Duration::from_secs(grace))
         }
     };

@@ -6,6 +6,50 @@ use mq_host::delivery::{self, DeliveryConfig, Outbox, Until};
 use mq_host::Host;
 use std::time::Duration;
 
+/// The limits of `mq-host serve` that bound what one client may cost
+/// (docs/security.md explains each).
+#[derive(clap::Args, Debug)]
+pub(crate) struct SessionLimits {
+    /// Seconds a client may take to send one command line, from its
+    /// first byte (a trickling client gets 421).
+    #[arg(long, default_value_t = 300)]
+    command_timeout: u64,
+    /// Seconds a client may take to send a message's data (from the 354,
+    /// or per BDAT chunk).
+    #[arg(long, default_value_t = 600)]
+    data_timeout: u64,
+    /// Recipients per message; more get 452.
+    #[arg(long, default_value_t = 1000)]
+    max_recipients: usize,
+    /// Sessions open at once; more clients get 421.
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+    /// Sessions open at once from one client address.
+    #[arg(long, default_value_t = 100)]
+    max_connections_per_ip: usize,
+    /// Bytes of unhandled (pipelined) input a session buffers before it
+    /// stops reading from its client.
+    #[arg(long, default_value_t = 256 * 1024)]
+    max_input_buffer: usize,
+    /// Bytes of replies a session buffers for a client that does not read
+    /// them; a plugin's MQ_send beyond it is cut.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_output_buffer: usize,
+}
+
+impl SessionLimits {
+    /// Sets these limits in `config`.
+    pub(crate) fn apply(&self, config: &mut mq_host::smtp_in::ServeConfig) {
+        config.command_timeout = Duration::from_secs(self.command_timeout);
+        config.data_timeout = Duration::from_secs(self.data_timeout);
+        config.max_recipients = self.max_recipients;
+        config.max_connections = self.max_connections;
+        config.max_connections_per_ip = self.max_connections_per_ip;
+        config.max_input_buffer = self.max_input_buffer;
+        config.max_output_buffer = self.max_output_buffer;
+    }
+}
+
 /// Blocks SIGINT and SIGTERM in this thread and every thread started after
 /// it, so that `wait_for_stop` receives them synchronously.
 pub(crate) fn block_stop_signals() -> libc::sigset_t {

@@ -21,6 +21,7 @@
 //! | `drop-panics` | two per-connection and two per-context values whose `Drop` panics |
 //! | `watch-host-fds` | watches every fd number 0..1024 and drops the watchers |
 //! | `timer-at-cleanup` | starts an hour-long timer and forgets it |
+//! | `send-flood` | `smtp_in_rcptto` sends 20 MB to the client, then a `250` line |
 
 #![forbid(unsafe_code)]
 
@@ -219,6 +220,15 @@ async fn rcptto(conn: &Connection, rcpt: &Address) -> Result<Flow, PanickyDispla
             "connection data written after the deadline: {}",
             data.borrow().len()
         ));
+    }
+    if is("send-flood") {
+        let line = format!("250-{}\r\n", "x".repeat(1020));
+        let mut taken = 0;
+        for _ in 0..20 * 1024 {
+            taken += conn.send(line.as_bytes());
+        }
+        taken += conn.send(b"250 2.1.5 flooded\r\n");
+        say(&format!("send-flood: the host took {taken} bytes"));
     }
     if is("late-resume") {
         sleep(units(0.8)).await;
