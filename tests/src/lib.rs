@@ -2,6 +2,8 @@
 //! plugin directories (copies, so every test loads fresh instances), and
 //! write probe plans.
 
+pub mod served;
+
 use mq_host::{Direction, Event, EventResult, Host, HostBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -441,3 +441,99 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
     // Backing off: a few attempts a second, not a spinning loop.
     assert!((1..200).contains(&errors), "{errors} failed accepts");
 }
+
+/// The message files of `dir`, parsed, with their MIME: the `mime` string,
+/// or the bytes under their `key` in `data/mime/`.
+fn stored_with_mime(data: &Path, queue: &str) -> Vec<(serde_json::Value, Vec<u8>)> {
+    json_files(&data.join(queue))
+        .into_iter()
+        .map(|m| {
+            let mime = match (&m["mime"], &m["key"]) {
+                (serde_json::Value::String(s), _) => s.clone().into_bytes(),
+                (_, serde_json::Value::String(key)) => {
+                    std::fs::read(data.join("mime").join(key)).unwrap()
+                }
+                _ => panic!("no MIME in {m}"),
+            };
+            (m, mime)
+        })
+        .collect()
+}
+
+/// 8-bit bytes that are not UTF-8 and a NUL byte arrive in the stored
+/// message exactly as sent (before: U+FFFD, and a cut at the NUL once a
+/// plugin rewrote the MIME); UTF-8 for one recipient stays inline.
+#[test]
+fn accepted_bytes_are_stored_byte_for_byte() {
+    let dir = PluginDir::new("hostile-bytes");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = serve(&host, &data, |_| {});
+    let body: &[u8] =
+        b"Subject: caf\xe9\r\nX-Nul: a\x00b\r\n\r\n\xff\xfe 8-bit \xe9t\xe9\r\n..dot\r\n";
+    let mut c = Client::greeted(server.local_addr());
+    c.command("EHLO bytes.example", "250");
+    c.command("MAIL FROM:<a@bytes.example> BODY=8BITMIME", "250");
+    c.command("RCPT TO:<b@bytes.example>", "250");
+    c.command("DATA", "354");
+    c.send(body);
+    c.send(b".\r\n");
+    c.expect("250");
+    c.command("MAIL FROM:<a@bytes.example>", "250");
+    c.command("RCPT TO:<c@bytes.example>", "250");
+    c.command("DATA", "354");
+    c.send("Subject: plain\r\n\r\nütf-8\r\n.\r\n".as_bytes());
+    c.expect("250");
+    c.command("QUIT", "221");
+
+    let stored = stored_with_mime(&data, "inbox");
+    assert_eq!(stored.len(), 2);
+    let (eight_bit, plain): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .partition(|(m, _)| m["recipient"] == "b@bytes.example");
+    // Dot-stuffing undone, every other byte kept.
+    let expected = [&body[..body.len() - 7], b".dot\r\n"].concat();
+    assert_eq!(eight_bit[0].1, expected);
+    assert!(eight_bit[0].0.get("mime").is_none(), "kept apart, by key");
+    assert_eq!(plain[0].0["mime"], "Subject: plain\r\n\r\nütf-8\r\n");
+}
+
+/// One DATA for many recipients is one copy of the MIME, in memory and on
+/// disk (before: 2,000 recipients × 2 MB took 3.9 GB of memory).
+#[test]
+fn one_copy_of_the_mime_for_many_recipients() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = PluginDir::new("hostile-many-copies");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = serve(&host, &data, |_| {});
+    const RECIPIENTS: usize = 400;
+    let body = format!(
+        "Subject: big\r\n\r\n{}\r\n",
+        "0123456789abcdef".repeat(128 * 1024)
+    );
+    let before = resident_bytes();
+    let mut c = Client::greeted(server.local_addr());
+    c.command("EHLO big.example", "250");
+    c.command("MAIL FROM:<a@big.example>", "250");
+    for n in 0..RECIPIENTS {
+        c.command(&format!("RCPT TO:<r{n}@big.example>"), "250");
+    }
+    c.command("DATA", "354");
+    c.send(body.as_bytes());
+    c.send(b".\r\n");
+    c.expect("250");
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 128 * 1024 * 1024,
+        "resident memory grew {grown} bytes for {RECIPIENTS} recipients of 2 MB"
+    );
+    let stored = stored_with_mime(&data, "inbox");
+    assert_eq!(stored.len(), RECIPIENTS);
+    assert!(stored.iter().all(|(_, mime)| mime == body.as_bytes()));
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(data.join("mime"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().ino())
+        .collect();
+    assert_eq!(inodes.len(), 1, "one file on disk, one name per message");
+}

@@ -13,22 +13,18 @@
 //!   only on the seed and its number, so one session can be replayed and
 //!   printed (`MQ_FUZZ_PRINT=1`).
 
-use mq_e2e::{host_binary, plugin_so, PluginDir};
-use std::collections::HashMap;
+use mq_e2e::served::{bug_lines, defining_smtp_in_close, Counters, Rng, Served, VALGRIND_ERRORS};
+use mq_e2e::{plugin_so, PluginDir};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The fuzzer's seed without `MQ_FUZZ_SEED`.
 const DEFAULT_SEED: u64 = 0x6d71_2d68_6f73_7431;
-
-/// Log text that only a host bug writes.
-const BUG_MARKS: [&str; 3] = ["panicked", "host bug", "session failed"];
 
 #[test]
 fn hanging_up_during_a_hold_still_closes_every_plugin() {
@@ -156,7 +152,6 @@ fn hang_up_during_holds(run: &Run) {
 }
 
 /// valgrind's exit code when it found errors.
-const VALGRIND_ERRORS: i32 = 97;
 
 #[test]
 fn random_sessions_end_with_exactly_one_close_per_plugin() {
@@ -374,233 +369,6 @@ fn still_serves(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------
-// The host under test.
-
-/// `mq-host serve --counters`, its stderr read all along (a full pipe would
-/// block the host's log, and with it its workers); killed on drop.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    /// Reads stderr into `log` until serve exits.
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Served {
-    fn start(env: &[(&str, &str)], args: &[&OsStr]) -> Served {
-        Served::spawn(Command::new(host_binary()), env, args)
-    }
-
-    /// `serve` under valgrind memcheck with a leak check; its report goes to
-    /// `log_file`, and errors make the exit code [`VALGRIND_ERRORS`].
-    fn start_under_valgrind(log_file: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> Served {
-        let mut valgrind = Command::new("valgrind");
-        valgrind
-            .args([
-                "--error-exitcode=97",
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite",
-                "--num-callers=30",
-            ])
-            .arg(format!("--log-file={}", log_file.display()))
-            .arg(host_binary());
-        Served::spawn(valgrind, env, args)
-    }
-
-    fn spawn(mut command: Command, env: &[(&str, &str)], args: &[&OsStr]) -> Served {
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--grace", "2"])
-            .arg("--counters")
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mq-host serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let sink = Arc::clone(&log);
-        let reader = std::thread::spawn(move || {
-            let mut stderr = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while stderr.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                let text = String::from_utf8_lossy(&line);
-                if let Some(rest) = text.strip_prefix("mq-host: serving SMTP on ") {
-                    let _ = addr_tx.send(rest.split_whitespace().next().map(str::to_owned));
-                }
-                sink.lock().unwrap().push_str(&text);
-                line.clear();
-            }
-        });
-        let mut served = Served {
-            child,
-            addr: ([127, 0, 0, 1], 0).into(),
-            log,
-            reader: Some(reader),
-        };
-        match addr_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(addr)) => served.addr = addr.parse().expect("the listening address"),
-            _ => panic!("serve did not start:\n{}", served.log()),
-        }
-        served
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    fn wait_for_log(&self, what: &str, mut ready: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready(&self.log()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The counters now (SIGUSR1 prints them).
-    fn counters_now(&self) -> Counters {
-        let printed = |log: &str| log.matches("counters:\n").count();
-        let before = printed(&self.log());
-        self.signal("USR1");
-        let mut counters = None;
-        self.wait_for_log("the counters (SIGUSR1)", |log| {
-            counters = (printed(log) > before)
-                .then(|| Counters::last(log))
-                .flatten();
-            counters.is_some()
-        });
-        counters.expect("printed")
-    }
-
-    /// Polls the counters until `ready` (or `limit` passed: the last ones).
-    fn try_wait_for_counters(
-        &self,
-        limit: Duration,
-        ready: impl Fn(&Counters) -> bool,
-    ) -> Result<(), Counters> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let counters = self.counters_now();
-            if ready(&counters) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(counters);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) {
-        if let Err(last) = self.try_wait_for_counters(Duration::from_secs(10), ready) {
-            panic!("timed out waiting for {what}: {last}\n{}", self.log());
-        }
-    }
-
-    /// SIGTERM: serve stops gracefully; its exit status and whole log.
-    fn stop(mut self) -> (ExitStatus, String) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for serve") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not stop within 60 s of SIGTERM\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(reader) = self.reader.take() {
-            reader.join().expect("the stderr reader");
-        }
-        (status, self.log())
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One `--counters` printout: counters and per-hook calls by name.
-#[derive(Debug)]
-struct Counters(HashMap<String, u64>);
-
-impl Counters {
-    /// The last complete printout in `log` (it ends with an empty line).
-    fn last(log: &str) -> Option<Counters> {
-        let start = log.rfind("counters:\n")? + "counters:\n".len();
-        let block = &log[start..];
-        let end = block.find("\n\n")?;
-        let values = block[..end]
-            .lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                let (Some(name), Some(value), None) = (words.next(), words.next(), words.next())
-                else {
-                    return None;
-                };
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        Some(Counters(values))
-    }
-
-    /// A counter or hook; a hook never called is not printed: 0.
-    fn get(&self, name: &str) -> u64 {
-        self.0.get(name).copied().unwrap_or(0)
-    }
-}
-
-impl std::fmt::Display for Counters {
-    /// The non-zero ones, by name.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut values: Vec<_> = self.0.iter().filter(|(_, v)| **v > 0).collect();
-        values.sort();
-        let values: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        write!(f, "{}", values.join(", "))
-    }
-}
-
-/// How many of `plugins` define `smtp_in_close` (by `mq-host inspect`).
-fn defining_smtp_in_close(plugins: &[&Path]) -> u64 {
-    let out = Command::new(host_binary())
-        .arg("inspect")
-        .args(plugins)
-        .output()
-        .expect("run mq-host inspect");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .matches(" mq_smtp_in_close ")
-        .count() as u64
-}
-
-fn bug_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| BUG_MARKS.iter().any(|m| l.contains(m)))
-        .collect()
-}
-
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     let value = value.trim();
@@ -788,45 +556,6 @@ fn run(stream: TcpStream, ops: &[Op]) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------
 // The fuzzer's sessions.
-
-/// splitmix64: small, deterministic, good enough to pick test cases.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn range(&mut self, low: usize, high: usize) -> usize {
-        low + self.below(high - low + 1)
-    }
-
-    fn percent(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// `n` random bytes, all values.
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// `n` printable bytes, no line ends.
-    fn text(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| b' ' + self.below(95) as u8).collect()
-    }
-}
 
 /// The ops of session `index` under `seed`.
 fn script(seed: u64, index: usize) -> Vec<Op> {

@@ -43,6 +43,10 @@ pub enum Event {
     /// `smtp_out_data` for a MailerQ JSON message; the message stays on the
     /// connection for [`Event::OutSent`].
     OutData(Value),
+    /// `smtp_out_data` for a MailerQ JSON message whose MIME is given
+    /// byte for byte (e.g. read from the MIME store by its `key`), not as
+    /// its `mime` string; like [`Event::OutData`] otherwise.
+    OutDataWithMime(Value, Vec<u8>),
     /// `smtp_out_sent` for the message of the last [`Event::OutData`].
     OutSent,
 }
@@ -59,7 +63,7 @@ impl Event {
             Event::Data(_) => HookId::SmtpInData,
             Event::Message(_) => HookId::SmtpInMessage,
             Event::Close => HookId::SmtpInClose,
-            Event::OutData(_) => HookId::SmtpOutData,
+            Event::OutData(_) | Event::OutDataWithMime(..) => HookId::SmtpOutData,
             Event::OutSent => HookId::SmtpOutSent,
         };
         id.hook()
@@ -322,6 +326,12 @@ fn start_event(
         }
         Event::OutData(json) => {
             ChainArgs::Message(MessageObj::new(Direction::Outgoing, object(json)?))
+        }
+        Event::OutDataWithMime(json, mime) => {
+            let mut json = object(json)?;
+            json.remove("mime");
+            let mime = Some(Rc::from(mime));
+            ChainArgs::Message(MessageObj::with_mime(Direction::Outgoing, json, mime))
         }
         Event::OutSent => {
             let message = conn

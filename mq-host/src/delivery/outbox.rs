@@ -71,6 +71,8 @@ impl Outbox {
     pub fn open(data_dir: impl Into<PathBuf>) -> std::io::Result<(Outbox, Pickup)> {
         let data_dir = DataDir::new(data_dir);
         let lock = data_dir.lock()?;
+        // MIME that `serve` wrote for messages a crash kept it from writing.
+        store::mime::MimeStore::new(&data_dir).remove_orphans(&data_dir)?;
         let inbox = data_dir.queue(Queue::Inbox);
         std::fs::create_dir_all(&inbox)?;
         let outbox = Outbox {

@@ -150,8 +150,11 @@ pub(crate) struct MessageObj {
     envelope: Rc<AddressObj>,
     recipient: RefCell<Option<CString>>,
     /// The MIME data, byte for byte; shared (not copied) by the messages
-    /// of one transaction until a plugin replaces it.
+    /// of one transaction until a plugin replaces it. Not in `json`: the
+    /// JSON views add it as a `mime` string.
     mime: RefCell<Option<Rc<[u8]>>>,
+    /// An outgoing message's MIME as it came (its JSON stays as it came).
+    published_mime: Option<Rc<[u8]>>,
     pub(crate) local: Cell<bool>,
     /// Caches for pointers returned to plugins: valid until the next change
     /// (or, while pinned, until the message is freed).
@@ -163,15 +166,40 @@ pub(crate) struct MessageObj {
 }
 
 impl MessageObj {
-    pub(crate) fn new(direction: Direction, json: Map<String, Value>) -> Rc<MessageObj> {
+    /// A message from its JSON object; a `mime` string in it becomes the
+    /// message's MIME data.
+    pub(crate) fn new(direction: Direction, mut json: Map<String, Value>) -> Rc<MessageObj> {
+        let mime = match json.remove("mime") {
+            Some(Value::String(m)) => Some(Rc::from(m.into_bytes())),
+            Some(other) => {
+                // Not MIME text (e.g. MailerQ's MIME-as-object form): kept
+                // as a property, no MIME data.
+                json.insert("mime".to_owned(), other);
+                None
+            }
+            None => None,
+        };
+        MessageObj::with_mime(direction, json, mime)
+    }
+
+    /// A message from its JSON object (without `mime`) and its MIME data,
+    /// byte for byte; messages of one transaction share one buffer.
+    pub(crate) fn with_mime(
+        direction: Direction,
+        json: Map<String, Value>,
+        mime: Option<Rc<[u8]>>,
+    ) -> Rc<MessageObj> {
         let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
         let envelope = text("envelope");
         let recipient = text("recipient");
-        let mime = text("mime").map(|m| Rc::from(m.into_bytes()));
         Rc::new(MessageObj {
             direction,
             envelope: Rc::new(AddressObj::new(envelope.as_deref())),
             recipient: RefCell::new(recipient.map(|r| c_string(r.as_bytes()))),
+            published_mime: match direction {
+                Direction::Outgoing => mime.clone(),
+                Direction::Incoming => None,
+            },
             mime: RefCell::new(mime),
             local: Cell::new(false),
             json: RefCell::new(json),
@@ -204,14 +232,22 @@ impl MessageObj {
     pub(crate) fn json_ptr(&self) -> *const c_char {
         let mut cache = self.json_text.borrow_mut();
         let text = cache.get_or_insert_with(|| {
-            // Serialized from the borrow: no copy of the message (and its MIME).
             c_string(
-                serde_json::to_string(&*self.json.borrow())
+                serde_json::to_string(&self.json())
                     .unwrap_or_default()
                     .as_bytes(),
             )
         });
         text.as_ptr()
+    }
+
+    /// The MIME the JSON views show: an incoming message's current one, an
+    /// outgoing message's as it came.
+    fn json_mime(&self) -> Option<Rc<[u8]>> {
+        match self.direction {
+            Direction::Incoming => self.mime(),
+            Direction::Outgoing => self.published_mime.clone(),
+        }
     }
 
     pub(crate) fn envelope(&self) -> &Rc<AddressObj> {
@@ -260,15 +296,26 @@ impl MessageObj {
         let old = self.mime.borrow_mut().replace(Rc::from(mime));
         self.retired.retire_bytes(old);
         self.retired.retire(self.mime_c.borrow_mut().take());
-        self.changed(
-            "mime",
-            Value::String(String::from_utf8_lossy(mime).into_owned()),
-        );
+        if self.direction == Direction::Incoming {
+            self.retired.retire(self.json_text.borrow_mut().take());
+        }
     }
 
-    /// The stored JSON object.
+    /// The message's JSON object, with its MIME as a `mime` string (bytes
+    /// that are not UTF-8 are replaced: [`MessageObj::parts`] has them).
     pub(crate) fn json(&self) -> Value {
-        Value::Object(self.json.borrow().clone())
+        let mut json = self.json.borrow().clone();
+        if let Some(mime) = self.json_mime() {
+            let text = String::from_utf8_lossy(&mime).into_owned();
+            json.insert("mime".to_owned(), Value::String(text));
+        }
+        Value::Object(json)
+    }
+
+    /// The message's JSON object without its MIME, and its MIME data byte
+    /// for byte (shared, not copied).
+    pub(crate) fn parts(&self) -> (Map<String, Value>, Option<Rc<[u8]>>) {
+        (self.json.borrow().clone(), self.json_mime())
     }
 
     /// What would go over SMTP.
@@ -376,6 +423,31 @@ mod tests {
         assert!(m.envelope.retired.kept.borrow().is_empty());
         m.set_mime(b"again");
         assert!(m.retired.kept.borrow().is_empty(), "not kept unpinned");
+    }
+
+    #[test]
+    fn mime_bytes_are_kept_byte_for_byte_and_shared() {
+        let mime: Rc<[u8]> = Rc::from(&b"Subject: \xe9t\xe9\r\n\r\na\0b"[..]);
+        let Value::Object(map) = json!({"recipient": "b@y"}) else {
+            unreachable!()
+        };
+        let first = MessageObj::with_mime(Direction::Incoming, map.clone(), Some(Rc::clone(&mime)));
+        let second = MessageObj::with_mime(Direction::Incoming, map, Some(Rc::clone(&mime)));
+        let (json, bytes) = first.parts();
+        assert!(json.get("mime").is_none());
+        assert!(Rc::ptr_eq(&bytes.unwrap(), &mime), "shared, not copied");
+        assert_eq!(Rc::strong_count(&mime), 3);
+        second.set_mime(b"own");
+        assert_eq!(&*second.parts().1.unwrap(), b"own");
+        assert_eq!(
+            &*first.mime().unwrap(),
+            &*mime,
+            "the other keeps the original"
+        );
+        assert!(first.json()["mime"]
+            .as_str()
+            .unwrap()
+            .starts_with("Subject: \u{fffd}t"));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::message::{ChainArgs, Direction, MessageObj};
 use crate::runtime::worker::Worker;
-use crate::store::{store, DataDir, Queue};
+use crate::store::mime::Batch;
+use crate::store::{DataDir, Queue};
 use mq_hook_table::HookId;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One recipient's message after `smtp_in_message`.
 pub(super) struct Decided {
-    /// The message JSON as the plugins left it.
-    message: Value,
+    /// The message JSON as the plugins left it, without its MIME.
+    json: Map<String, Value>,
+    /// Its MIME, byte for byte (shared with the other recipients' unless a
+    /// plugin replaced it).
+    mime: Option<Rc<[u8]>>,
     /// For the local queue.
     local: bool,
     /// A plugin's 4xx/5xx reply that refused it.
@@ -37,12 +41,13 @@ pub(super) fn end_of_data(w: &Worker, s: &Shared) {
         let max = s.borrow().config.max_message_size;
         return reply(w, s, &format!("552 5.3.4 message larger than {max} bytes"));
     }
-    let mime = s.borrow().data.clone();
+    // One buffer for the data hook and every recipient's message.
+    let mime: Rc<[u8]> = std::mem::take(&mut s.borrow_mut().data).into();
     step(
         w,
         s,
         HookId::SmtpInData,
-        ChainArgs::Data(mime.into()),
+        ChainArgs::Data(Rc::clone(&mime)),
         |w, s, sent| {
             if refused(&sent) {
                 data_done(w, s);
@@ -50,7 +55,7 @@ pub(super) fn end_of_data(w: &Worker, s: &Shared) {
                 return reply_raw(w, s, &sent);
             }
             let recipients = s.borrow().recipients.clone();
-            message_for(w, s, recipients, 0, Vec::new());
+            message_for(w, s, mime, recipients, 0, Vec::new());
         },
     );
 }
@@ -59,6 +64,7 @@ pub(super) fn end_of_data(w: &Worker, s: &Shared) {
 fn message_for(
     w: &Worker,
     s: &Shared,
+    mime: Rc<[u8]>,
     recipients: Vec<Recipient>,
     i: usize,
     mut done: Vec<Decided>,
@@ -80,7 +86,6 @@ fn message_for(
         json!({
             "envelope": sess.envelope.clone().unwrap_or_default(),
             "recipient": recipients[i].address,
-            "mime": String::from_utf8_lossy(&sess.data),
             "hostname": sess.config.hostname,
             "received": now_rfc3339(),
             "message-id": message_id(&sess.config.hostname),
@@ -90,7 +95,7 @@ fn message_for(
     let Value::Object(map) = json else {
         unreachable!("an object")
     };
-    let message = MessageObj::new(Direction::Incoming, map);
+    let message = MessageObj::with_mime(Direction::Incoming, map, Some(Rc::clone(&mime)));
     message.local.set(recipients[i].local);
     step_with(
         w,
@@ -101,15 +106,17 @@ fn message_for(
             if let ChainArgs::Message(m) = &args {
                 let reason =
                     refused(&sent).then(|| String::from_utf8_lossy(&sent).trim_end().to_owned());
+                let (json, mime) = m.parts();
                 done.push(Decided {
-                    message: m.json(),
+                    json,
+                    mime,
                     local: m.local.get(),
                     refusal: reason,
                 });
             }
             let s = Rc::clone(s);
             // Next recipient on a fresh turn (not inside this chain's end).
-            w.defer(move |w| message_for(w, &s, recipients, i + 1, done));
+            w.defer(move |w| message_for(w, &s, mime, recipients, i + 1, done));
         },
     );
 }
@@ -128,39 +135,35 @@ pub(super) fn data_done(w: &Worker, s: &Shared) {
 fn store_all(w: &Worker, s: &Shared, done: Vec<Decided>) {
     data_done(w, s);
     let dir = DataDir::new(s.borrow().config.data_dir.clone());
+    let mut batch = Batch::new(&dir, done.iter().filter_map(|d| d.mime.as_ref()));
     let mut stored: Vec<(PathBuf, Queue)> = Vec::new();
     let mut refusals = Vec::new();
-    let mut failure = None;
-    for Decided {
-        mut message,
-        local,
-        refusal: reason,
-    } in done
-    {
-        if let Some(reason) = reason {
-            message["result"] =
-                crate::inbound::refused(HookId::SmtpInMessage.hook(), Some(&reason));
-            refusals.push((reason, message));
+    for decided in done {
+        if let Some(reason) = &decided.refusal {
+            refusals.push((reason.clone(), decided));
             continue;
         }
-        let queue = if local { Queue::Local } else { Queue::Inbox };
-        match store(&dir.queue(queue), &message) {
+        let queue = if decided.local {
+            Queue::Local
+        } else {
+            Queue::Inbox
+        };
+        match batch.add(queue, decided.json, decided.mime.as_ref()) {
             Ok(path) => stored.push((path, queue)),
             Err(e) => {
-                failure = Some(format!("451 4.3.0 cannot store the message: {e}"));
-                break;
+                batch.undo();
+                return reply(w, s, &format!("451 4.3.0 cannot store the message: {e}"));
             }
         }
     }
-    if let Some(failure) = failure {
-        for (path, _) in &stored {
-            let _ = crate::store::remove(path);
-        }
-        return reply(w, s, &failure);
-    }
     // Refusal reports: kept even if the accepted part is later retried.
-    for (_, report) in &refusals {
-        if let Err(e) = store(&dir.queue(Queue::Refused), report) {
+    for (reason, report) in &mut refusals {
+        report.json.insert(
+            "result".to_owned(),
+            crate::inbound::refused(HookId::SmtpInMessage.hook(), Some(reason)),
+        );
+        let json = std::mem::take(&mut report.json);
+        if let Err(e) = batch.add(Queue::Refused, json, report.mime.as_ref()) {
             log_store_error(w, &format!("cannot store a refusal report: {e}"));
         }
         count(w, |c| &c.messages_refused);

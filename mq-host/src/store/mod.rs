@@ -18,7 +18,10 @@
 //! | `success/`   | delivery results: delivered                               |
 //! | `failures/`  | delivery results: failed for good                         |
 //! | `retry/`     | delivery results: failed for now, to be retried           |
+//! | `mime/`      | MIME data kept apart from its message ([`mime`])          |
 //! | `.lock`      | locked while a process uses the directory                 |
+
+pub(crate) mod mime;
 
 use serde_json::Value;
 use std::io::Write;
@@ -102,19 +105,23 @@ impl DataDir {
     }
 }
 
-/// Writes `message` as JSON under `dir` with a new, unique name, durably.
-pub(crate) fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
+/// A new, unique message name, without `.json`: `<ns>-<pid>-<seq>`.
+pub(crate) fn new_name() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let name = format!(
-        "{stamp}-{}-{}.json",
+    format!(
+        "{stamp}-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    store_as(dir, &name, message)
+    )
+}
+
+/// Writes `message` as JSON under `dir` with a new, unique name, durably.
+pub(crate) fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
+    store_as(dir, &format!("{}.json", new_name()), message)
 }
 
 /// Writes `message` as JSON to `dir/name`, durably, replacing a file of
@@ -155,7 +162,7 @@ pub(crate) fn move_as(path: &Path, dir: &Path, name: &str) -> std::io::Result<Pa
     Ok(target)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
