@@ -87,6 +87,11 @@ counters! {
     messages_failed,
     /// Temporary delivery failures: the message waits for a retry.
     messages_deferred,
+    /// Log records whose text was cut at the record bound (`--log-record-max`).
+    log_records_cut,
+    /// Log records dropped from the in-memory log, oldest first, to stay within its
+    /// bounds (`--log-max-bytes`, 100 000 records); the stderr echo printed them.
+    log_records_evicted,
 }
 
 impl Counters {
