@@ -277,6 +277,39 @@ impl Address {
         unsafe { c_bytes(raw) }.filter(|b| !b.is_empty())
     }
 
+    /// The address parsed as an RFC 5321 mailbox: decide on its
+    /// [`domain`](crate::Mailbox::domain), never on how the text ends. An
+    /// address that is not one — the empty address, a control character, a
+    /// second unquoted `@`, ... — is an error naming the cause (safe to put
+    /// in a reply: it never quotes the address).
+    ///
+    /// ```no_run
+    /// use mq_plugin::prelude::*;
+    ///
+    /// #[mq_hook(smtp_in_rcptto)]
+    /// fn only_example_org(conn: &Connection, rcpt: &Address) -> Flow {
+    ///     match rcpt.mailbox() {
+    ///         Ok(mailbox) if mailbox.domain_is("example.org") => Flow::Continue,
+    ///         Ok(_) => {
+    ///             conn.send(b"550 5.7.1 not here\r\n");
+    ///             Flow::Complete
+    ///         }
+    ///         Err(why) => {
+    ///             conn.send(format!("553 5.1.3 not a valid mailbox: {why}\r\n").as_bytes());
+    ///             Flow::Complete
+    ///         }
+    ///     }
+    /// }
+    /// # mq_plugin::declare_plugin!();
+    /// # fn main() {}
+    /// ```
+    pub fn mailbox(&self) -> Result<crate::Mailbox, crate::MailboxError> {
+        match self.email_bytes() {
+            Some(bytes) => crate::Mailbox::parse_bytes(bytes),
+            None => Err(crate::MailboxError::Empty),
+        }
+    }
+
     /// Whether this recipient is local (delivered to the local queue).
     pub fn is_local(&self) -> bool {
         // SAFETY: the host accepts a recipient's address where MQ_local takes

@@ -12,8 +12,9 @@
 //!
 //! #[mq_hook(smtp_in_rcptto)]
 //! fn only_example_org(conn: &Connection, rcpt: &Address) -> Flow {
-//!     match rcpt.email() {
-//!         Some(email) if email.ends_with("@example.org") => Flow::Continue,
+//!     // Parsed (RFC 5321), so `x@evil.net\n@example.org` is refused too.
+//!     match rcpt.mailbox() {
+//!         Ok(mailbox) if mailbox.domain_is("example.org") => Flow::Continue,
 //!         _ => {
 //!             conn.send(b"550 5.7.1 not here\r\n");
 //!             Flow::Complete
@@ -56,6 +57,11 @@
 //! `cleanup`, `context_initialize`, `context_cleanup`) return `()` or
 //! `Result<(), E>`.
 //!
+//! An address is whatever the client or the message said: decide on
+//! [`Address::mailbox`], the address parsed by RFC 5321's grammar
+//! ([`Mailbox`]: local part, domain, a case-insensitive
+//! [`domain_is`](Mailbox::domain_is)), never on how its text ends.
+//!
 //! ## Where it runs
 //!
 //! In `mq-host`, the plugin gets the host's functions as a table through its
@@ -75,6 +81,7 @@ mod handles;
 mod host;
 pub mod io;
 pub mod log;
+pub mod mailbox;
 pub mod net;
 pub mod raw;
 pub mod task;
@@ -94,6 +101,7 @@ pub use fd::{FdWatcher, Interest};
 pub use flow::{Flow, HookReturn, LifecycleReturn};
 pub use handles::{Address, Connection, Context, Credentials, JsonError, Message};
 pub use host::uses_host_table;
+pub use mailbox::{Mailbox, MailboxError};
 /// Raw C declarations of the MailerQ plugin API, as in `mailerq.h` (for
 /// calling `MQ_*` functions directly; see [`raw`]).
 pub use mq_abi::sys;

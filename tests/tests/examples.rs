@@ -24,8 +24,88 @@ fn stamp_prepends_headers_and_counts_per_worker() {
     }
 }
 
+/// Recipients that are no mailbox, and the cause both allow-lists give.
+/// The first ones end in `@example.com`: a suffix match took them.
+const NOT_MAILBOXES: &[(&str, &str)] = &[
+    (
+        "victim@evil.net\n[INFO] [worker 0] [plugin] x@example.com",
+        "a control character (0x0a) at byte 15",
+    ),
+    (
+        "victim@evil.net\r\n@example.com",
+        "a control character (0x0d) at byte 15",
+    ),
+    (
+        "a\x1b[31mRED@example.com",
+        "a control character (0x1b) at byte 1",
+    ),
+    // `"victim@evil.net"@example.com` as an SMTP parser that drops the
+    // quotes hands it on.
+    (
+        "victim@evil.net@example.com",
+        "the domain is not dot-separated labels of letters, digits and inner hyphens (byte 15)",
+    ),
+    (
+        "victim@evil.net>@example.com",
+        "the domain is not dot-separated labels of letters, digits and inner hyphens (byte 15)",
+    ),
+    (
+        "victim@evil.net\u{202e}@example.com",
+        "a byte outside ASCII at byte 15 (internationalized addresses are not supported)",
+    ),
+    ("", "the address is empty"),
+    ("postmaster", "no `@` after the local part"),
+    ("@example.com", "nothing before the `@`"),
+    ("a@", "nothing after the `@`"),
+    (
+        "a..b@example.com",
+        "the local part is neither dot-separated atoms nor a quoted string (byte 2)",
+    ),
+    (
+        "\"a\"b@example.com",
+        "the local part is neither dot-separated atoms nor a quoted string (byte 3)",
+    ),
+    (
+        "\"ab@example.com",
+        "the quoted local part has no closing quote",
+    ),
+    (
+        "a@example.com.",
+        "the domain is not dot-separated labels of letters, digits and inner hyphens (byte 13)",
+    ),
+    (
+        "a@-example.com",
+        "the domain is not dot-separated labels of letters, digits and inner hyphens (byte 2)",
+    ),
+    (
+        "a@[1.2.3]",
+        "the address literal is not [IPv4], [IPv6:address] or [tag:text]",
+    ),
+    (
+        "a@[IPv6:zz]",
+        "the address literal is not [IPv4], [IPv6:address] or [tag:text]",
+    ),
+];
+
 #[test]
 fn both_allowlists_accept_and_refuse_the_same() {
+    let long_local = format!("{}@example.com", "l".repeat(65));
+    let long_label = format!("a@{}.example.com", "d".repeat(64));
+    let too_long = format!("a@{}example.com", "d.".repeat(125));
+    let limits = [
+        (
+            long_local.as_str(),
+            "the local part is 65 bytes long, more than 64",
+        ),
+        (
+            long_label.as_str(),
+            "a domain label is longer than 63 bytes (byte 2)",
+        ),
+        (
+            too_long.as_str(),
+            "the address is 263 bytes long, more than 254",
+        ),
+    ];
     for package in ["mq-example-allowlist", "mq-example-c-allowlist"] {
         let dir = PluginDir::new("allowlist");
         dir.add("10-allow.so", &plugin_so(package), "");
@@ -35,31 +115,129 @@ fn both_allowlists_accept_and_refuse_the_same() {
             host.run_event(Direction::Incoming, Event::RcptTo(email.into()))
                 .unwrap()
         };
-        for ok in ["a@example.com", "B@EXAMPLE.ORG", "postmaster@localhost"] {
+        for ok in [
+            "a@example.com",
+            "B@EXAMPLE.ORG",
+            "postmaster@localhost",
+            "POSTMASTER@LocalHost",
+            "\"victim@evil.net\"@example.com",
+            "\"john doe\"@example.org",
+            "x.y+z@example.com",
+        ] {
             let r = rcpt(ok);
             assert_eq!(r.end, ChainEnd::Finished, "{package}: {ok}");
             assert!(!r.refused(), "{package}: {ok}");
             assert_eq!(called(&r), ["10-allow", "20-probe"]);
         }
-        for bad in ["x@example.net", "postmaster@example.net", ""] {
-            let r = rcpt(bad);
+        let refused = |email: &str, reply: String| {
+            let r = rcpt(email);
             assert_eq!(
                 r.end,
                 ChainEnd::Completed {
                     plugin: "10-allow".into()
                 },
-                "{package}: {bad}"
+                "{package}: {email:?}"
             );
-            assert_eq!(
-                r.reply().as_deref(),
-                Some(format!("550 5.7.1 <{bad}>: recipient not on the allow-list").as_str()),
-                "{package}"
-            );
+            assert_eq!(r.reply(), Some(reply), "{package}: {email:?}");
             assert_eq!(
                 called(&r),
                 ["10-allow"],
                 "{package}: later plugins are skipped"
             );
+        };
+        for bad in [
+            "x@example.net",
+            "postmaster@example.net",
+            "victim@example.com.evil.net",
+            "victim@sub.example.com",
+            "victim@evilexample.com",
+            "a@[192.0.2.1]",
+        ] {
+            refused(
+                bad,
+                format!("550 5.7.1 <{bad}>: recipient not on the allow-list"),
+            );
+        }
+        for (bad, why) in NOT_MAILBOXES.iter().chain(&limits) {
+            refused(
+                bad,
+                format!("553 5.1.3 recipient is not a valid mailbox: {why}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn the_run_mode_refuses_forged_recipients_with_both_allowlists() {
+    // Through the binary, with MailerQ JSON: a recipient is any string.
+    let mut input = String::new();
+    for recipient in [
+        "alice@example.com",
+        "victim@evil.net\n[INFO] [worker 0] [plugin] c-allowlist: accepted x@example.com",
+        "victim@evil.net\r\n@example.com",
+    ] {
+        input +=
+            &serde_json::json!({"envelope": "a@b.example", "recipient": recipient, "mime": "x"})
+                .to_string();
+        input.push('\n');
+    }
+    for package in ["mq-example-c-allowlist", "mq-example-allowlist"] {
+        let mut child = std::process::Command::new(host_binary())
+            .args(["run", "--workers", "1", "--plugin"])
+            .arg(plugin_so(package))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{package}");
+        let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let outcome: Vec<(&str, Option<&str>)> = results
+            .iter()
+            .map(|r| {
+                (
+                    r["result"]["queue"].as_str().unwrap(),
+                    r["result"]["reply"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                ("inbox", None),
+                (
+                    "refused",
+                    Some("553 5.1.3 recipient is not a valid mailbox: a control character (0x0a) at byte 15")
+                ),
+                (
+                    "refused",
+                    Some("553 5.1.3 recipient is not a valid mailbox: a control character (0x0d) at byte 15")
+                ),
+            ],
+            "{package}"
+        );
+        // Each decision is one log line: no forged "accepted" line.
+        let log = String::from_utf8(out.stderr).unwrap();
+        let decisions: Vec<&str> = log.lines().filter(|l| l.contains("[plugin]")).collect();
+        assert_eq!(decisions.len(), 3, "{package}: {log}");
+        assert!(
+            decisions[0].ends_with("accepted alice@example.com"),
+            "{log}"
+        );
+        for line in &decisions[1..] {
+            assert!(line.contains("rejected"), "{package}: {log}");
         }
     }
 }

@@ -93,6 +93,46 @@ fn recipients_are_checked_in_redis() {
         assert!(r.calls[0].took_control, "the lookup is asynchronous");
         assert_eq!(called(&r), ["10-redis", "20-probe"]);
     }
+    // The parsed domain decides: an address with a quoted `@` is fine.
+    let r = rcpt("\"victim@evil.net\"@ours.example");
+    assert_eq!(r.end, ChainEnd::Finished, "{:#?}", r.log);
+    // Hostile recipients that end in `@ours.example` are no mailboxes: refused
+    // with the cause, without a lookup.
+    for (hostile, why) in [
+        (
+            "victim@evil.net\n@ours.example",
+            "a control character (0x0a) at byte 15",
+        ),
+        (
+            "victim@evil.net\r\n@ours.example",
+            "a control character (0x0d) at byte 15",
+        ),
+        (
+            "victim@evil.net@ours.example",
+            "the domain is not dot-separated labels of letters, digits and inner hyphens (byte 15)",
+        ),
+        ("", "the address is empty"),
+    ] {
+        let r = rcpt(hostile);
+        assert_eq!(
+            r.reply(),
+            Some(format!("553 5.1.3 recipient is not a valid mailbox: {why}")),
+            "{hostile:?}"
+        );
+        assert_eq!(called(&r), ["10-redis"], "{hostile:?}");
+    }
+    // Nor is a subdomain, or a domain that only ends the same.
+    for other in [
+        "x@sub.ours.example",
+        "x@ours.example.evil.net",
+        "x@yours.example",
+    ] {
+        let r = rcpt(other);
+        assert_eq!(
+            r.reply(),
+            Some(format!("550 5.7.1 <{other}>: recipient not allowed")),
+        );
+    }
     let r = rcpt("stranger@example.net");
     assert_eq!(
         r.end,

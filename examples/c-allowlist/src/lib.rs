@@ -8,8 +8,10 @@
 //! The plugin reads its allow-list from the file named by
 //! `MQ_ALLOWLIST_FILE` (one entry per line: `@domain` or an exact address,
 //! `#` comments), defaulting to `@example.com`, `@example.org` and
-//! `postmaster@localhost`, and rejects every other `RCPT TO` with
-//! `550 5.7.1`. See `README.md`.
+//! `postmaster@localhost`. Each `RCPT TO` is parsed as an RFC 5321 mailbox
+//! first and decided on its parsed domain: an address that does not parse
+//! gets `553 5.1.3` with the cause, one not on the list `550 5.7.1`. See
+//! `README.md`.
 
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,10 @@
 //! Example plugin: a recipient allow-list kept in Redis, checked
 //! asynchronously (`smtp_in_rcptto`).
 //!
-//! For each `RCPT TO <user@domain>` it asks Redis, in one pipelined round
-//! trip, whether the set holds `user@domain` or `@domain` (lower case):
+//! For each `RCPT TO <user@domain>` it parses the address
+//! ([`Address::mailbox`], RFC 5321's grammar) and asks Redis, in one
+//! pipelined round trip, whether the set holds the address or `@` and its
+//! parsed domain (lower case):
 //!
 //! ```text
 //! SISMEMBER mq:allowed-recipients user@domain
@@ -10,9 +12,12 @@
 //! ```
 //!
 //! A member goes on; anyone else gets `550 5.7.1 <address>: recipient not
-//! allowed` and the plugin completes the step. If Redis cannot answer
-//! within 500 ms the recipient gets `451 4.3.0` (try again later) — the
-//! message is deferred, never silently accepted.
+//! allowed` and the plugin completes the step. An address that does not
+//! parse (`victim@evil.net\n@example.com`, a control character, a second
+//! unquoted `@`, ...) gets `553 5.1.3 recipient is not a valid mailbox:
+//! <cause>` without asking Redis. If Redis cannot answer within 500 ms the
+//! recipient gets `451 4.3.0` (try again later) — the message is deferred,
+//! never silently accepted.
 //!
 //! The lookup runs on the worker's event loop over
 //! `mq_plugin::net::TcpStream` (`AsyncRead`/`AsyncWrite`), so the worker
@@ -28,6 +33,7 @@ use futures_util::{AsyncReadExt, AsyncWriteExt};
 use mq_plugin::net::TcpStream;
 use mq_plugin::prelude::*;
 use mq_plugin::time::timeout;
+use mq_plugin::Mailbox;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -91,12 +97,17 @@ pub fn decode_integers(buf: &[u8], count: usize) -> Result<Option<Vec<i64>>, Str
     Ok(Some(values))
 }
 
-async fn is_allowed(stream: &mut TcpStream, set: &str, email: &str) -> Result<bool, String> {
-    let email = email.to_ascii_lowercase();
-    let domain = email
-        .rsplit_once('@')
-        .map(|(_, d)| format!("@{d}"))
-        .unwrap_or_default();
+/// The two set members that allow `mailbox`: the address and `@domain`,
+/// in lower case.
+pub fn members(mailbox: &Mailbox) -> [String; 2] {
+    [
+        mailbox.as_str().to_ascii_lowercase(),
+        format!("@{}", mailbox.domain().to_ascii_lowercase()),
+    ]
+}
+
+async fn is_allowed(stream: &mut TcpStream, set: &str, mailbox: &Mailbox) -> Result<bool, String> {
+    let [email, domain] = members(mailbox);
     let mut request = encode(&["SISMEMBER", set, &email]);
     request.extend(encode(&["SISMEMBER", set, &domain]));
     stream
@@ -120,7 +131,7 @@ async fn is_allowed(stream: &mut TcpStream, set: &str, email: &str) -> Result<bo
     }
 }
 
-async fn lookup(ctx: &Context, email: &str) -> Result<bool, String> {
+async fn lookup(ctx: &Context, mailbox: &Mailbox) -> Result<bool, String> {
     let config = config();
     let pool = ctx.data_or_insert_with(Pool::default);
     let idle = pool.0.borrow_mut().pop();
@@ -130,7 +141,7 @@ async fn lookup(ctx: &Context, email: &str) -> Result<bool, String> {
             .await
             .map_err(|e| format!("connecting to Redis: {e}"))?,
     };
-    let allowed = is_allowed(&mut stream, &config.set, email).await?;
+    let allowed = is_allowed(&mut stream, &config.set, mailbox).await?;
     // Only a connection that answered cleanly goes back to the pool.
     pool.0.borrow_mut().push(stream);
     Ok(allowed)
@@ -138,20 +149,29 @@ async fn lookup(ctx: &Context, email: &str) -> Result<bool, String> {
 
 #[mq_hook(smtp_in_rcptto)]
 async fn check(ctx: &Context, conn: &Connection, rcpt: &Address) -> Flow {
-    let email = rcpt.email().unwrap_or("");
-    match timeout(Duration::from_millis(500), lookup(ctx, email)).await {
+    let mailbox = match rcpt.mailbox() {
+        Ok(mailbox) => mailbox,
+        Err(why) => {
+            // The cause never quotes the address; the log gets it escaped.
+            conn.send(format!("553 5.1.3 recipient is not a valid mailbox: {why}\r\n").as_bytes());
+            let raw = String::from_utf8_lossy(rcpt.email_bytes().unwrap_or_default());
+            log::info!("rejected {raw:?}: {why}");
+            return Flow::Complete;
+        }
+    };
+    match timeout(Duration::from_millis(500), lookup(ctx, &mailbox)).await {
         Ok(Ok(true)) => Flow::Continue,
         Ok(Ok(false)) => {
-            conn.send(format!("550 5.7.1 <{email}>: recipient not allowed\r\n").as_bytes());
+            conn.send(format!("550 5.7.1 <{mailbox}>: recipient not allowed\r\n").as_bytes());
             Flow::Complete
         }
         Ok(Err(why)) => {
-            log::warn!("cannot check {email} in Redis: {why}; deferring it");
+            log::warn!("cannot check {mailbox} in Redis: {why}; deferring it");
             conn.send(b"451 4.3.0 recipient check unavailable, try again later\r\n");
             Flow::Complete
         }
         Err(elapsed) => {
-            log::warn!("Redis did not answer for {email}: {elapsed}; deferring it");
+            log::warn!("Redis did not answer for {mailbox}: {elapsed}; deferring it");
             conn.send(b"451 4.3.0 recipient check unavailable, try again later\r\n");
             Flow::Complete
         }
@@ -168,6 +188,17 @@ mod tests {
             encode(&["SISMEMBER", "s", "a@b"]),
             b"*3\r\n$9\r\nSISMEMBER\r\n$1\r\ns\r\n$3\r\na@b\r\n"
         );
+    }
+
+    #[test]
+    fn members_are_the_address_and_its_parsed_domain() {
+        let mailbox = Mailbox::parse("Boss@Partner.Example").unwrap();
+        assert_eq!(
+            members(&mailbox),
+            ["boss@partner.example", "@partner.example"]
+        );
+        let mailbox = Mailbox::parse("\"victim@evil.net\"@Example.COM").unwrap();
+        assert_eq!(members(&mailbox)[1], "@example.com");
     }
 
     #[test]

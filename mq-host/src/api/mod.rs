@@ -7,7 +7,7 @@ mod session;
 pub use session::{Event, EventResult, PendingEvent, RunError, Session};
 
 use crate::observe::{CounterSnapshot, Counters};
-use crate::observe::{HostLog, LogEcho, LogRecord, Priority, Source};
+use crate::observe::{HostLog, LogEcho, LogLimits, LogRecord, Priority, Source};
 use crate::plugins::{self, HostMode, LoadError, PluginInfo};
 use crate::runtime::event_loop::LoopRemote;
 use crate::runtime::message::Direction;
@@ -28,6 +28,7 @@ pub struct HostBuilder {
     retry_limit: u32,
     mode: HostMode,
     echo: LogEcho,
+    log_limits: LogLimits,
 }
 
 impl Default for HostBuilder {
@@ -40,6 +41,7 @@ impl Default for HostBuilder {
             retry_limit: 100,
             mode: HostMode::Table,
             echo: LogEcho::None,
+            log_limits: LogLimits::default(),
         }
     }
 }
@@ -88,11 +90,32 @@ impl HostBuilder {
         self
     }
 
+    /// The bytes the in-memory log ([`Host::log`]) may take: the texts of
+    /// its records plus a fixed cost per record (default
+    /// [`DEFAULT_LOG_MAX_BYTES`](crate::DEFAULT_LOG_MAX_BYTES), 16 MiB). The
+    /// oldest records are dropped beyond it, or beyond 100 000 records
+    /// (counted: `log_records_evicted`); the newest record is always kept,
+    /// and the stderr echo prints every record.
+    pub fn log_max_bytes(mut self, bytes: usize) -> Self {
+        self.log_limits.max_bytes = bytes;
+        self
+    }
+
+    /// The bytes one log record's text may take, after escaping (default
+    /// [`DEFAULT_LOG_RECORD_MAX`](crate::DEFAULT_LOG_RECORD_MAX), 16 KiB). A
+    /// longer text is cut at a character and ends with
+    /// ` [... N bytes cut]`, N being the bytes of the original text left
+    /// out (counted: `log_records_cut`).
+    pub fn log_record_max(mut self, bytes: usize) -> Self {
+        self.log_limits.max_record = bytes;
+        self
+    }
+
     /// Loads and checks every plugin, runs `mq_initialize` in plugin
     /// order, then starts the workers (each runs `mq_context_initialize`
     /// before taking traffic). Any refused plugin stops the start.
     pub fn start(self) -> Result<Host, StartError> {
-        let log = HostLog::new(self.echo);
+        let log = HostLog::new(self.echo, self.log_limits);
         log.install_as_fallback();
         let mut files = match &self.plugin_dir {
             Some(dir) => plugins::discover(dir).map_err(StartError::Load)?,
@@ -237,7 +260,8 @@ impl Host {
         self.shared.counters.snapshot()
     }
 
-    /// The log records so far (the most recent 100 000).
+    /// The log records so far: the most recent, within the log's bounds
+    /// ([`HostBuilder::log_max_bytes`], 100 000 records).
     pub fn log(&self) -> Vec<LogRecord> {
         self.shared.log.since(0, None)
     }

@@ -36,7 +36,7 @@ fn report(text: String) {
         }
         None => match HostLog::fallback() {
             Some(log) => log.write(None, Priority::Critical, Source::Host, text),
-            None => eprintln!("mq-host: {text}"),
+            None => crate::observe::eprint_line(&format!("mq-host: {text}")),
         },
     }
 }

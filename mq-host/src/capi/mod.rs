@@ -180,7 +180,7 @@ fn refuse(function: &str, raw: *const c_void, kind: Kind, why: Refusal) {
         let line = text(&plugin.map_or("(unknown)".to_owned(), |p| format!("#{p}")));
         match HostLog::fallback() {
             Some(log) => log.write(None, Priority::Critical, Source::Host, line),
-            None => eprintln!("mq-host: {line}"),
+            None => crate::observe::eprint_line(&format!("mq-host: {line}")),
         }
         return;
     };
@@ -216,7 +216,7 @@ fn refuse_off_worker(function: &str, what: &str) {
     );
     match HostLog::fallback() {
         Some(log) => log.write(None, Priority::Critical, Source::Host, line),
-        None => eprintln!("mq-host: {line}"),
+        None => crate::observe::eprint_line(&format!("mq-host: {line}")),
     }
 }
 
@@ -325,7 +325,7 @@ host_fn! {
                 if let Some(log) = HostLog::fallback() {
                     log.write(None, priority_level, Source::Plugin, text);
                 } else {
-                    eprintln!("[plugin] {text}");
+                    crate::observe::eprint_line(&format!("[plugin] {text}"));
                 }
             }
         }

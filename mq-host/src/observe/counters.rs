@@ -101,6 +101,11 @@ counters! {
     auth_lines_too_long,
     /// `MQ_send` calls cut at the session's output limit (`max_output_buffer`).
     plugin_output_cut,
+    /// Log records whose text was cut at the record bound (`--log-record-max`).
+    log_records_cut,
+    /// Log records dropped from the in-memory log, oldest first, to stay within its
+    /// bounds (`--log-max-bytes`, 100 000 records); the stderr echo printed them.
+    log_records_evicted,
 }
 
 impl Counters {

@@ -4,7 +4,17 @@
 //! `MQ_log` is a global C function without a host argument: on a worker
 //! thread it reaches that worker's host; elsewhere (plugin threads,
 //! `mq_initialize`) the most recently started host.
+//!
+//! Whatever a plugin or a client wrote, a record is one line: its text is
+//! escaped when written ([`escape_controls`](super::escape_controls)), and
+//! again (a no-op then) when printed. A plugin cannot fill the memory
+//! either: a record's text is cut at the record bound
+//! ([`DEFAULT_LOG_RECORD_MAX`]) and the log keeps only its newest records
+//! within a byte bound ([`DEFAULT_LOG_MAX_BYTES`]) and a count bound; cuts
+//! and evictions are counted (`log_records_cut`, `log_records_evicted`).
 
+use super::escape::{escape_bounded, escape_controls};
+use super::Counters;
 use std::io::Write;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
@@ -60,7 +70,10 @@ pub struct LogRecord {
     pub priority: Priority,
     /// Who wrote it.
     pub source: Source,
-    /// The text; an unknown priority is marked `(invalid priority N)`.
+    /// The text, one line: control, separator and bidi characters are
+    /// escaped (see [`escape_controls`](crate::escape_controls)). An unknown
+    /// priority is marked `(invalid priority N)`; a text longer than the
+    /// record bound is cut and ends with ` [... N bytes cut]`.
     pub text: String,
     /// When it was written.
     pub time: SystemTime,
@@ -97,7 +110,7 @@ impl LogRecord {
             "worker": self.worker,
             "source": source,
             "seq": self.seq,
-            "text": self.text,
+            "text": escape_controls(&self.text),
         })
     }
 }
@@ -116,7 +129,7 @@ impl std::fmt::Display for LogRecord {
             f,
             "[{}] [{worker}] [{who}] {}",
             self.priority.label(),
-            self.text
+            escape_controls(&self.text)
         )
     }
 }
@@ -139,18 +152,55 @@ pub enum LogEcho {
 pub(crate) struct HostLog {
     records: Mutex<Records>,
     echo: LogEcho,
+    limits: LogLimits,
+    /// The host's counters (shared with its workers): the log counts its
+    /// cuts and evictions there.
+    counters: Arc<Counters>,
 }
 
-/// How many records a log keeps: the oldest are dropped beyond this, so a
-/// long-running `serve` does not grow without bound (the stderr echo sees
-/// every record).
+/// How many records a log keeps at most, whatever their size: the oldest
+/// are dropped beyond this (the stderr echo sees every record).
 const RETAINED: usize = 100_000;
+
+/// The default bound of the in-memory log, in bytes (16 MiB): the texts of
+/// the records kept plus a fixed cost per record. The oldest records are
+/// dropped beyond it (the stderr echo sees every record).
+pub const DEFAULT_LOG_MAX_BYTES: usize = 16 << 20;
+
+/// The default bound of one record's text, in bytes (16 KiB, after
+/// escaping): a longer text is cut, at a character, and ends with
+/// ` [... N bytes cut]`, N being the bytes of the original text left out.
+pub const DEFAULT_LOG_RECORD_MAX: usize = 16 << 10;
+
+/// What one record costs besides its text.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<LogRecord>();
+
+/// Bounds of the in-memory log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogLimits {
+    /// The bytes the records may take together (texts plus a fixed cost per
+    /// record); the newest record is always kept.
+    pub(crate) max_bytes: usize,
+    /// The bytes one record's text may take before it is cut.
+    pub(crate) max_record: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: DEFAULT_LOG_MAX_BYTES,
+            max_record: DEFAULT_LOG_RECORD_MAX,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Records {
     /// The sequence number of `list[0]`.
     base: u64,
     list: std::collections::VecDeque<LogRecord>,
+    /// What `list` costs, as counted against [`LogLimits::max_bytes`].
+    bytes: usize,
 }
 
 static FALLBACK: RwLock<Option<Weak<HostLog>>> = RwLock::new(None);
@@ -178,11 +228,18 @@ impl Drop for CallerScope {
 }
 
 impl HostLog {
-    pub(crate) fn new(echo: LogEcho) -> Arc<HostLog> {
+    pub(crate) fn new(echo: LogEcho, limits: LogLimits) -> Arc<HostLog> {
         Arc::new(HostLog {
             records: Mutex::new(Records::default()),
             echo,
+            limits,
+            counters: Arc::default(),
         })
+    }
+
+    /// The counters the log counts in; the host's `Shared` uses the same.
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// Makes this log the one `MQ_log` uses off the worker threads.
@@ -203,6 +260,8 @@ impl HostLog {
             .upgrade()
     }
 
+    /// Appends a record: its text escaped and cut at the record bound,
+    /// echoed, then kept within the log's bounds.
     pub(crate) fn write(
         &self,
         worker: Option<usize>,
@@ -210,6 +269,7 @@ impl HostLog {
         source: Source,
         text: String,
     ) {
+        let text = self.one_line(text);
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let record = LogRecord {
             seq: records.base + records.list.len() as u64,
@@ -228,11 +288,45 @@ impl HostLog {
                 let _ = writeln!(std::io::stderr().lock(), "{}", record.to_json());
             }
         }
-        if records.list.len() == RETAINED {
-            records.list.pop_front();
-            records.base += 1;
-        }
+        records.bytes += cost(&record);
         records.list.push_back(record);
+        let mut evicted = 0;
+        while records.list.len() > 1
+            && (records.list.len() > RETAINED || records.bytes > self.limits.max_bytes)
+        {
+            let Some(oldest) = records.list.pop_front() else {
+                break;
+            };
+            records.bytes -= cost(&oldest);
+            records.base += 1;
+            evicted += 1;
+        }
+        if evicted > 0 {
+            self.counters
+                .log_records_evicted
+                .fetch_add(evicted, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `text` escaped to one line and cut at the record bound (counted).
+    fn one_line(&self, text: String) -> String {
+        let max = self.limits.max_record;
+        if text.len() <= max && !text.chars().any(super::escape::needs_escape) {
+            return text;
+        }
+        let (mut kept, cut) = escape_bounded(&text, max);
+        if cut > 0 {
+            Counters::bump(&self.counters.log_records_cut);
+            kept.push_str(&format!(" [... {cut} bytes cut]"));
+        }
+        kept
+    }
+
+    /// What the in-memory records cost now, in bytes (texts plus a fixed
+    /// cost per record).
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// The next sequence number (a mark for [`HostLog::since`]).
@@ -255,13 +349,18 @@ impl HostLog {
     }
 }
 
+/// What `record` counts against the byte bound.
+fn cost(record: &LogRecord) -> usize {
+    RECORD_OVERHEAD + record.text.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_log_keeps_the_most_recent_records_and_marks_stay_valid() {
-        let log = HostLog::new(LogEcho::None);
+        let log = HostLog::new(LogEcho::None, LogLimits::default());
         for n in 0..RETAINED + 10 {
             log.write(Some(n % 2), Priority::Info, Source::Host, n.to_string());
         }
@@ -294,5 +393,111 @@ mod tests {
             serde_json::json!({"time": "1970-01-02T00:00:00.250Z", "level": "warning",
                                "worker": 1, "source": "plugin", "seq": 7, "text": "[p] hello"})
         );
+    }
+
+    fn limited(max_bytes: usize, max_record: usize) -> Arc<HostLog> {
+        HostLog::new(
+            LogEcho::None,
+            LogLimits {
+                max_bytes,
+                max_record,
+            },
+        )
+    }
+
+    fn counted(log: &HostLog) -> (u64, u64) {
+        let c = log.counters().snapshot();
+        (c.log_records_cut, c.log_records_evicted)
+    }
+
+    #[test]
+    fn a_record_is_one_line_whatever_its_text() {
+        let log = HostLog::new(LogEcho::None, LogLimits::default());
+        let forged = "email a\x1b[31mRED\u{9b}@example.com\r\n[INFO] [worker 0] [host] forged\u{2028}\u{202e}moc.evil";
+        log.write(Some(0), Priority::Info, Source::Plugin, forged.into());
+        let record = log.since(0, None).remove(0);
+        assert_eq!(
+            record.text,
+            r"email a\x1b[31mRED\u{9b}@example.com\r\n[INFO] [worker 0] [host] forged\u{2028}\u{202e}moc.evil"
+        );
+        let line = record.to_string();
+        assert!(
+            !line.chars().any(super::super::escape::needs_escape),
+            "{line}"
+        );
+        assert_eq!(line, format!("[INFO] [worker 0] [plugin] {}", record.text));
+        assert_eq!(record.to_json()["text"], record.text.as_str());
+        assert!(!record.to_json().to_string().contains('\u{202e}'));
+    }
+
+    #[test]
+    fn a_record_made_elsewhere_is_escaped_when_printed() {
+        let record = LogRecord {
+            seq: 0,
+            worker: None,
+            priority: Priority::Info,
+            source: Source::Host,
+            text: "a\nb\u{202e}".into(),
+            time: std::time::UNIX_EPOCH,
+        };
+        assert_eq!(record.to_string(), r"[INFO] [main] [host] a\nb\u{202e}");
+        assert_eq!(record.to_json()["text"], r"a\nb\u{202e}");
+    }
+
+    #[test]
+    fn a_huge_record_is_cut_and_says_how_much() {
+        let log = limited(DEFAULT_LOG_MAX_BYTES, 1024);
+        let huge = "x".repeat(10 << 20);
+        log.write(None, Priority::Info, Source::Plugin, huge);
+        log.write(None, Priority::Info, Source::Plugin, "y".repeat(1024));
+        let records = log.since(0, None);
+        let cut = (10 << 20) - 1024;
+        assert_eq!(
+            records[0].text,
+            format!("{} [... {cut} bytes cut]", "x".repeat(1024))
+        );
+        assert_eq!(
+            records[1].text,
+            "y".repeat(1024),
+            "a text at the bound is whole"
+        );
+        assert_eq!(counted(&log), (1, 0));
+        // Escapes count against the bound, and are never split.
+        log.write(None, Priority::Info, Source::Plugin, "\x1b".repeat(300));
+        let text = log.since(2, None).remove(0).text;
+        assert_eq!(text, format!("{} [... 44 bytes cut]", r"\x1b".repeat(256)));
+        assert_eq!(counted(&log), (2, 0));
+    }
+
+    #[test]
+    fn the_log_stays_within_its_byte_bound() {
+        const BOUND: usize = 1 << 20;
+        let log = limited(BOUND, DEFAULT_LOG_RECORD_MAX);
+        let huge = "z".repeat(1 << 20);
+        for _ in 0..1000 {
+            log.write(Some(0), Priority::Info, Source::Plugin, huge.clone());
+            assert!(log.bytes() <= BOUND, "{} bytes kept", log.bytes());
+        }
+        let kept = log.since(0, None);
+        let texts: usize = kept.iter().map(|r| r.text.len() + RECORD_OVERHEAD).sum();
+        assert_eq!(texts, log.bytes());
+        assert!(
+            kept.len() > 10 && kept.len() < 1000,
+            "{} records kept",
+            kept.len()
+        );
+        assert_eq!(kept.last().unwrap().seq, 999, "the newest are kept");
+        assert_eq!(log.mark(), 1000);
+        assert_eq!(counted(&log), (1000, 1000 - kept.len() as u64));
+    }
+
+    #[test]
+    fn the_newest_record_is_kept_even_past_the_bound() {
+        let log = limited(10, 1000);
+        log.write(None, Priority::Info, Source::Host, "first".into());
+        log.write(None, Priority::Info, Source::Host, "second".into());
+        let kept: Vec<_> = log.since(0, None).into_iter().map(|r| r.text).collect();
+        assert_eq!(kept, ["second"]);
+        assert_eq!(counted(&log), (0, 1));
     }
 }

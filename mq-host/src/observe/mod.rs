@@ -2,15 +2,25 @@
 //! the host's own lines) and its counters.
 
 mod counters;
+mod escape;
 mod log;
 
 pub use counters::CounterSnapshot;
 pub(crate) use counters::Counters;
-pub(crate) use log::{CallerScope, HostLog};
-pub use log::{LogEcho, LogRecord, Priority, Source};
+pub use escape::escape_controls;
+pub(crate) use log::{CallerScope, HostLog, LogLimits};
+pub use log::{
+    LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_RECORD_MAX,
+};
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Prints `line` on stderr as one line, escaped (for reports made when no
+/// host log exists).
+pub(crate) fn eprint_line(line: &str) {
+    eprintln!("{}", escape_controls(line));
+}
 
 /// A panic's message; the payload is dropped inside a boundary of its own
 /// (a payload whose `Drop` panics is leaked instead of aborting).

@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     /// For each hook (table index), the plugins that define it, in order.
     pub(crate) by_hook: Vec<Vec<usize>>,
     pub(crate) limits: Limits,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) log: Arc<HostLog>,
     pub(crate) next_connection: AtomicU64,
 }
@@ -53,7 +53,8 @@ impl Shared {
             plugins,
             by_hook,
             limits,
-            counters: Counters::default(),
+            // One set of counters: the log counts its cuts and evictions too.
+            counters: Arc::clone(log.counters()),
             log,
             next_connection: AtomicU64::new(1),
         }
@@ -439,7 +440,11 @@ mod tests {
             hold_deadline: None,
             retry_limit: 1,
         };
-        Arc::new(Shared::new(Vec::new(), limits, HostLog::new(LogEcho::None)))
+        Arc::new(Shared::new(
+            Vec::new(),
+            limits,
+            HostLog::new(LogEcho::None, Default::default()),
+        ))
     }
 
     #[test]

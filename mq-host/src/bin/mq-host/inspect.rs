@@ -1,6 +1,6 @@
 //! `mq-host inspect`: what a plugin file is, without running it.
 
-use mq_host::{PluginInfo, PluginKind};
+use mq_host::{escape_controls, PluginInfo, PluginKind};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +9,18 @@ pub(crate) fn inspect(files: &[PathBuf], verbose: bool) -> ExitCode {
     let mut failed = false;
     for file in files {
         match mq_host::inspect(file) {
-            Ok(info) => print_info(&info),
+            Ok(info) => {
+                // A closed stdout is no reason to fail.
+                let _ = write_info(&mut std::io::stdout().lock(), &info);
+            }
             Err(e) => {
                 failed = true;
-                eprintln!("mq-host: {e}");
+                eprintln!("mq-host: {}", escape_controls(&e.to_string()));
                 if let (true, Some(report)) = (verbose, e.report()) {
-                    eprintln!("{report}");
+                    // A multi-line report; each line escaped.
+                    for line in report.lines() {
+                        eprintln!("{}", escape_controls(line));
+                    }
                 }
             }
         }
@@ -26,20 +32,22 @@ pub(crate) fn inspect(files: &[PathBuf], verbose: bool) -> ExitCode {
     }
 }
 
-pub(crate) fn print_info(info: &PluginInfo) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", info.file.display());
-    let _ = writeln!(out, "  name:        {}", info.name);
+/// Writes what `info` says. Name, package, version and description come
+/// from the plugin (and the path from whoever named the file): each is
+/// written escaped, so a plugin cannot add lines or terminal controls.
+pub(crate) fn write_info(out: &mut impl Write, info: &PluginInfo) -> std::io::Result<()> {
+    writeln!(out, "{}", escape_controls(&info.file.display().to_string()))?;
+    writeln!(out, "  name:        {}", escape_controls(&info.name))?;
     if let Some(p) = &info.package {
-        let _ = writeln!(out, "  package:     {p}");
+        writeln!(out, "  package:     {}", escape_controls(p))?;
     }
     if let Some(v) = &info.version {
-        let _ = writeln!(out, "  version:     {v}");
+        writeln!(out, "  version:     {}", escape_controls(v))?;
     }
     if let Some(d) = &info.description {
-        let _ = writeln!(out, "  description: {d}");
+        writeln!(out, "  description: {}", escape_controls(d))?;
     }
-    let _ = writeln!(out, "  api version: {}", info.api_version);
+    writeln!(out, "  api version: {}", info.api_version)?;
     let kind = match &info.kind {
         PluginKind::Rust { framework_abi } => {
             format!("Rust (mq-plugin, framework ABI {framework_abi}; ABI check passed)")
@@ -47,8 +55,8 @@ pub(crate) fn print_info(info: &PluginInfo) {
         PluginKind::RustWithoutRootModule => "Rust (root module not checked)".to_owned(),
         PluginKind::C => "C (no root module)".to_owned(),
     };
-    let _ = writeln!(out, "  kind:        {kind}");
-    let _ = writeln!(out, "  hooks:");
+    writeln!(out, "  kind:        {kind}")?;
+    writeln!(out, "  hooks:")?;
     for hook in &info.hooks {
         let note = match &info.authored_hooks {
             Some(authored) if !authored.contains(hook) => " (framework housekeeping)",
@@ -59,6 +67,43 @@ pub(crate) fn print_info(info: &PluginInfo) {
         } else {
             "lifecycle"
         };
-        let _ = writeln!(out, "    {:<22} {control}{note}", hook.symbol);
+        writeln!(out, "    {:<22} {control}{note}", hook.symbol)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_plugin_says_about_itself_stays_on_its_line() {
+        let info = PluginInfo {
+            file: "/plugins/10-x\n.so".into(),
+            name: "10-x\n".into(),
+            package: Some("pkg\x1b[2J".into()),
+            version: Some("1.0\r\n  hooks:".into()),
+            description: Some("harmless\n  kind:        C\u{202e}".into()),
+            api_version: 1,
+            kind: PluginKind::C,
+            hooks: Vec::new(),
+            authored_hooks: None,
+        };
+        let mut out = Vec::new();
+        write_info(&mut out, &info).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                "/plugins/10-x\\n.so\n",
+                "  name:        10-x\\n\n",
+                "  package:     pkg\\x1b[2J\n",
+                "  version:     1.0\\r\\n  hooks:\n",
+                "  description: harmless\\n  kind:        C\\u{202e}\n",
+                "  api version: 1\n",
+                "  kind:        C (no root module)\n",
+                "  hooks:\n",
+            )
+        );
     }
 }

@@ -146,12 +146,23 @@ struct HostArgs {
     #[arg(short, long)]
     quiet: bool,
     /// How the log is printed to stderr: text lines, or one JSON object
-    /// per line (time, level, worker, source, seq, text).
+    /// per line (time, level, worker, source, seq, text). Either way a
+    /// record is one line: control characters in a text are escaped
+    /// (\n, \r, \t, \x1b, \u{202e}).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Print the host's counters to stderr at the end.
     #[arg(long)]
     counters: bool,
+    /// Bytes the in-memory log may keep (record texts plus a fixed cost
+    /// each); the oldest records are dropped beyond it (counted:
+    /// log_records_evicted). Every record is still printed.
+    #[arg(long, default_value_t = mq_host::DEFAULT_LOG_MAX_BYTES)]
+    log_max_bytes: usize,
+    /// Bytes of one log record's text (after escaping); a longer text is
+    /// cut and ends with ` [... N bytes cut]` (counted: log_records_cut).
+    #[arg(long, default_value_t = mq_host::DEFAULT_LOG_RECORD_MAX)]
+    log_record_max: usize,
 }
 
 #[derive(clap::Args)]
@@ -255,14 +266,14 @@ fn main() -> ExitCode {
             let tls = match tls {
                 Ok(tls) => tls,
                 Err(e) => {
-                    eprintln!("mq-host: {e}");
+                    eprintln!("mq-host: {}", mq_host::escape_controls(&e.to_string()));
                     return ExitCode::FAILURE;
                 }
             };
             let delivery = match relay.map(|r| delivery.config(r, &hostname)).transpose() {
                 Ok(delivery) => delivery,
                 Err(e) => {
-                    eprintln!("mq-host: {e}");
+                    eprintln!("mq-host: {}", mq_host::escape_controls(&e.to_string()));
                     return ExitCode::FAILURE;
                 }
             };
@@ -281,7 +292,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mq-host: {e}");
+            eprintln!("mq-host: {}", mq_host::escape_controls(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -298,6 +309,8 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
         .workers(args.workers)
         .retry_limit(args.retry_limit)
         .hold_deadline(hold_deadline)
+        .log_max_bytes(args.log_max_bytes)
+        .log_record_max(args.log_record_max)
         .log_echo(match (args.quiet, args.log_format) {
             (true, _) => LogEcho::None,
             (false, LogFormat::Text) => LogEcho::Stderr,
