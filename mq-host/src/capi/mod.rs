@@ -24,9 +24,10 @@ use crate::observe::Counters;
 use crate::observe::{HostLog, Priority, Source};
 use crate::runtime::connection::ConnectionState;
 use crate::runtime::dispatch;
-use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
+use crate::runtime::event_loop::{Interest, Stale, TimerHandle, WatcherHandle};
 use crate::runtime::handles::{self, Kind, Refusal};
 use crate::runtime::message::{AddressObj, MessageObj};
+use crate::runtime::misuse::{self, Misuse};
 use crate::runtime::worker::ContextObj;
 use crate::runtime::worker::{self, Worker};
 use mq_abi::sys::*;
@@ -276,12 +277,48 @@ unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
     }
 }
 
-/// A timer's delay: non-finite or negative is now; huge saturates.
-fn seconds(value: f32) -> Duration {
-    if value.is_finite() && value > 0.0 {
-        Duration::try_from_secs_f32(value).unwrap_or(Duration::MAX)
+/// The bytes of a C buffer of `plugin`'s call of `function`; `None`, and
+/// reported as a misuse, for a NULL buffer with a non-zero size.
+///
+/// # Safety
+/// `ptr` is null or valid for `len` bytes (the C API's contract).
+unsafe fn buffer<'a>(
+    function: &'static str,
+    plugin: usize,
+    ptr: *const c_char,
+    len: usize,
+) -> Option<&'a [u8]> {
+    if ptr.is_null() && len != 0 {
+        worker::with_current(|w| {
+            w.report_misuse(Some(plugin), function, Misuse::NullBuffer, &len.to_string());
+        });
+        return None;
+    }
+    // SAFETY: the caller's promise.
+    Some(unsafe { bytes(ptr, len) })
+}
+
+/// A timer's delay, clamped to `0..=MAX_TIMER_DELAY`; a delay out of that
+/// range (NaN, negative, too long, infinite) is reported as a misuse.
+fn delay(w: &Worker, plugin: Option<usize>, function: &'static str, seconds: f32) -> Duration {
+    let (after, misuse) = misuse::timer_delay(seconds);
+    if let Some(misuse) = misuse {
+        let shown = if seconds.abs() >= 1e9 {
+            format!("{seconds:e}")
+        } else {
+            seconds.to_string()
+        };
+        w.report_misuse(plugin, function, misuse, &shown);
+    }
+    after
+}
+
+/// A timer or watcher argument for a misuse report.
+fn shown_handle(raw: u64) -> String {
+    if raw == 0 {
+        "NULL".to_owned()
     } else {
-        Duration::ZERO
+        format!("{raw:#x}")
     }
 }
 
@@ -359,17 +396,13 @@ host_fn! {
         let Some((w, plugin)) = context("MQ_ioWatch", ctx) else {
             return std::ptr::null_mut();
         };
-        let name = w.shared.plugin_name(plugin).to_owned();
         let Some(cb) = cb else {
-            w.log(Priority::Critical, format!("plugin {name}: MQ_ioWatch refused: no callback"));
+            w.report_misuse(Some(plugin), "MQ_ioWatch", Misuse::NoCallback, "");
             return std::ptr::null_mut();
         };
         let interest = Interest::from_mq(events);
-        if !interest.read && !interest.write {
-            w.log(
-                Priority::Critical,
-                format!("plugin {name}: MQ_ioWatch refused: events is neither MQ_READ nor MQ_WRITE"),
-            );
+        if interest.is_empty() {
+            w.report_misuse(Some(plugin), "MQ_ioWatch", Misuse::NoEvents, "");
             return std::ptr::null_mut();
         }
         let callback = Box::new(move |handle: WatcherHandle, fd: c_int, ready: Interest| {
@@ -389,7 +422,10 @@ host_fn! {
             Err(e) => {
                 w.log(
                     Priority::Critical,
-                    format!("plugin {name}: MQ_ioWatch of fd {fd} failed: {e}"),
+                    format!(
+                        "plugin {}: MQ_ioWatch of fd {fd} failed: {e}",
+                        w.shared.plugin_name(plugin)
+                    ),
                 );
                 std::ptr::null_mut()
             }
@@ -398,22 +434,26 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_ioUnwatch(MQ_IOWatcher*)`: a stale or foreign handle is a no-op.
+    /// `void MQ_ioUnwatch(MQ_IOWatcher*)`: a stale or foreign handle is a no-op,
+    /// reported as a misuse unless the host discarded the watcher itself
+    /// (its fd was closed and the number watched anew).
     fn MQ_ioUnwatch(watcher: *mut MQ_IOWatcher) = (); {
-        let Some(handle) = WatcherHandle::from_raw(watcher as usize as u64) else {
-            return;
+        let raw = watcher as usize as u64;
+        let Some(w) = worker::current() else {
+            return refuse_off_worker("MQ_ioUnwatch", "fd watchers");
         };
-        match worker::current() {
-            Some(w) => {
-                w.ev.unwatch_io(handle);
-            }
-            None => refuse_off_worker("MQ_ioUnwatch", "fd watchers"),
+        let unwatched = WatcherHandle::from_raw(raw).map_or(Err(Stale::Foreign), |h| w.ev.try_unwatch_io(h));
+        if let Some(misuse) = unwatched.err().and_then(Misuse::of_watcher) {
+            w.report_misuse(None, "MQ_ioUnwatch", misuse, &shown_handle(raw));
         }
     }
 }
 
 host_fn! {
-    /// `MQ_Timer *MQ_startTimer(MQ_Context*, float seconds, cb, void *data)`.
+    /// `MQ_Timer *MQ_startTimer(MQ_Context*, float seconds, cb, void *data)`:
+    /// the delay is clamped to 0 s ..= 365 days (NaN and negative: 0 s;
+    /// longer, or `INFINITY`: 365 days), and a delay out of range is reported
+    /// as a misuse.
     fn MQ_startTimer(
         ctx: *mut MQ_Context,
         seconds_: f32,
@@ -424,48 +464,48 @@ host_fn! {
             return std::ptr::null_mut();
         };
         let Some(cb) = cb else {
-            w.log(
-                Priority::Critical,
-                format!("plugin {}: MQ_startTimer refused: no callback", w.shared.plugin_name(plugin)),
-            );
+            w.report_misuse(Some(plugin), "MQ_startTimer", Misuse::NoCallback, "");
             return std::ptr::null_mut();
         };
+        let after = delay(&w, Some(plugin), "MQ_startTimer", seconds_);
         let callback = Box::new(move || {
             let _calling = worker::Calling::enter(plugin);
             // SAFETY: the plugin's callback with the data it registered.
             unsafe { cb(data) }
         });
-        let handle = w.ev.start_timer(seconds(seconds_), callback);
+        let handle = w.ev.start_timer(after, callback);
         handle.to_raw() as usize as *mut MQ_Timer
     }
 }
 
 host_fn! {
-    /// `void MQ_stopTimer(MQ_Timer*)`: a fired or stale timer is a no-op.
+    /// `void MQ_stopTimer(MQ_Timer*)`: a fired, stopped or foreign timer is a
+    /// no-op, reported as a misuse.
     fn MQ_stopTimer(timer: *mut MQ_Timer) = (); {
-        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-            return;
+        let raw = timer as usize as u64;
+        let Some(w) = worker::current() else {
+            return refuse_off_worker("MQ_stopTimer", "timers");
         };
-        match worker::current() {
-            Some(w) => {
-                w.ev.stop_timer(handle);
-            }
-            None => refuse_off_worker("MQ_stopTimer", "timers"),
+        let stopped = TimerHandle::from_raw(raw).map_or(Err(Stale::Foreign), |h| w.ev.try_stop_timer(h));
+        if let Err(stale) = stopped {
+            w.report_misuse(None, "MQ_stopTimer", Misuse::of_timer(stale), &shown_handle(raw));
         }
     }
 }
 
 host_fn! {
-    /// `void MQ_resetTimer(MQ_Timer*, float seconds)`: a fired or stale timer is a no-op.
+    /// `void MQ_resetTimer(MQ_Timer*, float seconds)`: a fired, stopped or
+    /// foreign timer is a no-op, reported as a misuse; the delay is clamped
+    /// as `MQ_startTimer`'s.
     fn MQ_resetTimer(timer: *mut MQ_Timer, seconds_: f32) = (); {
-        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-            return;
+        let raw = timer as usize as u64;
+        let Some(w) = worker::current() else {
+            return refuse_off_worker("MQ_resetTimer", "timers");
         };
-        match worker::current() {
-            Some(w) => {
-                w.ev.reset_timer(handle, seconds(seconds_));
-            }
-            None => refuse_off_worker("MQ_resetTimer", "timers"),
+        let after = delay(&w, None, "MQ_resetTimer", seconds_);
+        let reset = TimerHandle::from_raw(raw).map_or(Err(Stale::Foreign), |h| w.ev.try_reset_timer(h, after));
+        if let Err(stale) = reset {
+            w.report_misuse(None, "MQ_resetTimer", Misuse::of_timer(stale), &shown_handle(raw));
         }
     }
 }
@@ -480,13 +520,16 @@ host_fn! {
 }
 
 host_fn! {
-    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`.
+    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`: NULL
+    /// with a size is refused (a misuse) and returns 0.
     fn MQ_send(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0; {
-        let Some((conn, _)) = connection("MQ_send", conn) else {
+        let Some((conn, plugin)) = connection("MQ_send", conn) else {
             return 0;
         };
         // SAFETY: the C API: `buf` is valid for `size` bytes.
-        let data = unsafe { bytes(buf.cast(), size) };
+        let Some(data) = (unsafe { buffer("MQ_send", plugin, buf.cast(), size) }) else {
+            return 0;
+        };
         conn.sent.borrow_mut().extend_from_slice(data);
         data.len()
     }
@@ -615,11 +658,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`: NULL with a
+    /// size is refused (a misuse), NULL with 0 is the empty address.
     fn MQ_setEnvelope(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setEnvelope", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_envelope(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setEnvelope", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setEnvelope", plugin, text, size) } {
+            m.set_envelope(text);
         }
     }
 }
@@ -632,11 +679,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`: NULL with a
+    /// size is refused (a misuse).
     fn MQ_setRecipient(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setRecipient", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_recipient(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setRecipient", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setRecipient", plugin, text, size) } {
+            m.set_recipient(text);
         }
     }
 }
@@ -649,11 +700,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setMime(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setMime(MQ_Message*, const char*, size_t)`: NULL with a size
+    /// is refused (a misuse).
     fn MQ_setMime(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setMime", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_mime(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setMime", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setMime", plugin, text, size) } {
+            m.set_mime(text);
         }
     }
 }

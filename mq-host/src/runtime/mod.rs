@@ -8,4 +8,5 @@ pub(crate) mod dispatch;
 pub mod event_loop;
 pub(crate) mod handles;
 pub(crate) mod message;
+pub(crate) mod misuse;
 pub(crate) mod worker;

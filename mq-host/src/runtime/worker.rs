@@ -11,10 +11,11 @@ use crate::plugins::LoadedPlugin;
 use crate::runtime::chain::{Chain, ChainReport};
 use crate::runtime::connection::ConnectionState;
 use crate::runtime::event_loop::{EventLoop, Interest, LoopRemote, TimerHandle, WatcherHandle};
+use crate::runtime::misuse::Misuse;
 use mq_abi::sys::MQ_Context;
 use mq_hook_table::{Hook, HookId, HOOK_COUNT};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) log: Arc<HostLog>,
     pub(crate) next_connection: AtomicU64,
+    /// The misuses already logged: `(plugin, function, kind)`.
+    pub(crate) misuse_reported: Mutex<HashSet<(Option<usize>, &'static str, Misuse)>>,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
             counters: Counters::default(),
             log,
             next_connection: AtomicU64::new(1),
+            misuse_reported: Mutex::new(HashSet::new()),
         }
     }
 
