@@ -28,6 +28,7 @@ use crate::runtime::event_loop::{Interest, Stale, TimerHandle, WatcherHandle};
 use crate::runtime::handles::{self, Kind, Refusal};
 use crate::runtime::message::{AddressObj, MessageObj};
 use crate::runtime::misuse::{self, Misuse};
+use crate::runtime::watchdog::CallSite;
 use crate::runtime::worker::ContextObj;
 use crate::runtime::worker::{self, Worker};
 use mq_abi::sys::*;
@@ -405,8 +406,9 @@ host_fn! {
             w.report_misuse(Some(plugin), "MQ_ioWatch", Misuse::NoEvents, "");
             return std::ptr::null_mut();
         }
+        let calls = std::sync::Arc::clone(&w.calls);
         let callback = Box::new(move |handle: WatcherHandle, fd: c_int, ready: Interest| {
-            let _calling = worker::Calling::enter(plugin);
+            let _calling = worker::Calling::watched(&calls, plugin, CallSite::FdCallback);
             // SAFETY: the plugin's callback with the data it registered.
             unsafe {
                 cb(
@@ -468,8 +470,9 @@ host_fn! {
             return std::ptr::null_mut();
         };
         let after = delay(&w, Some(plugin), "MQ_startTimer", seconds_);
+        let calls = std::sync::Arc::clone(&w.calls);
         let callback = Box::new(move || {
-            let _calling = worker::Calling::enter(plugin);
+            let _calling = worker::Calling::watched(&calls, plugin, CallSite::TimerCallback);
             // SAFETY: the plugin's callback with the data it registered.
             unsafe { cb(data) }
         });

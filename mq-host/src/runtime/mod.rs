@@ -9,4 +9,5 @@ pub mod event_loop;
 pub(crate) mod handles;
 pub(crate) mod message;
 pub(crate) mod misuse;
+pub(crate) mod watchdog;
 pub(crate) mod worker;

@@ -12,6 +12,7 @@ use crate::runtime::chain::{Chain, ChainReport};
 use crate::runtime::connection::ConnectionState;
 use crate::runtime::event_loop::{EventLoop, Interest, LoopRemote, TimerHandle, WatcherHandle};
 use crate::runtime::misuse::Misuse;
+use crate::runtime::watchdog::{CallGuard, CallSite, CallSlot};
 use mq_abi::sys::MQ_Context;
 use mq_hook_table::{Hook, HookId, HOOK_COUNT};
 use std::cell::{Cell, RefCell};
@@ -144,6 +145,8 @@ pub(crate) struct Worker {
     /// The chain running on each connection that has one (by connection id).
     pub(crate) chains: RefCell<HashMap<u64, RunningChain>>,
     takeovers: Cell<u64>,
+    /// The call into a plugin running now, for the stall watchdog.
+    pub(crate) calls: Arc<CallSlot>,
 }
 
 thread_local! {
@@ -175,18 +178,37 @@ pub(crate) fn calling() -> Option<usize> {
     CALLING.try_with(Cell::get).ok().flatten()
 }
 
-/// Marks a call into a plugin for [`calling`]; restores on drop.
-pub(crate) struct Calling(Option<usize>);
+/// Marks a call into a plugin for [`calling`] and, on a worker, for the
+/// stall watchdog; restores on drop.
+pub(crate) struct Calling<'a> {
+    previous: Option<usize>,
+    _watched: Option<CallGuard<'a>>,
+}
 
-impl Calling {
-    pub(crate) fn enter(plugin: usize) -> Calling {
-        Calling(CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten())
+impl Calling<'static> {
+    /// A call the watchdog does not watch (lifecycle hooks, which may block).
+    pub(crate) fn enter(plugin: usize) -> Calling<'static> {
+        Calling {
+            previous: CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten(),
+            _watched: None,
+        }
     }
 }
 
-impl Drop for Calling {
+impl<'a> Calling<'a> {
+    /// A call of `plugin` at `site` on the worker whose slot is `slot`,
+    /// watched for stalls.
+    pub(crate) fn watched(slot: &'a CallSlot, plugin: usize, site: CallSite) -> Calling<'a> {
+        Calling {
+            previous: CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten(),
+            _watched: Some(slot.enter(plugin, site)),
+        }
+    }
+}
+
+impl Drop for Calling<'_> {
     fn drop(&mut self) {
-        let _ = CALLING.try_with(|c| c.set(self.0));
+        let _ = CALLING.try_with(|c| c.set(self.previous));
     }
 }
 
@@ -302,6 +324,8 @@ impl Worker {
 /// A running worker, seen from the host.
 pub(crate) struct WorkerHandle {
     pub(crate) remote: LoopRemote,
+    /// The worker's current call into a plugin, for the stall watchdog.
+    pub(crate) calls: Arc<CallSlot>,
     id: usize,
     thread: Option<JoinHandle<()>>,
 }
@@ -311,13 +335,16 @@ impl WorkerHandle {
     /// `mq_context_initialize` before returning.
     pub(crate) fn spawn(id: usize, shared: Arc<Shared>) -> Result<WorkerHandle, String> {
         let (ready_tx, ready_rx) = mpsc::channel();
+        let calls = Arc::new(CallSlot::new(id));
+        let worker_calls = Arc::clone(&calls);
         let thread = std::thread::Builder::new()
             .name(format!("mq-worker-{id}"))
-            .spawn(move || worker_main(id, shared, ready_tx))
+            .spawn(move || worker_main(id, shared, worker_calls, ready_tx))
             .map_err(|e| format!("cannot start worker thread {id}: {e}"))?;
         match ready_rx.recv() {
             Ok(Ok(remote)) => Ok(WorkerHandle {
                 remote,
+                calls,
                 id,
                 thread: Some(thread),
             }),
@@ -347,7 +374,12 @@ impl WorkerHandle {
     }
 }
 
-fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRemote, String>>) {
+fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    calls: Arc<CallSlot>,
+    ready: mpsc::Sender<Result<LoopRemote, String>>,
+) {
     let loop_id = u16::try_from(id + 1).unwrap_or(u16::MAX);
     let ev = match EventLoop::new(loop_id) {
         Ok(ev) => ev,
@@ -378,6 +410,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         retired: RefCell::new(HashMap::new()),
         chains: RefCell::new(HashMap::new()),
         takeovers: Cell::new(0),
+        calls,
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 
