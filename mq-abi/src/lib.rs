@@ -28,6 +28,12 @@ pub use flow::Flow;
 pub use module::*;
 pub use mq_hook_table::{Shape, HOOKS, MQ_API_VERSION};
 
+/// The longest timer delay mq-host supports, in seconds: 365 days. A longer
+/// `MQ_startTimer`/`MQ_resetTimer` delay (or `INFINITY`) is clamped to it
+/// and reported as a misuse; `mq-plugin` clamps the durations it passes to
+/// it, so safe Rust code never trips that report.
+pub const MAX_TIMER_SECONDS: f32 = 31_536_000.0;
+
 use sys::*;
 
 /// A hook's C entry point, typed by its [`Shape`].

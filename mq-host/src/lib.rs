@@ -57,6 +57,30 @@
 //! A second resume is ignored, a resume from the wrong thread refused, a
 //! hold past the deadline reported (the chain goes on), a retry loop cut
 //! after a limit; each is logged and counted ([`CounterSnapshot`]).
+//!
+//! Misuse of the host's functions that MailerQ would not survive is
+//! refused or clamped, logged once per plugin, function and kind, and
+//! counted (`api_misuse`): a NULL buffer with a size (`MQ_send`,
+//! `MQ_setMime`, `MQ_setRecipient`, `MQ_setEnvelope`) changes nothing; a
+//! timer delay runs within 0 s ..= 365 days (NaN and negative as 0 s,
+//! longer or `INFINITY` as 365 days); stopping or resetting a timer that
+//! fired or was stopped, and unwatching a watcher twice, are ignored.
+//!
+//! ## The stall watchdog
+//!
+//! A plugin that blocks inside a hook, a timer callback or an fd callback
+//! blocks its worker's event loop, and with it every other connection of
+//! that worker. Nothing can interrupt it, but the host tells its author: a
+//! watchdog thread notices a worker that has been inside one call into a
+//! plugin for longer than a threshold
+//! ([`HostBuilder::stall_report`], `--stall-report SECONDS`, default 1 s,
+//! 0 turns it off), logs a warning naming the plugin, the hook (or "a
+//! timer callback", "an fd callback") and the worker, once per call,
+//! counts it (`worker_stalls`), and logs how long the call took when it
+//! returns. The workers only store a word per call into a plugin; the
+//! watchdog polls four times per threshold and stops with the host.
+//! Lifecycle hooks (`mq_initialize`, `mq_context_initialize`, ...) are
+//! not watched: MailerQ lets them block.
 
 #![warn(missing_docs)]
 

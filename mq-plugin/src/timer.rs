@@ -80,7 +80,8 @@ impl TimerRegistry {
 
 impl Context {
     /// Runs `callback` on this worker's event loop after `after` (a
-    /// duration too long for the host waits as long as the host can).
+    /// duration too long for the host waits as long as the host can: 365
+    /// days in mq-host).
     /// A timer still running at `mq_context_cleanup` is stopped then, and
     /// its callback dropped.
     ///
@@ -121,14 +122,11 @@ impl Context {
     }
 }
 
-/// A duration as the C API's float seconds (finite, saturating).
+/// A duration as the C API's float seconds, saturating at the longest
+/// delay mq-host supports ([`mq_abi::MAX_TIMER_SECONDS`], 365 days), which
+/// the host would otherwise clamp and report as a misuse.
 pub(crate) fn seconds(after: Duration) -> f32 {
-    let s = after.as_secs_f32();
-    if s.is_finite() {
-        s
-    } else {
-        f32::MAX
-    }
+    after.as_secs_f32().min(mq_abi::MAX_TIMER_SECONDS)
 }
 
 unsafe extern "C" fn fire(data: *mut c_void) {

@@ -16,6 +16,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-c-probe",
     "mq-test-hostile",
     "mq-test-c-hostile",
+    "mq-test-c-misuse",
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",

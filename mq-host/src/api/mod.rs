@@ -11,6 +11,7 @@ use crate::observe::{HostLog, LogEcho, LogLimits, LogRecord, Priority, Source};
 use crate::plugins::{self, HostMode, LoadError, PluginInfo};
 use crate::runtime::event_loop::LoopRemote;
 use crate::runtime::message::Direction;
+use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{self, Limits, Shared, WorkerHandle};
 use mq_hook_table::HookId;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub struct HostBuilder {
     mode: HostMode,
     echo: LogEcho,
     log_limits: LogLimits,
+    stall_report: Option<Duration>,
 }
 
 impl Default for HostBuilder {
@@ -42,6 +44,7 @@ impl Default for HostBuilder {
             mode: HostMode::Table,
             echo: LogEcho::None,
             log_limits: LogLimits::default(),
+            stall_report: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -81,6 +84,21 @@ impl HostBuilder {
     /// How Rust plugins reach the host's functions (default: the table).
     pub fn mode(mut self, mode: HostMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// How long one call into a plugin (a hook, a timer or fd callback) may
+    /// keep its worker busy before the stall watchdog reports it (default
+    /// 1 s; `None` or zero: no watchdog).
+    ///
+    /// Such a call blocks every other connection of its worker. The
+    /// watchdog, a thread of the host, logs a warning naming the plugin,
+    /// the hook or callback and the worker once per call, counts it
+    /// (`worker_stalls`), and logs how long the call took when it returns.
+    /// It cannot interrupt the call. Lifecycle hooks are not watched
+    /// (MailerQ lets them block).
+    pub fn stall_report(mut self, threshold: Option<Duration>) -> Self {
+        self.stall_report = threshold.filter(|t| !t.is_zero());
         self
     }
 
@@ -163,6 +181,7 @@ impl HostBuilder {
                     let mut host = Host {
                         shared,
                         workers,
+                        watchdog: None,
                         next_worker: AtomicUsize::new(0),
                         stopped: false,
                     };
@@ -171,12 +190,24 @@ impl HostBuilder {
                 }
             }
         }
-        Ok(Host {
+        let mut host = Host {
             shared,
             workers,
+            watchdog: None,
             next_worker: AtomicUsize::new(0),
             stopped: false,
-        })
+        };
+        if let Some(threshold) = self.stall_report {
+            let slots = host.workers.iter().map(|w| Arc::clone(&w.calls)).collect();
+            match Watchdog::start(Arc::clone(&host.shared), slots, threshold) {
+                Ok(watchdog) => host.watchdog = Some(watchdog),
+                Err(e) => {
+                    host.stop();
+                    return Err(StartError::Worker(e));
+                }
+            }
+        }
+        Ok(host)
     }
 }
 
@@ -235,6 +266,9 @@ impl std::error::Error for StartError {}
 pub struct Host {
     shared: Arc<Shared>,
     workers: Vec<WorkerHandle>,
+    /// Stopped after the workers, so that it still reports a call that
+    /// blocks a worker's stop.
+    watchdog: Option<Watchdog>,
     next_worker: AtomicUsize,
     stopped: bool,
 }
@@ -345,6 +379,9 @@ impl Host {
         self.stopped = true;
         for w in &mut self.workers {
             w.stop(&self.shared.log);
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            watchdog.stop();
         }
         cleanup(&self.shared);
     }

@@ -24,18 +24,17 @@ use crate::observe::Counters;
 use crate::observe::{HostLog, Priority, Source};
 use crate::runtime::connection::ConnectionState;
 use crate::runtime::dispatch;
-use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
 use crate::runtime::handles::{self, Kind, Refusal};
 use crate::runtime::message::{AddressObj, MessageObj};
+use crate::runtime::misuse::Misuse;
 use crate::runtime::worker::ContextObj;
 use crate::runtime::worker::{self, Worker};
 use mq_abi::sys::*;
 use mq_abi::Flow;
-use mq_abi::{HostApi, HostApiRef, IoCallbackParam, TimerCallbackParam};
+use mq_abi::{HostApi, HostApiRef};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::rc::Rc;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// Defines an exported host function whose body runs inside the host's
 /// panic boundary; `neutral` is what it returns if the body panics.
@@ -48,6 +47,10 @@ macro_rules! host_fn {
         }
     };
 }
+
+mod event_loop;
+
+use event_loop::{table_io_watch, table_start_timer, MQ_ioUnwatch, MQ_resetTimer, MQ_stopTimer};
 
 /// The table handed to Rust plugins.
 pub(crate) fn host_api() -> HostApiRef {
@@ -136,27 +139,6 @@ pub(crate) fn take_start_refusal() -> Option<String> {
     REFUSAL.try_with(|r| r.borrow_mut().take()).ok().flatten()
 }
 
-unsafe extern "C" fn table_io_watch(
-    ctx: *mut MQ_Context,
-    fd: c_int,
-    events: c_int,
-    cb: IoCallbackParam,
-    data: *mut c_void,
-) -> *mut MQ_IOWatcher {
-    // SAFETY: forwarded as received.
-    unsafe { MQ_ioWatch(ctx, fd, events, cb.callback, data) }
-}
-
-unsafe extern "C" fn table_start_timer(
-    ctx: *mut MQ_Context,
-    seconds: f32,
-    cb: TimerCallbackParam,
-    data: *mut c_void,
-) -> *mut MQ_Timer {
-    // SAFETY: forwarded as received.
-    unsafe { MQ_startTimer(ctx, seconds, cb.callback, data) }
-}
-
 // ---- refusals --------------------------------------------------------------
 
 /// Reports a refused call: logged with the plugin's name and counted, in the
@@ -206,18 +188,6 @@ fn output_cut(cut: usize, limit: usize) {
         Priority::Warning,
         format!("plugin {name}: MQ_send cut: {cut} byte(s) over the connection's output limit of {limit} bytes were not sent"),
     );
-}
-
-/// Reports a timer or watcher function called off any worker thread (their
-/// handles name the loop, not a plugin).
-fn refuse_off_worker(function: &str, what: &str) {
-    let line = format!(
-        "{function} refused: called off a worker thread; {what} belong to the worker's event loop"
-    );
-    match HostLog::fallback() {
-        Some(log) => log.write(None, Priority::Critical, Source::Host, line),
-        None => crate::observe::eprint_line(&format!("mq-host: {line}")),
-    }
 }
 
 /// The worker and context of a context handle of this thread.
@@ -288,13 +258,25 @@ unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
     }
 }
 
-/// A timer's delay: non-finite or negative is now; huge saturates.
-fn seconds(value: f32) -> Duration {
-    if value.is_finite() && value > 0.0 {
-        Duration::try_from_secs_f32(value).unwrap_or(Duration::MAX)
-    } else {
-        Duration::ZERO
+/// The bytes of a C buffer of `plugin`'s call of `function`; `None`, and
+/// reported as a misuse, for a NULL buffer with a non-zero size.
+///
+/// # Safety
+/// `ptr` is null or valid for `len` bytes (the C API's contract).
+unsafe fn buffer<'a>(
+    function: &'static str,
+    plugin: usize,
+    ptr: *const c_char,
+    len: usize,
+) -> Option<&'a [u8]> {
+    if ptr.is_null() && len != 0 {
+        worker::with_current(|w| {
+            w.report_misuse(Some(plugin), function, Misuse::NullBuffer, &len.to_string());
+        });
+        return None;
     }
+    // SAFETY: the caller's promise.
+    Some(unsafe { bytes(ptr, len) })
 }
 
 // ---- log -------------------------------------------------------------------
@@ -359,129 +341,6 @@ host_fn! {
     }
 }
 
-host_fn! {
-    /// `MQ_IOWatcher *MQ_ioWatch(MQ_Context*, int fd, int events, cb, void *data)`.
-    fn MQ_ioWatch(
-        ctx: *mut MQ_Context,
-        fd: c_int,
-        events: c_int,
-        cb: Option<MQ_IOCallback>,
-        data: *mut c_void,
-    ) -> *mut MQ_IOWatcher = std::ptr::null_mut(); {
-        let Some((w, plugin)) = context("MQ_ioWatch", ctx) else {
-            return std::ptr::null_mut();
-        };
-        let name = w.shared.plugin_name(plugin).to_owned();
-        let Some(cb) = cb else {
-            w.log(Priority::Critical, format!("plugin {name}: MQ_ioWatch refused: no callback"));
-            return std::ptr::null_mut();
-        };
-        let interest = Interest::from_mq(events);
-        if !interest.read && !interest.write {
-            w.log(
-                Priority::Critical,
-                format!("plugin {name}: MQ_ioWatch refused: events is neither MQ_READ nor MQ_WRITE"),
-            );
-            return std::ptr::null_mut();
-        }
-        let callback = Box::new(move |handle: WatcherHandle, fd: c_int, ready: Interest| {
-            let _calling = worker::Calling::enter(plugin);
-            // SAFETY: the plugin's callback with the data it registered.
-            unsafe {
-                cb(
-                    handle.to_raw() as usize as *mut MQ_IOWatcher,
-                    fd,
-                    ready.to_mq(),
-                    data,
-                )
-            }
-        });
-        match w.ev.watch_io(fd, interest, callback) {
-            Ok(handle) => handle.to_raw() as usize as *mut MQ_IOWatcher,
-            Err(e) => {
-                w.log(
-                    Priority::Critical,
-                    format!("plugin {name}: MQ_ioWatch of fd {fd} failed: {e}"),
-                );
-                std::ptr::null_mut()
-            }
-        }
-    }
-}
-
-host_fn! {
-    /// `void MQ_ioUnwatch(MQ_IOWatcher*)`: a stale or foreign handle is a no-op.
-    fn MQ_ioUnwatch(watcher: *mut MQ_IOWatcher) = (); {
-        let Some(handle) = WatcherHandle::from_raw(watcher as usize as u64) else {
-            return;
-        };
-        match worker::current() {
-            Some(w) => {
-                w.ev.unwatch_io(handle);
-            }
-            None => refuse_off_worker("MQ_ioUnwatch", "fd watchers"),
-        }
-    }
-}
-
-host_fn! {
-    /// `MQ_Timer *MQ_startTimer(MQ_Context*, float seconds, cb, void *data)`.
-    fn MQ_startTimer(
-        ctx: *mut MQ_Context,
-        seconds_: f32,
-        cb: Option<MQ_TimerCallback>,
-        data: *mut c_void,
-    ) -> *mut MQ_Timer = std::ptr::null_mut(); {
-        let Some((w, plugin)) = context("MQ_startTimer", ctx) else {
-            return std::ptr::null_mut();
-        };
-        let Some(cb) = cb else {
-            w.log(
-                Priority::Critical,
-                format!("plugin {}: MQ_startTimer refused: no callback", w.shared.plugin_name(plugin)),
-            );
-            return std::ptr::null_mut();
-        };
-        let callback = Box::new(move || {
-            let _calling = worker::Calling::enter(plugin);
-            // SAFETY: the plugin's callback with the data it registered.
-            unsafe { cb(data) }
-        });
-        let handle = w.ev.start_timer(seconds(seconds_), callback);
-        handle.to_raw() as usize as *mut MQ_Timer
-    }
-}
-
-host_fn! {
-    /// `void MQ_stopTimer(MQ_Timer*)`: a fired or stale timer is a no-op.
-    fn MQ_stopTimer(timer: *mut MQ_Timer) = (); {
-        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-            return;
-        };
-        match worker::current() {
-            Some(w) => {
-                w.ev.stop_timer(handle);
-            }
-            None => refuse_off_worker("MQ_stopTimer", "timers"),
-        }
-    }
-}
-
-host_fn! {
-    /// `void MQ_resetTimer(MQ_Timer*, float seconds)`: a fired or stale timer is a no-op.
-    fn MQ_resetTimer(timer: *mut MQ_Timer, seconds_: f32) = (); {
-        let Some(handle) = TimerHandle::from_raw(timer as usize as u64) else {
-            return;
-        };
-        match worker::current() {
-            Some(w) => {
-                w.ev.reset_timer(handle, seconds(seconds_));
-            }
-            None => refuse_off_worker("MQ_resetTimer", "timers"),
-        }
-    }
-}
-
 // ---- connection ----------------------------------------------------------------
 
 host_fn! {
@@ -492,13 +351,16 @@ host_fn! {
 }
 
 host_fn! {
-    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`.
+    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`: NULL
+    /// with a size is refused (a misuse) and returns 0.
     fn MQ_send(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0; {
-        let Some((conn, _)) = connection("MQ_send", conn) else {
+        let Some((conn, plugin)) = connection("MQ_send", conn) else {
             return 0;
         };
         // SAFETY: the C API: `buf` is valid for `size` bytes.
-        let data = unsafe { bytes(buf.cast(), size) };
+        let Some(data) = (unsafe { buffer("MQ_send", plugin, buf.cast(), size) }) else {
+            return 0;
+        };
         let taken = conn.send(data);
         if taken < data.len() {
             output_cut(data.len() - taken, conn.send_limit.get());
@@ -630,11 +492,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setEnvelope(MQ_Message*, const char*, size_t)`: NULL with a
+    /// size is refused (a misuse), NULL with 0 is the empty address.
     fn MQ_setEnvelope(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setEnvelope", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_envelope(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setEnvelope", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setEnvelope", plugin, text, size) } {
+            m.set_envelope(text);
         }
     }
 }
@@ -647,11 +513,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setRecipient(MQ_Message*, const char*, size_t)`: NULL with a
+    /// size is refused (a misuse).
     fn MQ_setRecipient(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setRecipient", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_recipient(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setRecipient", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setRecipient", plugin, text, size) } {
+            m.set_recipient(text);
         }
     }
 }
@@ -664,11 +534,15 @@ host_fn! {
 }
 
 host_fn! {
-    /// `void MQ_setMime(MQ_Message*, const char*, size_t)`.
+    /// `void MQ_setMime(MQ_Message*, const char*, size_t)`: NULL with a size
+    /// is refused (a misuse).
     fn MQ_setMime(msg: *mut MQ_Message, text: *const c_char, size: usize) = (); {
-        if let Some((m, _)) = message("MQ_setMime", msg) {
-            // SAFETY: the C API: `text` is valid for `size` bytes.
-            m.set_mime(unsafe { bytes(text, size) });
+        let Some((m, plugin)) = message("MQ_setMime", msg) else {
+            return;
+        };
+        // SAFETY: the C API: `text` is valid for `size` bytes.
+        if let Some(text) = unsafe { buffer("MQ_setMime", plugin, text, size) } {
+            m.set_mime(text);
         }
     }
 }

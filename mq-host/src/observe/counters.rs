@@ -73,6 +73,14 @@ counters! {
     plugin_panics,
     /// Host bugs: panics caught in a host function or a worker's loop (logged; the host goes on).
     host_panics,
+    /// Host function calls the C API calls illegal but the host survives (a NULL buffer with a
+    /// size, a timer delay that is not finite, negative or too long, stopping or resetting a
+    /// timer that fired or was stopped, unwatching twice, no callback): refused or clamped;
+    /// logged once per plugin, function and kind, every occurrence counted.
+    api_misuse,
+    /// Calls into a plugin (a hook, a timer or fd callback) that kept their worker busy longer
+    /// than the stall report threshold: reported by the watchdog, once per call.
+    worker_stalls,
     /// SMTP sessions accepted by `serve`.
     smtp_sessions,
     /// Messages stored durably by `serve` (one per recipient).

@@ -23,6 +23,7 @@ use crate::runtime::chain::{AfterCall, Chain, ChainEnd, End, HookCall, Next, Res
 use crate::runtime::connection::{ConnectionState, ExpiredHold, TakeoverEnd};
 use crate::runtime::handles;
 use crate::runtime::message::ChainArgs;
+use crate::runtime::watchdog::CallSite;
 use crate::runtime::worker::{Calling, Done, RunningChain, Shared, Worker};
 use mq_abi::Flow;
 use mq_hook_table::Hook;
@@ -171,7 +172,7 @@ fn call_hook(
             None => return no_handles(w, plugin),
         },
     };
-    let _calling = Calling::enter(plugin);
+    let _calling = Calling::watched(&w.calls, plugin, CallSite::Hook(hook));
     // SAFETY: the plugin's entry point for this hook; the handles name live
     // objects and the buffers belong to `args`, which outlives the call.
     unsafe { call::smtp(raw, ctx.to_ptr(), cv.to_ptr(), smtp_args) }
@@ -399,6 +400,6 @@ fn cancel(w: &Worker, conn: &Rc<ConnectionState>, plugin: usize) -> bool {
     let (Some(ctx), Some(cv)) = (handles::context_handle(plugin), conn.handle(plugin)) else {
         return false;
     };
-    let _calling = Calling::enter(plugin);
+    let _calling = Calling::watched(&w.calls, plugin, CallSite::CancelHold);
     cancel(ctx.to_ptr(), cv.to_ptr())
 }

@@ -8,4 +8,6 @@ pub(crate) mod dispatch;
 pub mod event_loop;
 pub(crate) mod handles;
 pub(crate) mod message;
+pub(crate) mod misuse;
+pub(crate) mod watchdog;
 pub(crate) mod worker;

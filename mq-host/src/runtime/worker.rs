@@ -11,10 +11,12 @@ use crate::plugins::LoadedPlugin;
 use crate::runtime::chain::{Chain, ChainReport};
 use crate::runtime::connection::ConnectionState;
 use crate::runtime::event_loop::{EventLoop, Interest, LoopRemote, TimerHandle, WatcherHandle};
+use crate::runtime::misuse::Misuse;
+use crate::runtime::watchdog::{CallGuard, CallSite, CallSlot};
 use mq_abi::sys::MQ_Context;
 use mq_hook_table::{Hook, HookId, HOOK_COUNT};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) log: Arc<HostLog>,
     pub(crate) next_connection: AtomicU64,
+    /// The misuses already logged: `(plugin, function, kind)`.
+    pub(crate) misuse_reported: Mutex<HashSet<(Option<usize>, &'static str, Misuse)>>,
 }
 
 impl Shared {
@@ -57,6 +61,7 @@ impl Shared {
             counters: Arc::clone(log.counters()),
             log,
             next_connection: AtomicU64::new(1),
+            misuse_reported: Mutex::new(HashSet::new()),
         }
     }
 
@@ -141,6 +146,8 @@ pub(crate) struct Worker {
     /// The chain running on each connection that has one (by connection id).
     pub(crate) chains: RefCell<HashMap<u64, RunningChain>>,
     takeovers: Cell<u64>,
+    /// The call into a plugin running now, for the stall watchdog.
+    pub(crate) calls: Arc<CallSlot>,
 }
 
 thread_local! {
@@ -172,18 +179,37 @@ pub(crate) fn calling() -> Option<usize> {
     CALLING.try_with(Cell::get).ok().flatten()
 }
 
-/// Marks a call into a plugin for [`calling`]; restores on drop.
-pub(crate) struct Calling(Option<usize>);
+/// Marks a call into a plugin for [`calling`] and, on a worker, for the
+/// stall watchdog; restores on drop.
+pub(crate) struct Calling<'a> {
+    previous: Option<usize>,
+    _watched: Option<CallGuard<'a>>,
+}
 
-impl Calling {
-    pub(crate) fn enter(plugin: usize) -> Calling {
-        Calling(CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten())
+impl Calling<'static> {
+    /// A call the watchdog does not watch (lifecycle hooks, which may block).
+    pub(crate) fn enter(plugin: usize) -> Calling<'static> {
+        Calling {
+            previous: CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten(),
+            _watched: None,
+        }
     }
 }
 
-impl Drop for Calling {
+impl<'a> Calling<'a> {
+    /// A call of `plugin` at `site` on the worker whose slot is `slot`,
+    /// watched for stalls.
+    pub(crate) fn watched(slot: &'a CallSlot, plugin: usize, site: CallSite) -> Calling<'a> {
+        Calling {
+            previous: CALLING.try_with(|c| c.replace(Some(plugin))).ok().flatten(),
+            _watched: Some(slot.enter(plugin, site)),
+        }
+    }
+}
+
+impl Drop for Calling<'_> {
     fn drop(&mut self) {
-        let _ = CALLING.try_with(|c| c.set(self.0));
+        let _ = CALLING.try_with(|c| c.set(self.previous));
     }
 }
 
@@ -299,6 +325,8 @@ impl Worker {
 /// A running worker, seen from the host.
 pub(crate) struct WorkerHandle {
     pub(crate) remote: LoopRemote,
+    /// The worker's current call into a plugin, for the stall watchdog.
+    pub(crate) calls: Arc<CallSlot>,
     id: usize,
     thread: Option<JoinHandle<()>>,
 }
@@ -308,13 +336,16 @@ impl WorkerHandle {
     /// `mq_context_initialize` before returning.
     pub(crate) fn spawn(id: usize, shared: Arc<Shared>) -> Result<WorkerHandle, String> {
         let (ready_tx, ready_rx) = mpsc::channel();
+        let calls = Arc::new(CallSlot::new(id));
+        let worker_calls = Arc::clone(&calls);
         let thread = std::thread::Builder::new()
             .name(format!("mq-worker-{id}"))
-            .spawn(move || worker_main(id, shared, ready_tx))
+            .spawn(move || worker_main(id, shared, worker_calls, ready_tx))
             .map_err(|e| format!("cannot start worker thread {id}: {e}"))?;
         match ready_rx.recv() {
             Ok(Ok(remote)) => Ok(WorkerHandle {
                 remote,
+                calls,
                 id,
                 thread: Some(thread),
             }),
@@ -344,7 +375,12 @@ impl WorkerHandle {
     }
 }
 
-fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRemote, String>>) {
+fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    calls: Arc<CallSlot>,
+    ready: mpsc::Sender<Result<LoopRemote, String>>,
+) {
     let loop_id = u16::try_from(id + 1).unwrap_or(u16::MAX);
     let ev = match EventLoop::new(loop_id) {
         Ok(ev) => ev,
@@ -375,6 +411,7 @@ fn worker_main(id: usize, shared: Arc<Shared>, ready: mpsc::Sender<Result<LoopRe
         retired: RefCell::new(HashMap::new()),
         chains: RefCell::new(HashMap::new()),
         takeovers: Cell::new(0),
+        calls,
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&worker)));
 

@@ -139,6 +139,12 @@ struct HostArgs {
     /// Retries a chain may make before it is cut.
     #[arg(long, default_value_t = 100)]
     retry_limit: u32,
+    /// Seconds one call into a plugin (a hook, a timer or fd callback) may
+    /// block its worker before the host logs a warning naming the plugin,
+    /// the hook and the worker (once per call, counted in worker_stalls,
+    /// with how long it took when it returns); 0 turns the watchdog off.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    stall_report: f64,
     /// Give Rust plugins only the global MQ_* symbols, as MailerQ does.
     #[arg(long)]
     global_symbols_only: bool,
@@ -305,12 +311,19 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
             format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
         })?),
     };
+    let stall_report = match args.stall_report {
+        0.0 => None,
+        v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+            format!("--stall-report {v}: not a number of seconds (0 turns the watchdog off)")
+        })?),
+    };
     let mut builder = Host::builder()
         .workers(args.workers)
         .retry_limit(args.retry_limit)
         .hold_deadline(hold_deadline)
         .log_max_bytes(args.log_max_bytes)
         .log_record_max(args.log_record_max)
+        .stall_report(stall_report)
         .log_echo(match (args.quiet, args.log_format) {
             (true, _) => LogEcho::None,
             (false, LogFormat::Text) => LogEcho::Stderr,

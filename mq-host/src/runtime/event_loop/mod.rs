@@ -11,7 +11,11 @@
 //!   the kernel report it again on the next turn if it is still ready.
 //! - **Several watchers on one fd.** There is one registration per fd
 //!   (token = fd number) holding the list of its watchers, registered with
-//!   the union of their interests. Each watcher gets its own callback.
+//!   the union of their interests. Each watcher gets its own callback, in
+//!   watch order. Watching and unwatching cost O(1) however many watchers
+//!   share the fd (the list is linked through the watchers, the union is
+//!   kept as counts of readers and writers; see `fds`), so a plugin with
+//!   thousands of watchers on one fd cannot make its worker quadratic.
 //! - **Closed and reused fd numbers.** Watching an fd first tries
 //!   `EPOLL_CTL_MOD`; when that fails with `ENOENT`/`EBADF` the file the old
 //!   watchers were watching is gone (the kernel dropped its registration
@@ -36,7 +40,9 @@
 //! - **Generational handles.** [`WatcherHandle`] and [`TimerHandle`] encode
 //!   `loop_id (16 bits) | generation (16 bits) | slot + 1 (32 bits)`, never 0.
 //!   A handle of another loop, or of a freed (and maybe reused) slot, is a
-//!   harmless no-op.
+//!   harmless no-op. The `try_` methods say why a handle is stale
+//!   ([`Stale`]: a timer fired or was stopped, a watcher was unwatched or
+//!   discarded), so the host can report a plugin's misuse.
 //! - **Re-entrant callbacks.** Callbacks run on the loop thread and may call
 //!   back into the loop (watch, unwatch — even the watcher that is firing —,
 //!   start, stop and reset timers, defer, stop). No `RefCell` borrow is ever
@@ -58,22 +64,33 @@
 //! a callback panics and the caller of `run_once` catches the panic: the
 //! work not done in that turn is done in the next one.
 
+mod fds;
+mod interest;
+mod remote;
+mod slab;
+
+pub use interest::{Interest, IoCallback, Task, TimerCallback, TimerHandle, WatcherHandle};
+pub use remote::LoopRemote;
+
+use fds::{FdEntry, Watcher};
+use interest::{decode, encode};
+use remote::{OwnFd, RemoteQueue, Shared, WakeFd};
+use slab::{Ended, Slab};
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Poll, Token};
 
-/// Token of the loop's [`WakeFd`]; fd tokens are fd numbers (`0..=i32::MAX`).
+/// Token of the loop's wake-up eventfd; fd tokens are fd numbers (`0..=i32::MAX`).
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 
 /// How many readiness events one poll can return.
@@ -81,249 +98,6 @@ const EVENTS_CAPACITY: usize = 256;
 
 /// Heaps smaller than this are never compacted.
 const HEAP_COMPACT_MIN: usize = 64;
-
-/// The events an io watcher waits for, or that are ready.
-///
-/// A plain pair of flags; [`Interest::from_mq`] and [`Interest::to_mq`]
-/// convert from and to the `MQ_READ | MQ_WRITE` bits of the C API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Interest {
-    /// Readable (or hung up, or in error).
-    pub read: bool,
-    /// Writable (or hung up, or in error).
-    pub write: bool,
-}
-
-impl Interest {
-    /// Neither readable nor writable.
-    pub const NONE: Interest = Interest {
-        read: false,
-        write: false,
-    };
-    /// Readable.
-    pub const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-    /// Writable.
-    pub const WRITE: Interest = Interest {
-        read: false,
-        write: true,
-    };
-    /// Readable and writable.
-    pub const BOTH: Interest = Interest {
-        read: true,
-        write: true,
-    };
-    /// The C API's `MQ_READ` bit.
-    pub const MQ_READ: i32 = mq_abi::sys::MQ_READ;
-    /// The C API's `MQ_WRITE` bit.
-    pub const MQ_WRITE: i32 = mq_abi::sys::MQ_WRITE;
-
-    /// Converts the C API's `MQ_READ | MQ_WRITE` bits; other bits are ignored.
-    pub fn from_mq(events: i32) -> Interest {
-        Interest {
-            read: events & Self::MQ_READ != 0,
-            write: events & Self::MQ_WRITE != 0,
-        }
-    }
-
-    /// Converts to the C API's `MQ_READ | MQ_WRITE` bits.
-    pub fn to_mq(self) -> i32 {
-        (if self.read { Self::MQ_READ } else { 0 }) | (if self.write { Self::MQ_WRITE } else { 0 })
-    }
-
-    /// True if neither flag is set.
-    pub fn is_empty(self) -> bool {
-        !self.read && !self.write
-    }
-
-    /// The flags set in `self` or in `other`.
-    pub fn union(self, other: Interest) -> Interest {
-        Interest {
-            read: self.read || other.read,
-            write: self.write || other.write,
-        }
-    }
-
-    /// The flags set in both `self` and `other`.
-    pub fn intersection(self, other: Interest) -> Interest {
-        Interest {
-            read: self.read && other.read,
-            write: self.write && other.write,
-        }
-    }
-
-    fn to_mio(self) -> Option<mio::Interest> {
-        match (self.read, self.write) {
-            (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
-            (true, false) => Some(mio::Interest::READABLE),
-            (false, true) => Some(mio::Interest::WRITABLE),
-            (false, false) => None,
-        }
-    }
-
-    /// libev's mapping: an error or a hang-up makes both directions ready.
-    fn from_event(ev: &mio::event::Event) -> Interest {
-        let err = ev.is_error();
-        Interest {
-            read: ev.is_readable() || ev.is_read_closed() || err,
-            write: ev.is_writable() || ev.is_write_closed() || err,
-        }
-    }
-}
-
-/// Identifies an io watcher of one [`EventLoop`].
-///
-/// Encodes `loop_id | generation | slot`; never 0. A handle whose watcher was
-/// unwatched (or discarded because its fd was closed and the number reused),
-/// or that belongs to another loop, is stale: using it is a harmless no-op.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct WatcherHandle(u64);
-
-impl WatcherHandle {
-    /// The raw value, e.g. to pass it through C as an opaque pointer. Never 0.
-    pub fn to_raw(self) -> u64 {
-        self.0
-    }
-
-    /// A handle from a raw value of [`WatcherHandle::to_raw`]; `None` for 0.
-    pub fn from_raw(raw: u64) -> Option<Self> {
-        (raw != 0).then_some(WatcherHandle(raw))
-    }
-}
-
-/// Identifies a timer of one [`EventLoop`].
-///
-/// Encodes `loop_id | generation | slot`; never 0. A handle whose timer fired
-/// or was stopped, or that belongs to another loop, is stale: using it is a
-/// harmless no-op.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct TimerHandle(u64);
-
-impl TimerHandle {
-    /// The raw value, e.g. to pass it through C as an opaque pointer. Never 0.
-    pub fn to_raw(self) -> u64 {
-        self.0
-    }
-
-    /// A handle from a raw value of [`TimerHandle::to_raw`]; `None` for 0.
-    pub fn from_raw(raw: u64) -> Option<Self> {
-        (raw != 0).then_some(TimerHandle(raw))
-    }
-}
-
-/// An io watcher's callback: its own handle, the fd, and which of the
-/// watched events are ready now (never empty).
-pub type IoCallback = Box<dyn FnMut(WatcherHandle, RawFd, Interest)>;
-
-/// A timer's callback; timers are one-shot.
-pub type TimerCallback = Box<dyn FnOnce()>;
-
-/// Work posted from another thread with [`LoopRemote::post`].
-pub type Task = Box<dyn FnOnce() + Send>;
-
-fn encode(loop_id: u16, generation: u16, slot: u32) -> u64 {
-    (u64::from(loop_id) << 48) | (u64::from(generation) << 32) | (u64::from(slot) + 1)
-}
-
-/// `(slot, generation)` of a handle of loop `loop_id`.
-fn decode(raw: u64, loop_id: u16) -> Option<(u32, u16)> {
-    if (raw >> 48) as u16 != loop_id {
-        return None;
-    }
-    let low = raw as u32;
-    if low == 0 {
-        return None;
-    }
-    Some((low - 1, (raw >> 32) as u16))
-}
-
-/// A vector of generational slots.
-struct Slab<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
-    live: usize,
-}
-
-struct Slot<T> {
-    generation: u16,
-    value: Option<T>,
-}
-
-impl<T> Slab<T> {
-    fn new() -> Self {
-        Slab {
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-        }
-    }
-
-    /// Stores `value`; returns `(slot, generation)`.
-    fn insert(&mut self, value: T) -> (u32, u16) {
-        self.live += 1;
-        if let Some(slot) = self.free.pop() {
-            let s = &mut self.slots[slot as usize];
-            s.value = Some(value);
-            return (slot, s.generation);
-        }
-        let slot = u32::try_from(self.slots.len())
-            .ok()
-            .filter(|&n| n < u32::MAX)
-            .expect("event loop slot space exhausted");
-        self.slots.push(Slot {
-            generation: 0,
-            value: Some(value),
-        });
-        (slot, 0)
-    }
-
-    fn get_mut(&mut self, slot: u32, generation: u16) -> Option<&mut T> {
-        self.slots
-            .get_mut(slot as usize)
-            .filter(|s| s.generation == generation)
-            .and_then(|s| s.value.as_mut())
-    }
-
-    fn get_any(&self, slot: u32) -> Option<(&T, u16)> {
-        let s = self.slots.get(slot as usize)?;
-        s.value.as_ref().map(|v| (v, s.generation))
-    }
-
-    /// Frees the slot; a slot whose generation would wrap is retired instead
-    /// of reused, so a stale handle can never alias a new value.
-    fn remove(&mut self, slot: u32, generation: u16) -> Option<T> {
-        let s = self
-            .slots
-            .get_mut(slot as usize)
-            .filter(|s| s.generation == generation)?;
-        let value = s.value.take()?;
-        self.live -= 1;
-        if s.generation < u16::MAX {
-            s.generation += 1;
-            self.free.push(slot);
-        }
-        Some(value)
-    }
-}
-
-struct Watcher {
-    fd: RawFd,
-    interest: Interest,
-    /// `None` while the callback runs.
-    cb: Option<IoCallback>,
-}
-
-/// The one mio registration of an fd.
-#[derive(Default)]
-struct FdEntry {
-    /// `(slot, generation)` of the watchers, in watch order.
-    watchers: Vec<(u32, u16)>,
-    /// The interest registered with epoll; `None` if the fd is not (or no
-    /// longer: closed) registered.
-    registered: Option<mio::Interest>,
-}
 
 struct Timer {
     /// Sequence number of the timer's current heap entry.
@@ -350,129 +124,18 @@ struct Inner {
     pending_io: VecDeque<(RawFd, Interest)>,
     /// Reused buffer for the watcher snapshot of one fd.
     snapshot: Vec<(u32, u16)>,
+    /// Work done to unwatch (see `fds`), for the tests that bound it.
+    #[cfg(test)]
+    steps: u64,
 }
 
 fn is_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF))
 }
 
-fn fd_token(fd: RawFd) -> Token {
-    // fd >= 0 is checked by `watch_io`.
-    Token(fd as usize)
-}
-
 impl Inner {
     fn timer_entry_live(timers: &Slab<Timer>, seq: u64, slot: u32) -> bool {
         timers.get_any(slot).is_some_and(|(t, _)| t.seq == seq)
-    }
-
-    /// Union of the interests of the watchers of `entry`.
-    fn union(watchers: &Slab<Watcher>, entry: &FdEntry) -> Option<mio::Interest> {
-        entry
-            .watchers
-            .iter()
-            .filter_map(|&(slot, _)| watchers.get_any(slot).map(|(w, _)| w.interest))
-            .fold(Interest::NONE, Interest::union)
-            .to_mio()
-    }
-
-    /// Makes sure `fd` is registered with at least `interest` for a new
-    /// watcher. Watchers of a previous file with the same number are moved
-    /// to `discarded`.
-    fn prepare_fd(
-        &mut self,
-        fd: RawFd,
-        interest: mio::Interest,
-        discarded: &mut Vec<Watcher>,
-    ) -> io::Result<()> {
-        let registry = self.poll.registry();
-        let entry = self.fds.entry(fd).or_default();
-        if let Some(current) = entry.registered {
-            let union = current | interest;
-            match registry.reregister(&mut SourceFd(&fd), fd_token(fd), union) {
-                Ok(()) => {
-                    entry.registered = Some(union);
-                    return Ok(());
-                }
-                Err(e) if is_gone(&e) => entry.registered = None,
-                Err(e) => return Err(e),
-            }
-        }
-        // Not registered: a new fd, or the file the existing watchers were
-        // watching was closed (the kernel dropped its registration). Those
-        // watchers can never fire again: discard them, they must not get
-        // the events of a new file that happens to reuse the number.
-        for (slot, generation) in entry.watchers.drain(..) {
-            discarded.extend(self.watchers.remove(slot, generation));
-        }
-        let result = match registry.register(&mut SourceFd(&fd), fd_token(fd), interest) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                registry.reregister(&mut SourceFd(&fd), fd_token(fd), interest)
-            }
-            other => other,
-        };
-        match result {
-            Ok(()) => {
-                entry.registered = Some(interest);
-                Ok(())
-            }
-            Err(e) => {
-                self.fds.remove(&fd);
-                Err(e)
-            }
-        }
-    }
-
-    /// Removes watcher `(slot, generation)` from the list of `fd`, updating
-    /// or dropping the registration.
-    fn detach(&mut self, fd: RawFd, slot: u32, generation: u16) {
-        let Some(entry) = self.fds.get_mut(&fd) else {
-            return;
-        };
-        entry.watchers.retain(|&w| w != (slot, generation));
-        let registry = self.poll.registry();
-        if entry.watchers.is_empty() {
-            if entry.registered.is_some() {
-                // ENOENT/EBADF: the fd was closed (and maybe reused); any
-                // other error leaves nothing we could do either.
-                let _ = registry.deregister(&mut SourceFd(&fd));
-            }
-            self.fds.remove(&fd);
-            return;
-        }
-        let Some(current) = entry.registered else {
-            return;
-        };
-        let Some(union) = Self::union(&self.watchers, entry) else {
-            return;
-        };
-        if union != current {
-            match registry.reregister(&mut SourceFd(&fd), fd_token(fd), union) {
-                Ok(()) => entry.registered = Some(union),
-                Err(e) if is_gone(&e) => entry.registered = None,
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Re-arms `fd` after dispatch so that a still-ready fd is reported
-    /// again (level-triggered behaviour over edge-triggered epoll).
-    fn rearm(&mut self, fd: RawFd) {
-        let Some(entry) = self.fds.get_mut(&fd) else {
-            return;
-        };
-        let Some(interest) = entry.registered else {
-            return;
-        };
-        match self
-            .poll
-            .registry()
-            .reregister(&mut SourceFd(&fd), fd_token(fd), interest)
-        {
-            Ok(()) => {}
-            Err(e) if is_gone(&e) => entry.registered = None,
-            Err(_) => {}
-        }
     }
 
     /// Deadline of the earliest live timer, dropping dead heap entries on
@@ -521,90 +184,39 @@ fn ceil_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-/// The loop's wake-up eventfd, registered with [`WAKER_TOKEN`].
+/// Why a [`WatcherHandle`] or [`TimerHandle`] names nothing to act on.
 ///
-/// Our own rather than a [`mio::Waker`] because the loop must know its
-/// number to refuse it to `watch_io`. Owned by [`Shared`], so it stays open
-/// while a [`LoopRemote`] can write to it (a remote may outlive its loop)
-/// and is closed when the last owner goes.
-struct WakeFd(File);
-
-impl WakeFd {
-    fn new() -> io::Result<Self> {
-        // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is open and nothing else owns it.
-        Ok(WakeFd(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
-    /// Adds 1 to the counter, which makes epoll report the fd.
-    fn wake(&self) {
-        // An eventfd write is 8 bytes or nothing. `EAGAIN` means the
-        // counter is full: the fd is readable, a wake-up is pending anyway.
-        let _ = (&self.0).write(&1u64.to_ne_bytes());
-    }
-
-    /// Resets the counter to 0, so that it never fills up.
-    fn drain(&self) {
-        let mut count = [0u8; 8];
-        // `EAGAIN`: nothing to drain.
-        let _ = (&self.0).read(&mut count);
-    }
-}
-
-/// The descriptors an [`EventLoop`] made for itself; no watcher may use them.
+/// The loop remembers why the last watcher or timer of each slot went
+/// until that slot is reused and freed again; after that a stale handle is
+/// [`Stale::Forgotten`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OwnFd {
-    /// The [`WakeFd`].
-    WakeUp,
-    /// The epoll instance of the loop's [`Poll`].
-    Epoll,
+pub enum Stale {
+    /// The timer fired (or is firing): a fired timer is freed by the loop.
+    Fired,
+    /// The timer was stopped.
+    Stopped,
+    /// The watcher was unwatched.
+    Unwatched,
+    /// The watcher's fd was closed and its number watched anew, so the loop
+    /// discarded it (see the module documentation).
+    Discarded,
+    /// Its watcher or timer is gone; the loop no longer knows why.
+    Forgotten,
+    /// No handle of this loop: another loop's, or a value this loop never
+    /// gave out.
+    Foreign,
 }
 
-impl OwnFd {
-    /// The error of `watch_io(fd)`.
-    fn refusal(self, fd: RawFd) -> io::Error {
-        let what = match self {
-            OwnFd::WakeUp => "wake-up",
-            OwnFd::Epoll => "epoll",
-        };
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("fd {fd} is the event loop's own {what} descriptor; plugins cannot watch it"),
-        )
-    }
-}
-
-struct RemoteQueue {
-    /// False once the loop was dropped.
-    alive: bool,
-    tasks: VecDeque<Task>,
-}
-
-struct Shared {
-    queue: Mutex<RemoteQueue>,
-    wake_fd: WakeFd,
-    stop: AtomicBool,
-    /// True when a wake-up was sent since the loop last returned from poll;
-    /// saves wake-ups when many tasks are posted in a row.
-    wake_pending: AtomicBool,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, RemoteQueue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            self.wake_fd.wake();
+impl Stale {
+    /// Why `(slot, generation)` of `slab` names no value.
+    fn of<T>(slab: &Slab<T>, slot: u32, generation: u16) -> Stale {
+        match slab.ended(slot, generation) {
+            Some(Ended::Fired) => Stale::Fired,
+            Some(Ended::Stopped) => Stale::Stopped,
+            Some(Ended::Unwatched) => Stale::Unwatched,
+            Some(Ended::Discarded) => Stale::Discarded,
+            None if slab.was_used(slot, generation) => Stale::Forgotten,
+            None => Stale::Foreign,
         }
     }
 }
@@ -700,6 +312,8 @@ impl EventLoop {
                 deferred: VecDeque::new(),
                 pending_io: VecDeque::new(),
                 snapshot: Vec::new(),
+                #[cfg(test)]
+                steps: 0,
             }),
             shared: Arc::new(Shared {
                 queue: Mutex::new(RemoteQueue {
@@ -743,36 +357,16 @@ impl EventLoop {
         if let Some(own) = self.own_fd(fd) {
             return Err(own.refusal(fd));
         }
-        let Some(mio_interest) = interest.to_mio() else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "empty interest",
-            ));
-        };
         let mut discarded = Vec::new();
-        let result = {
-            let mut inner = self.inner.borrow_mut();
-            match inner.prepare_fd(fd, mio_interest, &mut discarded) {
-                Ok(()) => {
-                    let (slot, generation) = inner.watchers.insert(Watcher {
-                        fd,
-                        interest,
-                        cb: Some(cb),
-                    });
-                    inner
-                        .fds
-                        .entry(fd)
-                        .or_default()
-                        .watchers
-                        .push((slot, generation));
-                    Ok(WatcherHandle(encode(self.loop_id, generation, slot)))
-                }
-                Err(e) => Err((e, cb)),
-            }
-        };
+        let result = self
+            .inner
+            .borrow_mut()
+            .add_watcher(fd, interest, cb, &mut discarded);
         // Callbacks are dropped outside the borrow.
         drop(discarded);
-        result.map_err(|(e, _cb)| e)
+        result
+            .map(|(slot, generation)| WatcherHandle(encode(self.loop_id, generation, slot)))
+            .map_err(|(e, _cb)| e)
     }
 
     /// Which of the loop's own descriptors `fd` is, if any.
@@ -788,21 +382,26 @@ impl EventLoop {
 
     /// Stops an io watcher; it may be the one whose callback is running.
     /// Returns false (and does nothing) for a stale handle or a handle of
-    /// another loop.
+    /// another loop; [`EventLoop::try_unwatch_io`] says which.
     pub fn unwatch_io(&self, h: WatcherHandle) -> bool {
+        self.try_unwatch_io(h).is_ok()
+    }
+
+    /// [`EventLoop::unwatch_io`], saying why a handle names no watcher.
+    pub fn try_unwatch_io(&self, h: WatcherHandle) -> Result<(), Stale> {
         let removed = {
             let mut inner = self.inner.borrow_mut();
             let Some((slot, generation)) = decode(h.0, self.loop_id) else {
-                return false;
+                return Err(Stale::Foreign);
             };
-            let Some(w) = inner.watchers.remove(slot, generation) else {
-                return false;
+            let Some(w) = inner.watchers.remove(slot, generation, Ended::Unwatched) else {
+                return Err(Stale::of(&inner.watchers, slot, generation));
             };
-            inner.detach(w.fd, slot, generation);
+            inner.detach(&w, slot);
             w
         };
         drop(removed);
-        true
+        Ok(())
     }
 
     /// Starts a one-shot timer that runs `cb` on this loop once `after` has
@@ -820,35 +419,52 @@ impl EventLoop {
     }
 
     /// Stops a timer so it never fires. Returns false if it already fired
-    /// (or is firing), was stopped, or the handle is of another loop.
+    /// (or is firing), was stopped, or the handle is of another loop;
+    /// [`EventLoop::try_stop_timer`] says which.
     pub fn stop_timer(&self, h: TimerHandle) -> bool {
+        self.try_stop_timer(h).is_ok()
+    }
+
+    /// [`EventLoop::stop_timer`], saying why a handle names no pending timer.
+    pub fn try_stop_timer(&self, h: TimerHandle) -> Result<(), Stale> {
         let removed = {
             let mut inner = self.inner.borrow_mut();
-            decode(h.0, self.loop_id)
-                .and_then(|(slot, generation)| inner.timers.remove(slot, generation))
+            let Some((slot, generation)) = decode(h.0, self.loop_id) else {
+                return Err(Stale::Foreign);
+            };
+            match inner.timers.remove(slot, generation, Ended::Stopped) {
+                Some(timer) => timer,
+                None => return Err(Stale::of(&inner.timers, slot, generation)),
+            }
         };
         // The callback is dropped outside the borrow.
-        removed.is_some()
+        drop(removed);
+        Ok(())
     }
 
     /// Re-arms a pending timer to fire once `after` has passed from now.
     /// Returns false if it already fired (or is firing), was stopped, or the
-    /// handle is of another loop.
+    /// handle is of another loop; [`EventLoop::try_reset_timer`] says which.
     pub fn reset_timer(&self, h: TimerHandle, after: Duration) -> bool {
+        self.try_reset_timer(h, after).is_ok()
+    }
+
+    /// [`EventLoop::reset_timer`], saying why a handle names no pending timer.
+    pub fn try_reset_timer(&self, h: TimerHandle, after: Duration) -> Result<(), Stale> {
         let Some((slot, generation)) = decode(h.0, self.loop_id) else {
-            return false;
+            return Err(Stale::Foreign);
         };
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let Some(timer) = inner.timers.get_mut(slot, generation) else {
-            return false;
+            return Err(Stale::of(&inner.timers, slot, generation));
         };
         let seq = inner.next_seq;
         inner.next_seq += 1;
         // The entry of the old deadline is dead from now on.
         timer.seq = seq;
         inner.push_timer_entry(deadline_after(after), seq, slot);
-        true
+        Ok(())
     }
 
     /// Runs `f` on this loop in a later turn, before the loop blocks again;
@@ -988,9 +604,9 @@ impl EventLoop {
             let mut inner = self.inner.borrow_mut();
             let mut snapshot = std::mem::take(&mut inner.snapshot);
             snapshot.clear();
-            match inner.fds.get(&fd) {
-                Some(entry) => snapshot.extend_from_slice(&entry.watchers),
-                None => return,
+            if !inner.snapshot(fd, &mut snapshot) {
+                inner.snapshot = snapshot;
+                return;
             }
             snapshot
         };
@@ -1044,7 +660,10 @@ impl EventLoop {
                 match inner.timers.get_any(slot) {
                     Some((t, generation)) if t.seq == seq => {
                         // Freed before the callback runs.
-                        inner.timers.remove(slot, generation).map(|t| t.cb)
+                        inner
+                            .timers
+                            .remove(slot, generation, Ended::Fired)
+                            .map(|t| t.cb)
                     }
                     _ => None,
                 }
@@ -1091,45 +710,9 @@ impl Drop for EventLoop {
     }
 }
 
-/// A thread-safe handle to an [`EventLoop`]: posts tasks to it and stops
-/// it from other threads.
-#[derive(Clone)]
-pub struct LoopRemote {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for LoopRemote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoopRemote").finish_non_exhaustive()
-    }
-}
-
-impl LoopRemote {
-    /// Queues `task` to run on the loop thread (in FIFO order, in the loop's
-    /// next turn) and wakes the loop. Returns false, dropping the task, if
-    /// the loop was dropped. A task queued just before the loop is dropped
-    /// is dropped without running.
-    pub fn post(&self, task: Task) -> bool {
-        {
-            let mut queue = self.shared.lock();
-            if !queue.alive {
-                drop(queue);
-                drop(task);
-                return false;
-            }
-            queue.tasks.push_back(task);
-        }
-        self.shared.wake();
-        true
-    }
-
-    /// Stops the loop like [`EventLoop::stop`] and wakes it, so a blocked
-    /// [`EventLoop::run`] returns.
-    pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake();
-    }
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_scale;
+#[cfg(test)]
+mod tests_stale;
