@@ -132,3 +132,48 @@ fn json_log_format_prints_one_object_per_record() {
     // The counters at the end include the calls per hook.
     assert!(err.contains("  smtp_in_rcptto"), "{err}");
 }
+
+#[test]
+fn run_answers_a_line_that_is_not_utf8_and_goes_on() {
+    let dir = PluginDir::new("cli-run-utf8");
+    let input = dir.path().join("batch.jsonl");
+    let good = |n: u32| {
+        serde_json::json!({"envelope": "a@shop.example", "recipient": format!("r{n}@example.org"),
+                           "mime": format!("Subject: {n}\r\n\r\nbody\r\n")})
+        .to_string()
+    };
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(good(1).as_bytes());
+    bytes.extend_from_slice(b"\n{\"recipient\": \"x\xff\xfe@example.org\"}\n");
+    bytes.extend_from_slice(good(3).as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    std::fs::write(&input, bytes).unwrap();
+    let stamp = plugin_so("mq-example-stamp");
+    let (ok, out, err) = run(&[
+        "run",
+        "--quiet",
+        "--plugin",
+        stamp.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "one output line per input line: {out}");
+    assert_eq!(lines[0]["recipient"], "r1@example.org");
+    assert_eq!(lines[0]["result"]["queue"], "inbox");
+    assert_eq!(lines[1]["line"], 2);
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("not UTF-8: invalid utf-8 sequence of 1 bytes from index 16"),
+        "{error}"
+    );
+    assert_eq!(lines[2]["recipient"], "r3@example.org");
+    assert_eq!(lines[2]["result"]["queue"], "inbox");
+    assert!(
+        err.contains("2 message(s): 2 accepted, 0 refused, 1 error(s)"),
+        "{err}"
+    );
+}

@@ -279,6 +279,8 @@ fn deliver_command_prints_results_and_progress() {
     }
     lines.push_str("{\"recipient\": \"x@gone.example\", \"mime\": \"no\\r\\n\"}\n");
     lines.push_str("not json\n");
+    let mut lines = lines.into_bytes();
+    lines.extend_from_slice(b"{\"recipient\": \"\xff@example.net\"}\n");
     std::fs::write(&input, lines).unwrap();
     let out = std::process::Command::new(host_binary())
         .args(["deliver", "--quiet", "--relay", &sink.relay()])
@@ -289,7 +291,7 @@ fn deliver_command_prints_results_and_progress() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("mq-host: 2 message(s) not delivered"),
+        stderr.contains("mq-host: 3 message(s) not delivered"),
         "{stderr}"
     );
     assert!(
@@ -300,12 +302,18 @@ fn deliver_command_prints_results_and_progress() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(results.len(), 7, "{stdout}");
+    assert_eq!(results.len(), 8, "{stdout}");
     assert_eq!(
         results[0]["error"],
         "line 7: not JSON: expected ident at line 1 column 2"
     );
-    let statuses: Vec<_> = results[1..]
+    // A line that is not UTF-8 is that line's error; the others go on.
+    assert_eq!(
+        results[1]["error"],
+        "line 8: not UTF-8: invalid utf-8 sequence of 1 bytes from index 15"
+    );
+    assert_eq!(results[1]["line"], 8);
+    let statuses: Vec<_> = results[2..]
         .iter()
         .map(|r| r["results"][0]["status"].as_str().unwrap())
         .collect();
