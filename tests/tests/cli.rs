@@ -177,3 +177,78 @@ fn run_answers_a_line_that_is_not_utf8_and_goes_on() {
         "{err}"
     );
 }
+
+#[test]
+fn deliver_bounds_a_relay_that_dribbles_with_reply_timeout() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    // A relay whose greeting comes a byte each 100 ms and never ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        for b in b"220 slow".iter().cycle() {
+            if started.elapsed() > Duration::from_secs(120) || stream.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let dir = PluginDir::new("cli-deliver-slow");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let input = dir.path().join("one.jsonl");
+    std::fs::write(
+        &input,
+        "{\"recipient\": \"b@example.net\", \"mime\": \"x\\r\\n\"}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(host_binary())
+        .args(["deliver", "--quiet", "--counters", "--max-attempts", "1"])
+        .args(["--reply-timeout", "1", "--relay", &relay, "--plugins"])
+        .arg(&plugins)
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The test's own watchdog: an unbounded attempt fails it, not hangs it.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("mq-host deliver still running after 60 s: --reply-timeout did not bound it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let attempt = &result["results"][0];
+    assert_eq!(attempt["state"], "greeting", "{result}");
+    assert_eq!(
+        attempt["status"], "failure",
+        "one attempt allowed: {result}"
+    );
+    let description = attempt["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("the relay's greeting timed out after 1 s (the reply timeout)"),
+        "{description}"
+    );
+    assert!(stderr.contains("relay_timeouts         1"), "{stderr}");
+}
+
+#[test]
+fn deliver_refuses_a_zero_limit() {
+    for flag in ["--reply-timeout", "--connect-timeout", "--send-timeout"] {
+        let (ok, _, err) = run(&["deliver", "--relay", "127.0.0.1:1", flag, "0", "-"]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("{flag} 0: a limit must be more than 0 seconds")),
+            "{err}"
+        );
+    }
+}

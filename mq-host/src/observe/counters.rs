@@ -87,6 +87,9 @@ counters! {
     messages_failed,
     /// Temporary delivery failures: the message waits for a retry.
     messages_deferred,
+    /// Delivery attempts the relay made too slow (connecting, a reply, or taking the
+    /// message's data past its limit): each ended as a retry.
+    relay_timeouts,
 }
 
 impl Counters {
