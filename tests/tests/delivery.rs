@@ -751,3 +751,42 @@ fn a_relay_reading_the_data_slowly_is_a_retry_that_names_the_timeout() {
     let (outcome, counters) = one_attempt("stall-data", relay, mime);
     assert_timed_out(&outcome, &counters, "data", "sending the message's data");
 }
+
+/// The MIME an outgoing message sends after out-trace (Rust) put its
+/// header in front of it in `smtp_out_data`, in a host of `mode`.
+fn traced_smtp_mime(mode: mq_host::HostMode, mime: &str) -> Vec<u8> {
+    let dir = PluginDir::new("mime-bytes");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let host = dir.builder().mode(mode).start().unwrap();
+    let mut session = host.open(mq_host::Direction::Outgoing).unwrap();
+    let message = json!({"envelope": "a@shop.example", "recipient": "b@example.net", "mime": mime});
+    let result = session.run(mq_host::Event::OutData(message)).unwrap();
+    session.close().unwrap();
+    result.smtp.unwrap().mime.unwrap()
+}
+
+#[test]
+fn a_rust_plugin_rewriting_the_mime_keeps_nul_and_8bit_bytes() {
+    // A NUL byte inside, and 8-bit bytes (UTF-8 é, ÿ) on both sides of it.
+    let mime = "Subject: caf\u{e9}\r\n\r\nbefore\u{0}after \u{ff}\r\n";
+    let sent = traced_smtp_mime(mq_host::HostMode::Table, mime);
+    // Compared escaped: exact, and readable when it fails.
+    assert_eq!(
+        sent.escape_ascii().to_string(),
+        traced(1, mime).escape_ascii().to_string()
+    );
+}
+
+#[test]
+fn without_the_host_table_a_rust_plugin_reads_the_mime_as_c_does() {
+    // MailerQ's global MQ_mime is a C string: a NUL byte ends it there. The
+    // plugin falls back to it, and the rest is lost (as in C).
+    let mime = "Subject: x\r\n\r\nbefore\u{0}after\r\n";
+    let sent = traced_smtp_mime(mq_host::HostMode::GlobalSymbolsOnly, mime);
+    assert_eq!(
+        sent.escape_ascii().to_string(),
+        traced(1, "Subject: x\r\n\r\nbefore")
+            .escape_ascii()
+            .to_string()
+    );
+}
