@@ -259,12 +259,12 @@ impl Relay {
             .write_all(line.as_bytes())
             .and_then(|_| self.writer.write_all(b"\r\n"))
             .and_then(|_| self.writer.flush())
-            .map_err(|e| match is_timeout(&e) {
-                true => {
-                    let what = format!("sending {verb} to the relay");
-                    Broken::timed_out(&what, self.reply_timeout, "reply timeout", String::new())
+            .map_err(|e| {
+                if !is_timeout(&e) {
+                    return format!("writing to the relay: {e}").into();
                 }
-                false => format!("writing to the relay: {e}").into(),
+                let what = format!("sending {verb} to the relay");
+                Broken::timed_out(&what, self.reply_timeout, "reply timeout", String::new())
             })?;
         self.read_reply(&format!("the relay's reply to {verb}"))
     }
@@ -311,17 +311,17 @@ impl Relay {
             w.write_all(b".\r\n")?;
             w.flush()
         };
-        write().map_err(|e| match is_timeout(&e) {
-            true => {
-                let sent = self.writer.get_ref().moved();
-                let progress = format!(
-                    "; {sent} byte(s) had gone out, of a message of {} byte(s)",
-                    mime.len()
-                );
-                let what = "sending the message's data to the relay";
-                Broken::timed_out(what, self.send_timeout, "send timeout", progress)
+        write().map_err(|e| {
+            if !is_timeout(&e) {
+                return format!("sending the message to the relay: {e}").into();
             }
-            false => format!("sending the message to the relay: {e}").into(),
+            let sent = self.writer.get_ref().moved();
+            let progress = format!(
+                "; {sent} byte(s) had gone out, of a message of {} byte(s)",
+                mime.len()
+            );
+            let what = "sending the message's data to the relay";
+            Broken::timed_out(what, self.send_timeout, "send timeout", progress)
         })
     }
 }
