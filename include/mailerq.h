@@ -388,10 +388,18 @@ const char *MQ_recipient(MQ_Message *message);
 void MQ_setRecipient(MQ_Message *message, const char *recipient, size_t size);
 
 /** The full MIME message, NUL-terminated; may be NULL (no MIME in the
- *  message JSON). */
+ *  message JSON).
+ *  A C string: if the MIME itself holds a NUL byte, strlen() and every
+ *  reader of the result stop there, and the bytes after it cannot be
+ *  reached. MailerQ's API has no getter with a length, so a C plugin that
+ *  reads the MIME and writes it back with MQ_setMime() drops everything
+ *  after the first NUL byte; leave such a message's MIME alone (the
+ *  mq_smtp_in_data hook does get the received bytes with their size).
+ *  Rust plugins built with mq-plugin read every byte in mq-host. */
 const char *MQ_mime(MQ_Message *message);
 
-/** Replaces the MIME with `size` bytes at `mime` (no NUL needed).
+/** Replaces the MIME with `size` bytes at `mime` (no NUL needed; NUL
+ *  bytes inside are kept).
  *  Incoming: changes the published JSON; outgoing: changes what is sent. */
 void MQ_setMime(MQ_Message *message, const char *mime, size_t size);
 

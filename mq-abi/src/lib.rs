@@ -151,7 +151,10 @@ mod tests {
         let fields: Vec<&str> = prefix.fields.iter().map(|f| f.name()).collect();
         let listed: Vec<&str> = HOST_FUNCTIONS.iter().map(|(_, field)| *field).collect();
         assert_eq!(fields[..listed.len()], listed[..]);
-        assert_eq!(fields[listed.len()..], ["refuse_start", "plugin_panicked"]);
+        assert_eq!(
+            fields[listed.len()..],
+            ["refuse_start", "plugin_panicked", "mime_bytes"]
+        );
         assert_eq!(HOST_FUNCTIONS.len(), 29);
     }
 }

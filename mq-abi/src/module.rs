@@ -208,7 +208,19 @@ pub struct HostApi {
     /// `plugin_panicked()`: `None` in hosts without it.
     #[sabi(missing_field(option))]
     pub plugin_panicked: unsafe extern "C" fn(),
+    /// Not in MailerQ's API: `MQ_mime` with its length. Returns the
+    /// message's MIME, byte for byte (NUL bytes included: `MQ_mime` is a C
+    /// string, which a NUL byte ends), and writes its length to `size`
+    /// (if not NULL); NULL and 0 when the message has no MIME. The bytes
+    /// stay valid as long as `MQ_mime`'s would: until the MIME is replaced.
+    /// Read it with `mime_bytes()`: `None` in hosts without it (fall back
+    /// to `MQ_mime`).
+    #[sabi(missing_field(option))]
+    pub mime_bytes: unsafe extern "C" fn(*mut MQ_Message, *mut usize) -> *const c_char,
 }
+
+/// The C type of [`HostApi::mime_bytes`].
+pub type MimeBytesFn = unsafe extern "C" fn(*mut MQ_Message, *mut usize) -> *const c_char;
 
 #[cfg(test)]
 mod tests {
@@ -259,6 +271,110 @@ mod tests {
             #[sabi(last_prefix_field)]
             pub attach_host: extern "C" fn(HostApiRef),
         }
+    }
+
+    /// A plugin's root module with the host table as it was before
+    /// `mime_bytes` (or, with a second name, one with a function after it
+    /// that this release does not know).
+    macro_rules! host_table_release {
+        ($module:ident $(, $next:ident)?) => {
+            #[allow(dead_code, missing_docs)]
+            mod $module {
+                use crate::module::{IoCallbackParam, TimerCallbackParam};
+                use crate::sys::*;
+                use abi_stable::{std_types::RStr, StableAbi};
+                use std::ffi::{c_char, c_int, c_void};
+
+                #[repr(C)]
+                #[derive(StableAbi)]
+                #[sabi(kind(Prefix(prefix_ref = HostApiRef)))]
+                #[sabi(missing_field(panic))]
+                pub struct HostApi {
+                    pub log: unsafe extern "C" fn(c_int, *const c_char),
+                    pub context_data: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+                    pub set_context_data: unsafe extern "C" fn(*mut MQ_Context, *mut c_void),
+                    pub ev: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+                    pub io_watch: unsafe extern "C" fn(*mut MQ_Context, c_int, c_int, IoCallbackParam, *mut c_void) -> *mut MQ_IOWatcher,
+                    pub io_unwatch: unsafe extern "C" fn(*mut MQ_IOWatcher),
+                    pub start_timer: unsafe extern "C" fn(*mut MQ_Context, f32, TimerCallbackParam, *mut c_void) -> *mut MQ_Timer,
+                    pub stop_timer: unsafe extern "C" fn(*mut MQ_Timer),
+                    pub reset_timer: unsafe extern "C" fn(*mut MQ_Timer, f32),
+                    pub file_descriptor: unsafe extern "C" fn(*mut MQ_Connection) -> c_int,
+                    pub send: unsafe extern "C" fn(*mut MQ_Connection, *const c_void, usize) -> usize,
+                    pub authenticated: unsafe extern "C" fn(*mut MQ_Connection) -> bool,
+                    pub set_authenticated: unsafe extern "C" fn(*mut MQ_Connection, bool),
+                    pub secure: unsafe extern "C" fn(*mut MQ_Connection) -> bool,
+                    pub connection_data: unsafe extern "C" fn(*mut MQ_Connection) -> *mut c_void,
+                    pub set_connection_data: unsafe extern "C" fn(*mut MQ_Connection, *mut c_void),
+                    pub continue_: unsafe extern "C" fn(*mut MQ_Connection),
+                    pub complete: unsafe extern "C" fn(*mut MQ_Connection),
+                    pub retry: unsafe extern "C" fn(*mut MQ_Connection),
+                    pub json: unsafe extern "C" fn(*mut MQ_Message) -> *const c_void,
+                    pub envelope: unsafe extern "C" fn(*mut MQ_Message) -> *mut MQ_Address,
+                    pub set_envelope: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+                    pub recipient: unsafe extern "C" fn(*mut MQ_Message) -> *const c_char,
+                    pub set_recipient: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+                    pub mime: unsafe extern "C" fn(*mut MQ_Message) -> *const c_char,
+                    pub set_mime: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),
+                    pub local: unsafe extern "C" fn(*mut MQ_Message) -> bool,
+                    pub set_local: unsafe extern "C" fn(*mut MQ_Message, bool),
+                    #[sabi(last_prefix_field)]
+                    pub email: unsafe extern "C" fn(*mut MQ_Address) -> *const c_char,
+                    #[sabi(missing_field(option))]
+                    pub refuse_start: unsafe extern "C" fn(*const c_char),
+                    #[sabi(missing_field(option))]
+                    pub plugin_panicked: unsafe extern "C" fn(),
+                    $(
+                        #[sabi(missing_field(option))]
+                        pub mime_bytes: unsafe extern "C" fn(*mut MQ_Message, *mut usize) -> *const c_char,
+                        #[sabi(missing_field(option))]
+                        pub $next: unsafe extern "C" fn(),
+                    )?
+                }
+
+                #[repr(C)]
+                #[derive(StableAbi)]
+                #[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+                #[sabi(missing_field(panic))]
+                pub struct PluginModule {
+                    pub name: RStr<'static>,
+                    pub version: RStr<'static>,
+                    pub framework_abi: u32,
+                    pub api_version: c_int,
+                    pub authored_hooks: u64,
+                    #[sabi(last_prefix_field)]
+                    pub attach_host: extern "C" fn(HostApiRef),
+                    #[sabi(missing_field(option))]
+                    pub description: RStr<'static>,
+                    #[sabi(missing_field(option))]
+                    pub cancel_hold: extern "C" fn(*mut MQ_Context, *mut MQ_Connection) -> bool,
+                }
+            }
+        };
+    }
+
+    host_table_release!(before_mime_bytes);
+    host_table_release!(after_mime_bytes, later_function);
+
+    /// A plugin built before `mime_bytes` gets a table with it: accepted,
+    /// and it never reads the field.
+    #[test]
+    fn a_plugin_built_before_mime_bytes_is_accepted() {
+        let older = <before_mime_bytes::PluginModuleRef as StableAbi>::LAYOUT;
+        if let Err(e) = check_plugin_layout(older) {
+            panic!("refused: {}\n{}", e.summary, e.report);
+        }
+    }
+
+    /// The other way round is refused: a plugin built for a longer table
+    /// than this host offers fails the layout check (it is the expected
+    /// side), so it never calls a function the host lacks. Only hosts
+    /// without a table at all (MailerQ) leave it to the plugin's fallbacks.
+    #[test]
+    fn a_plugin_built_for_a_longer_table_is_refused() {
+        let newer = <after_mime_bytes::PluginModuleRef as StableAbi>::LAYOUT;
+        let e = check_plugin_layout(newer).expect_err("more fields than the host has");
+        assert!(e.summary.contains("too many fields"), "{}", e.summary);
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! Every input line gives exactly one output line: the message after the
 //! hooks with a `result` object (`queue`: `inbox`, `local` or `refused`,
 //! with `stage` and `reply` when refused; for outgoing messages `smtp`:
-//! what would be sent), or for an unusable line `{"error": ..., "line": N}`.
-//! Nothing is dropped silently.
+//! what would be sent), or for an unusable line (not UTF-8, not JSON, not
+//! a JSON object) `{"error": ..., "line": N}`; the lines after it still
+//! run. Blank lines are skipped; nothing else is dropped silently.
 
 use crate::api::{Event, EventResult, Host, RunError};
 use crate::runtime::message::Direction;
@@ -67,12 +68,14 @@ pub fn run_jsonl(
     mut output: impl Write,
 ) -> Result<RunSummary, BatchError> {
     let mut summary = RunSummary::default();
-    for (number, line) in input.lines().enumerate() {
+    for (number, line) in lines(input).enumerate() {
         let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let result = match serde_json::from_str::<Value>(&line) {
+        let parsed = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => serde_json::from_str::<Value>(text).map_err(|e| format!("not JSON: {e}")),
+            Err(e) => Err(format!("not UTF-8: {e}")),
+        };
+        let result = match parsed {
             Ok(Value::Object(message)) => {
                 summary.messages += 1;
                 let outcome = match direction {
@@ -99,9 +102,9 @@ pub fn run_jsonl(
                 summary.errors += 1;
                 json!({"error": "a MailerQ message must be a JSON object", "line": number + 1})
             }
-            Err(e) => {
+            Err(error) => {
                 summary.errors += 1;
-                json!({"error": format!("not JSON: {e}"), "line": number + 1})
+                json!({"error": error, "line": number + 1})
             }
         };
         serde_json::to_writer(&mut output, &result).map_err(std::io::Error::from)?;
@@ -109,6 +112,27 @@ pub fn run_jsonl(
     }
     output.flush()?;
     Ok(summary)
+}
+
+/// The lines of `input` as bytes, without their `\n` or `\r\n`: a line
+/// that is not UTF-8 is that line's problem, not the whole input's.
+fn lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })
 }
 
 fn text(message: &Map<String, Value>, key: &str) -> String {

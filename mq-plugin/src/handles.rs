@@ -400,10 +400,23 @@ impl Message {
         }
     }
 
-    /// The full MIME message, if it is loaded.
+    /// The full MIME message, byte for byte, if it is loaded.
+    ///
+    /// In `mq-host` every byte, NUL bytes included. MailerQ offers the MIME
+    /// only as a C string (`MQ_mime`), so there (and in `mq-host`'s
+    /// global-symbols mode) it ends before the first NUL byte.
     pub fn mime(&self) -> Option<&[u8]> {
-        // SAFETY: live message; NUL-terminated string valid until changed.
-        unsafe { c_bytes(host().api.mime(self.as_raw())) }
+        let host = host();
+        let Some(mime_bytes) = host.mime_bytes else {
+            // SAFETY: live message; NUL-terminated string valid until changed.
+            return unsafe { c_bytes(host.api.mime(self.as_raw())) };
+        };
+        let mut size = 0;
+        // SAFETY: live message; `size` is writable.
+        let ptr = unsafe { mime_bytes(self.as_raw(), &mut size) };
+        // SAFETY: the host's bytes are valid for `size` bytes until the MIME
+        // is replaced, which needs `&mut self`.
+        (!ptr.is_null()).then(|| unsafe { raw_slice(ptr, size) })
     }
 
     /// Replaces the MIME message.

@@ -33,6 +33,9 @@ pub(crate) struct HostFns {
     pub(crate) refuse_start: Option<unsafe extern "C" fn(*const c_char)>,
     /// `mq-host`'s extension for counting the plugin's panics, when offered.
     pub(crate) panicked: Option<unsafe extern "C" fn()>,
+    /// `mq-host`'s length-aware `MQ_mime`, when offered; without it the
+    /// MIME is read with `MQ_mime`, which a NUL byte ends.
+    pub(crate) mime_bytes: Option<mq_abi::MimeBytesFn>,
 }
 
 static HOST: OnceLock<HostFns> = OnceLock::new();
@@ -53,6 +56,7 @@ pub(crate) fn attach(api: HostApiRef) {
         from_table: true,
         refuse_start: api.refuse_start(),
         panicked: api.plugin_panicked(),
+        mime_bytes: api.mime_bytes(),
     });
 }
 
@@ -173,6 +177,7 @@ impl HostFns {
             from_table: false,
             refuse_start: None,
             panicked: None,
+            mime_bytes: None,
         }
     }
 }

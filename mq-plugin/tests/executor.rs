@@ -207,6 +207,9 @@ unsafe extern "C" fn refuse_start(_: *const c_char) {}
 unsafe extern "C" fn plugin_panicked() {
     let _ = MOCK.try_with(|m| m.panics.set(m.panics.get() + 1));
 }
+unsafe extern "C" fn mime_bytes(_: *mut MQ_Message, _: *mut usize) -> *const c_char {
+    std::ptr::null()
+}
 
 fn attach_mock_host() {
     static ONCE: Once = Once::new();
@@ -243,6 +246,7 @@ fn attach_mock_host() {
             email,
             refuse_start,
             plugin_panicked,
+            mime_bytes,
         }
         .leak_into_prefix();
         let module = rt::root_module("executor-test", "0", "", 0);

@@ -132,3 +132,123 @@ fn json_log_format_prints_one_object_per_record() {
     // The counters at the end include the calls per hook.
     assert!(err.contains("  smtp_in_rcptto"), "{err}");
 }
+
+#[test]
+fn run_answers_a_line_that_is_not_utf8_and_goes_on() {
+    let dir = PluginDir::new("cli-run-utf8");
+    let input = dir.path().join("batch.jsonl");
+    let good = |n: u32| {
+        serde_json::json!({"envelope": "a@shop.example", "recipient": format!("r{n}@example.org"),
+                           "mime": format!("Subject: {n}\r\n\r\nbody\r\n")})
+        .to_string()
+    };
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(good(1).as_bytes());
+    bytes.extend_from_slice(b"\n{\"recipient\": \"x\xff\xfe@example.org\"}\n");
+    bytes.extend_from_slice(good(3).as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    std::fs::write(&input, bytes).unwrap();
+    let stamp = plugin_so("mq-example-stamp");
+    let (ok, out, err) = run(&[
+        "run",
+        "--quiet",
+        "--plugin",
+        stamp.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "one output line per input line: {out}");
+    assert_eq!(lines[0]["recipient"], "r1@example.org");
+    assert_eq!(lines[0]["result"]["queue"], "inbox");
+    assert_eq!(lines[1]["line"], 2);
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("not UTF-8: invalid utf-8 sequence of 1 bytes from index 16"),
+        "{error}"
+    );
+    assert_eq!(lines[2]["recipient"], "r3@example.org");
+    assert_eq!(lines[2]["result"]["queue"], "inbox");
+    assert!(
+        err.contains("2 message(s): 2 accepted, 0 refused, 1 error(s)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deliver_bounds_a_relay_that_dribbles_with_reply_timeout() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    // A relay whose greeting comes a byte each 100 ms and never ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        for b in b"220 slow".iter().cycle() {
+            if started.elapsed() > Duration::from_secs(120) || stream.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let dir = PluginDir::new("cli-deliver-slow");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let input = dir.path().join("one.jsonl");
+    std::fs::write(
+        &input,
+        "{\"recipient\": \"b@example.net\", \"mime\": \"x\\r\\n\"}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(host_binary())
+        .args(["deliver", "--quiet", "--counters", "--max-attempts", "1"])
+        .args(["--reply-timeout", "1", "--relay", &relay, "--plugins"])
+        .arg(&plugins)
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The test's own watchdog: an unbounded attempt fails it, not hangs it.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("mq-host deliver still running after 60 s: --reply-timeout did not bound it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let attempt = &result["results"][0];
+    assert_eq!(attempt["state"], "greeting", "{result}");
+    assert_eq!(
+        attempt["status"], "failure",
+        "one attempt allowed: {result}"
+    );
+    let description = attempt["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("the relay's greeting timed out after 1 s (the reply timeout)"),
+        "{description}"
+    );
+    assert!(stderr.contains("relay_timeouts         1"), "{stderr}");
+}
+
+#[test]
+fn deliver_refuses_a_zero_limit() {
+    for flag in ["--reply-timeout", "--connect-timeout", "--send-timeout"] {
+        let (ok, _, err) = run(&["deliver", "--relay", "127.0.0.1:1", flag, "0", "-"]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("{flag} 0: a limit must be more than 0 seconds")),
+            "{err}"
+        );
+    }
+}

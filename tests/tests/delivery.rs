@@ -279,6 +279,8 @@ fn deliver_command_prints_results_and_progress() {
     }
     lines.push_str("{\"recipient\": \"x@gone.example\", \"mime\": \"no\\r\\n\"}\n");
     lines.push_str("not json\n");
+    let mut lines = lines.into_bytes();
+    lines.extend_from_slice(b"{\"recipient\": \"\xff@example.net\"}\n");
     std::fs::write(&input, lines).unwrap();
     let out = std::process::Command::new(host_binary())
         .args(["deliver", "--quiet", "--relay", &sink.relay()])
@@ -289,7 +291,7 @@ fn deliver_command_prints_results_and_progress() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("mq-host: 2 message(s) not delivered"),
+        stderr.contains("mq-host: 3 message(s) not delivered"),
         "{stderr}"
     );
     assert!(
@@ -300,12 +302,18 @@ fn deliver_command_prints_results_and_progress() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(results.len(), 7, "{stdout}");
+    assert_eq!(results.len(), 8, "{stdout}");
     assert_eq!(
         results[0]["error"],
         "line 7: not JSON: expected ident at line 1 column 2"
     );
-    let statuses: Vec<_> = results[1..]
+    // A line that is not UTF-8 is that line's error; the others go on.
+    assert_eq!(
+        results[1]["error"],
+        "line 8: not UTF-8: invalid utf-8 sequence of 1 bytes from index 15"
+    );
+    assert_eq!(results[1]["line"], 8);
+    let statuses: Vec<_> = results[2..]
         .iter()
         .map(|r| r["results"][0]["status"].as_str().unwrap())
         .collect();
@@ -536,4 +544,249 @@ fn a_plugin_holding_smtp_out_data_holds_only_its_delivery() {
     assert!(received
         .iter()
         .all(|r| r.data.starts_with(b"X-Out-Trace: mq-example-out-trace")));
+}
+
+/// How a [`misbehaving_relay`] stalls the client.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Its greeting comes one byte at a time, and never ends.
+    Greeting,
+    /// Its reply to this command (`EHLO`, ..., `.` for the end of the
+    /// data) comes one byte at a time, and never ends.
+    ReplyTo(&'static str),
+    /// After its `354` it reads the data a few bytes at a time.
+    ReadingData,
+}
+
+/// The longest a misbehaving relay keeps at it: far past any test's own
+/// watchdog, so an unbounded client fails the test instead of hanging it.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Writes `text` (over and over, never its line end) one byte each 100 ms,
+/// until the client goes or [`STALL_LIMIT`].
+fn dribble(stream: &mut std::net::TcpStream, text: &str) {
+    use std::io::Write;
+    let started = Instant::now();
+    for b in text.trim_end().bytes().cycle() {
+        if started.elapsed() > STALL_LIMIT || stream.write_all(&[b]).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads a few bytes each 5 ms until the client goes or [`STALL_LIMIT`].
+fn read_slowly(stream: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    while started.elapsed() < STALL_LIMIT && matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Keeps the kernel from taking much data for a slow reader: a small,
+/// fixed receive buffer.
+fn small_receive_buffer(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: a live socket; the option value is a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+}
+
+/// A relay on a thread that serves one connection politely except for
+/// `stall`; returns its address.
+fn misbehaving_relay(stall: Stall) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        small_receive_buffer(&stream);
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let stalls = |verb: &str| matches!(stall, Stall::ReplyTo(v) if v == verb);
+        if matches!(stall, Stall::Greeting) {
+            return dribble(&mut stream, "220 slow.relay.test greeting");
+        }
+        stream.write_all(b"220 relay.test\r\n").unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let verb = line
+                .split([' ', ':', '\r'])
+                .next()
+                .unwrap()
+                .to_ascii_uppercase();
+            if stalls(&verb) {
+                return dribble(&mut stream, "250 slow reply");
+            }
+            let reply: &[u8] = match verb.as_str() {
+                "DATA" if matches!(stall, Stall::ReadingData) => {
+                    stream.write_all(b"354 go on\r\n").unwrap();
+                    return read_slowly(&mut stream);
+                }
+                "DATA" => {
+                    stream.write_all(b"354 go on\r\n").unwrap();
+                    // The data, up to its end.
+                    while line != ".\r\n" {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    if stalls(".") {
+                        return dribble(&mut stream, "250 2.0.0 slowly queued");
+                    }
+                    b"250 2.0.0 queued\r\n"
+                }
+                "QUIT" => b"221 bye\r\n",
+                _ => b"250 ok\r\n",
+            };
+            if stream.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+/// Runs `f` on a thread; fails the test if it is not done within `limit`
+/// (the thread is left behind, stuck).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        panic!("still running after {limit:?}: the delivery attempt was not bounded")
+    })
+}
+
+/// One delivery attempt of a message with `mime` to `relay`, with
+/// one-second limits; its outcome and the host's counters.
+fn one_attempt(name: &str, relay: String, mime: String) -> (Outcome, mq_host::CounterSnapshot) {
+    let dir = PluginDir::new(name);
+    within(Duration::from_secs(60), move || {
+        let (outbox, _) = Outbox::open(dir.path().join("data")).unwrap();
+        outbox
+            .add(&json!({"envelope": "a@shop.example", "recipient": "b@example.net", "mime": mime}))
+            .unwrap();
+        let config = DeliveryConfig {
+            relay,
+            reply_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let host = dir.start();
+        let outcomes = Mutex::new(Vec::new());
+        delivery::run(&host, &outbox, &config, Until::Stopped, &|o| {
+            outcomes.lock().unwrap().push(o.clone());
+            outbox.stop();
+        });
+        let counters = host.shutdown().counters;
+        let mut outcomes = outcomes.into_inner().unwrap();
+        assert_eq!(outcomes.len(), 1);
+        (outcomes.remove(0), counters)
+    })
+}
+
+/// The attempt was a retry at `state` whose description says it timed
+/// out, and it was counted.
+fn assert_timed_out(
+    outcome: &Outcome,
+    counters: &mq_host::CounterSnapshot,
+    state: &str,
+    what: &str,
+) {
+    assert_eq!(outcome.status, Status::Retry, "{}", outcome.result);
+    let result = &outcome.result["results"][0];
+    assert_eq!(result["state"], state, "{result}");
+    let description = result["description"].as_str().unwrap();
+    assert!(description.contains(what), "{description}");
+    assert!(description.contains("timed out after 1 s"), "{description}");
+    assert_eq!(counters.relay_timeouts, 1);
+    assert_eq!(counters.messages_deferred, 1);
+}
+
+#[test]
+fn a_relay_dribbling_its_greeting_is_a_retry_that_names_the_timeout() {
+    let relay = misbehaving_relay(Stall::Greeting);
+    let (outcome, counters) =
+        one_attempt("stall-greeting", relay, "Subject: x\r\n\r\nx\r\n".into());
+    assert_timed_out(&outcome, &counters, "greeting", "the relay's greeting");
+}
+
+#[test]
+fn a_relay_dribbling_a_reply_is_a_retry_that_names_the_timeout() {
+    for (verb, state, what) in [
+        ("EHLO", "ehlo", "the relay's reply to EHLO"),
+        ("RCPT", "rcptto", "the relay's reply to RCPT"),
+        (".", "sent", "the relay's reply to the message's data"),
+    ] {
+        let relay = misbehaving_relay(Stall::ReplyTo(verb));
+        let (outcome, counters) =
+            one_attempt("stall-reply", relay, "Subject: x\r\n\r\nx\r\n".into());
+        assert_timed_out(&outcome, &counters, state, what);
+    }
+}
+
+#[test]
+fn a_relay_reading_the_data_slowly_is_a_retry_that_names_the_timeout() {
+    // Far more than the socket buffers take, at a few bytes each 5 ms.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let mime = format!("Subject: big\r\n\r\n{}", line.repeat(8 * 1024));
+    let relay = misbehaving_relay(Stall::ReadingData);
+    let (outcome, counters) = one_attempt("stall-data", relay, mime);
+    assert_timed_out(&outcome, &counters, "data", "sending the message's data");
+}
+
+/// The MIME an outgoing message sends after out-trace (Rust) put its
+/// header in front of it in `smtp_out_data`, in a host of `mode`.
+fn traced_smtp_mime(mode: mq_host::HostMode, mime: &str) -> Vec<u8> {
+    let dir = PluginDir::new("mime-bytes");
+    dir.add("40-out-trace.so", &plugin_so("mq-example-out-trace"), "");
+    let host = dir.builder().mode(mode).start().unwrap();
+    let mut session = host.open(mq_host::Direction::Outgoing).unwrap();
+    let message = json!({"envelope": "a@shop.example", "recipient": "b@example.net", "mime": mime});
+    let result = session.run(mq_host::Event::OutData(message)).unwrap();
+    session.close().unwrap();
+    result.smtp.unwrap().mime.unwrap()
+}
+
+#[test]
+fn a_rust_plugin_rewriting_the_mime_keeps_nul_and_8bit_bytes() {
+    // A NUL byte inside, and 8-bit bytes (UTF-8 é, ÿ) on both sides of it.
+    let mime = "Subject: caf\u{e9}\r\n\r\nbefore\u{0}after \u{ff}\r\n";
+    let sent = traced_smtp_mime(mq_host::HostMode::Table, mime);
+    // Compared escaped: exact, and readable when it fails.
+    assert_eq!(
+        sent.escape_ascii().to_string(),
+        traced(1, mime).escape_ascii().to_string()
+    );
+}
+
+#[test]
+fn without_the_host_table_a_rust_plugin_reads_the_mime_as_c_does() {
+    // MailerQ's global MQ_mime is a C string: a NUL byte ends it there. The
+    // plugin falls back to it, and the rest is lost (as in C).
+    let mime = "Subject: x\r\n\r\nbefore\u{0}after\r\n";
+    let sent = traced_smtp_mime(mq_host::HostMode::GlobalSymbolsOnly, mime);
+    assert_eq!(
+        sent.escape_ascii().to_string(),
+        traced(1, "Subject: x\r\n\r\nbefore")
+            .escape_ascii()
+            .to_string()
+    );
 }

@@ -89,6 +89,7 @@ pub(crate) fn host_api() -> HostApiRef {
             email: MQ_email,
             refuse_start,
             plugin_panicked,
+            mime_bytes,
         }
         .leak_into_prefix()
     })
@@ -130,6 +131,31 @@ unsafe extern "C" fn plugin_panicked() {
             if let Some(w) = worker::current() {
                 Counters::bump(&w.shared.counters.plugin_panics);
             }
+        },
+    )
+}
+
+/// Table-only extension: `MQ_mime` with its length, so a Rust plugin reads
+/// every byte of a MIME that holds a NUL byte. The bytes live as long as
+/// `MQ_mime`'s pointer would ([`MessageObj::mime_slice`]).
+unsafe extern "C" fn mime_bytes(msg: *mut MQ_Message, size: *mut usize) -> *const c_char {
+    let set_size = |len: usize| {
+        if !size.is_null() {
+            // SAFETY: the table's contract: `size` is NULL or writable.
+            unsafe { size.write(len) }
+        }
+    };
+    host_call(
+        "mime_bytes",
+        || {
+            set_size(0);
+            std::ptr::null()
+        },
+        || {
+            let slice = message("mime_bytes", msg).and_then(|(m, _)| m.mime_slice());
+            let (ptr, len) = slice.unwrap_or((std::ptr::null(), 0));
+            set_size(len);
+            ptr.cast()
         },
     )
 }

@@ -19,6 +19,22 @@
 //! 4. the reply decides: 2xx success, 4xx (or a network error, or a
 //!    timeout) retry, 5xx failure.
 //!
+//! # Time limits
+//!
+//! No relay can hold a delivery thread for long, however it spreads its
+//! bytes: connecting (to every address of the relay together) is bounded
+//! by [`DeliveryConfig::connect_timeout`]; each reply, all its lines, and
+//! the writing of each command by [`DeliveryConfig::reply_timeout`]; the
+//! whole of the message's data by [`DeliveryConfig::send_timeout`]. The
+//! socket's timeout is set to what is left of the step's deadline before
+//! every read and write, so a relay that answers (or reads) one byte at a
+//! time gains nothing. A step that runs out of time ends the attempt as a
+//! retry whose `description` names the step and the limit, e.g. "the
+//! relay's reply to EHLO timed out after 300 s (the reply timeout); 7
+//! byte(s) of it had come"; the host counts it in `relay_timeouts`.
+//! (Resolving the relay's name is left to the system resolver's own
+//! timeouts; the `smtp_out_*` hooks are bounded by the hold deadline.)
+//!
 //! The hooks run on the workers' event loops like every chain; the delivery
 //! threads only wait for them, so a plugin that holds control never blocks
 //! a worker.
@@ -63,12 +79,14 @@
 //!
 //! The files: this one the engine (delivery threads taking turns on the
 //! outbox); `outbox` the queue of message files; `relay` the SMTP
-//! conversation with the relay and the hooks at DATA; `record` what an
-//! attempt leaves (results, retries).
+//! conversation with the relay and the hooks at DATA; `timed` the relay's
+//! socket with deadlines; `record` what an attempt leaves (results,
+//! retries).
 
 mod outbox;
 mod record;
 mod relay;
+mod timed;
 
 pub use outbox::{Outbox, Pickup, Until};
 use outbox::{Tracked, LONGEST_DELAY};
@@ -93,10 +111,18 @@ pub struct DeliveryConfig {
     pub helo: String,
     /// Delivery threads: how many messages are on their way at once.
     pub connections: usize,
-    /// How long connecting to the relay may take.
+    /// How long connecting to the relay may take, all its addresses
+    /// together (default 30 s).
     pub connect_timeout: Duration,
-    /// How long the relay may take for each reply.
+    /// How long the relay may take for each reply, all its lines together
+    /// (default 300 s); writing a command is bounded by it too.
     pub reply_timeout: Duration,
+    /// How long sending the message's data (after the relay's `354` and
+    /// the `smtp_out_data` hooks, up to the final `.`) may take in all
+    /// (default 600 s: RFC 5321's wait for the end of the data). Protects
+    /// against a relay that reads slowly; raise it for very large messages
+    /// over slow links.
+    pub send_timeout: Duration,
     /// The delay before the first retry; it doubles for each further one.
     pub retry_delay: Duration,
     /// The longest delay between retries.
@@ -114,6 +140,7 @@ impl Default for DeliveryConfig {
             connections: 2,
             connect_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(600),
             retry_delay: Duration::from_secs(60),
             max_retry_delay: Duration::from_secs(3600),
             max_attempts: 5,
@@ -319,6 +346,9 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
         return Turn::Over;
     }
     Counters::bump(&host.counters_live().delivery_attempts);
+    if attempt.timed_out {
+        Counters::bump(&host.counters_live().relay_timeouts);
+    }
     let turn = match record(outbox, config, file, &name, message, attempt) {
         Ok((outcome, again)) => {
             host.host_log(
@@ -521,14 +551,14 @@ mod tests {
         let (mut peer, _) = listener.accept().unwrap();
         peer.write_all(b"250-first\r\n250-2.0.0 second \xe9\r\n250 2.1.0 third\r\n")
             .unwrap();
-        let reply = relay.read_reply().unwrap();
+        let reply = relay.read_reply("the reply").unwrap();
         assert_eq!(reply.code, 250);
         assert_eq!(reply.extended.as_deref(), Some("2.0.0"));
         assert_eq!(reply.text, "first second \u{fffd} third");
         peer.write_all(&[b'x'; LONGEST_REPLY_LINE + 10]).unwrap();
         assert_eq!(
-            relay.read_reply().unwrap_err(),
-            "the relay sent a reply line that is too long"
+            relay.read_reply("the reply").unwrap_err(),
+            "the relay sent a reply line that is too long".into()
         );
     }
 

@@ -1,6 +1,7 @@
 //! One delivery attempt: the SMTP conversation with the relay, and the
 //! `smtp_out_data` / `smtp_out_sent` chains at DATA.
 
+use super::timed::{is_timeout, seconds, TimedStream};
 use super::*;
 use crate::api::{Event, Host};
 use crate::observe::Priority;
@@ -55,15 +56,19 @@ pub(super) struct Attempt {
     pub(super) state: Step,
     pub(super) reply: Option<Reply>,
     pub(super) error: Option<String>,
+    /// The attempt ended because the relay took too long.
+    pub(super) timed_out: bool,
 }
 
 impl Attempt {
-    pub(super) fn error(status: Status, state: Step, error: impl Into<String>) -> Attempt {
+    pub(super) fn error(status: Status, state: Step, error: impl Into<Broken>) -> Attempt {
+        let Broken { text, timed_out } = error.into();
         Attempt {
             status,
             state,
             reply: None,
-            error: Some(error.into()),
+            error: Some(text),
+            timed_out,
         }
     }
 
@@ -80,7 +85,45 @@ impl Attempt {
             state,
             reply: Some(reply),
             error: None,
+            timed_out: false,
         }
+    }
+}
+
+/// Why the conversation with the relay broke off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Broken {
+    /// What happened, for the result's `description`.
+    pub(super) text: String,
+    /// A step took longer than its limit.
+    pub(super) timed_out: bool,
+}
+
+impl Broken {
+    /// `what` took longer than `limit` (named by `limit_name`).
+    fn timed_out(what: &str, limit: Duration, limit_name: &str, progress: String) -> Broken {
+        Broken {
+            text: format!(
+                "{what} timed out after {} (the {limit_name}){progress}",
+                seconds(limit)
+            ),
+            timed_out: true,
+        }
+    }
+}
+
+impl From<String> for Broken {
+    fn from(text: String) -> Broken {
+        Broken {
+            text,
+            timed_out: false,
+        }
+    }
+}
+
+impl From<&str> for Broken {
+    fn from(text: &str) -> Broken {
+        text.to_owned().into()
     }
 }
 
@@ -94,11 +137,13 @@ pub(super) struct Reply {
     pub(super) text: String,
 }
 
-/// An SMTP client connection to the relay (blocking, with timeouts).
+/// An SMTP client connection to the relay (blocking, with deadlines: each
+/// reply within `reply_timeout`, the message's data within `send_timeout`).
 pub(super) struct Relay {
-    pub(super) reader: BufReader<TcpStream>,
-    pub(super) writer: BufWriter<TcpStream>,
+    pub(super) reader: BufReader<TimedStream>,
+    pub(super) writer: BufWriter<TimedStream>,
     pub(super) reply_timeout: Duration,
+    pub(super) send_timeout: Duration,
     /// Lets a shutdown cut this connection.
     pub(super) tracked: Option<Tracked>,
 }
@@ -110,48 +155,53 @@ pub(super) const LONGEST_REPLY_LINE: usize = 4096;
 pub(super) const MOST_REPLY_LINES: usize = 100;
 
 impl Relay {
-    pub(super) fn connect(config: &DeliveryConfig) -> Result<Relay, String> {
+    /// Connects to the relay: every address it resolves to in turn, all
+    /// within `connect_timeout` together. (Resolving the name is not
+    /// bounded: the system resolver has its own timeouts.)
+    pub(super) fn connect(config: &DeliveryConfig) -> Result<Relay, Broken> {
+        let started = Instant::now();
         let addrs = config
             .relay
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve relay {}: {e}", config.relay))?;
-        let mut last = format!("relay {} has no address", config.relay);
+        let mut last = Broken::from(format!("relay {} has no address", config.relay));
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, config.connect_timeout) {
+            let left = config.connect_timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(&addr, left) {
                 Ok(stream) => {
-                    stream
-                        .set_write_timeout(Some(config.reply_timeout))
-                        .map_err(|e| e.to_string())?;
                     let writer = stream.try_clone().map_err(|e| e.to_string())?;
                     return Ok(Relay {
-                        reader: BufReader::new(stream),
-                        writer: BufWriter::new(writer),
+                        reader: BufReader::new(TimedStream::new(stream, config.reply_timeout)),
+                        writer: BufWriter::new(TimedStream::new(writer, config.reply_timeout)),
                         reply_timeout: config.reply_timeout,
+                        send_timeout: config.send_timeout,
                         tracked: None,
                     });
                 }
-                Err(e) => last = format!("cannot connect to relay {addr}: {e}"),
+                Err(e) if is_timeout(&e) => {
+                    let what = format!("connecting to relay {addr}");
+                    let limit = config.connect_timeout;
+                    last = Broken::timed_out(&what, limit, "connect timeout", String::new());
+                }
+                Err(e) => last = format!("cannot connect to relay {addr}: {e}").into(),
             }
         }
         Err(last)
     }
 
-    /// One reply (all its lines), within `reply_timeout` for the whole
-    /// reply; lines longer than [`LONGEST_REPLY_LINE`] or replies of more
-    /// than [`MOST_REPLY_LINES`] lines are errors.
-    pub(super) fn read_reply(&mut self) -> Result<Reply, String> {
-        let deadline = Instant::now() + self.reply_timeout;
+    /// One reply (all its lines) within `reply_timeout` for the whole
+    /// reply, however the relay spreads its bytes; lines longer than
+    /// [`LONGEST_REPLY_LINE`] or replies of more than [`MOST_REPLY_LINES`]
+    /// lines are errors. `what` names the reply in errors ("the relay's
+    /// reply to EHLO").
+    pub(super) fn read_reply(&mut self, what: &str) -> Result<Reply, Broken> {
+        self.reader.get_mut().limit(self.reply_timeout);
         let mut text = Vec::new();
         let mut extended = None;
         for _ in 0..MOST_REPLY_LINES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("the relay did not answer in time".into());
-            }
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(left))
-                .map_err(|e| format!("reading from the relay: {e}"))?;
             let mut line = Vec::new();
             let read = std::io::Read::take(&mut self.reader, LONGEST_REPLY_LINE as u64)
                 .read_until(b'\n', &mut line);
@@ -164,15 +214,13 @@ impl Relay {
                     return Err("the relay closed the connection".into());
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err("the relay did not answer in time".into())
+                Err(e) if is_timeout(&e) => {
+                    let came = self.reader.get_ref().moved();
+                    let progress = format!("; {came} byte(s) of it had come");
+                    let limit = self.reply_timeout;
+                    return Err(Broken::timed_out(what, limit, "reply timeout", progress));
                 }
-                Err(e) => return Err(format!("reading from the relay: {e}")),
+                Err(e) => return Err(format!("reading from the relay: {e}").into()),
             }
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\r', '\n']);
@@ -193,9 +241,7 @@ impl Relay {
                 });
             }
         }
-        Err(format!(
-            "the relay sent a reply of more than {MOST_REPLY_LINES} lines"
-        ))
+        Err(format!("the relay sent a reply of more than {MOST_REPLY_LINES} lines").into())
     }
 
     /// `QUIT`, waiting briefly for the answer; the result is already known.
@@ -204,20 +250,32 @@ impl Relay {
         let _ = self.command("QUIT");
     }
 
-    pub(super) fn command(&mut self, line: &str) -> Result<Reply, String> {
+    /// Sends the command `line` (writing it, too, within `reply_timeout`),
+    /// then reads its reply.
+    pub(super) fn command(&mut self, line: &str) -> Result<Reply, Broken> {
+        let verb = line.split([' ', ':']).next().unwrap_or(line);
+        self.writer.get_mut().limit(self.reply_timeout);
         self.writer
             .write_all(line.as_bytes())
             .and_then(|_| self.writer.write_all(b"\r\n"))
             .and_then(|_| self.writer.flush())
-            .map_err(|e| format!("writing to the relay: {e}"))?;
-        self.read_reply()
+            .map_err(|e| {
+                if !is_timeout(&e) {
+                    return format!("writing to the relay: {e}").into();
+                }
+                let what = format!("sending {verb} to the relay");
+                Broken::timed_out(&what, self.reply_timeout, "reply timeout", String::new())
+            })?;
+        self.read_reply(&format!("the relay's reply to {verb}"))
     }
 
-    /// Sends `mime` as DATA content: every line end (CRLF, or a bare LF or
-    /// CR) sent as CRLF, lines starting with `.` dot-stuffed, a final CRLF
+    /// Sends `mime` as DATA content, all within `send_timeout` however
+    /// slowly the relay reads: every line end (CRLF, or a bare LF or CR)
+    /// sent as CRLF, lines starting with `.` dot-stuffed, a final CRLF
     /// added if missing, then `.`. A bare CR never reaches the relay, so
     /// no relay can read an end of data into the content.
-    pub(super) fn send_data(&mut self, mime: &[u8]) -> Result<(), String> {
+    pub(super) fn send_data(&mut self, mime: &[u8]) -> Result<(), Broken> {
+        self.writer.get_mut().limit(self.send_timeout);
         let w = &mut self.writer;
         let mut write = || -> std::io::Result<()> {
             let mut at_line_start = true;
@@ -253,7 +311,18 @@ impl Relay {
             w.write_all(b".\r\n")?;
             w.flush()
         };
-        write().map_err(|e| format!("sending the message to the relay: {e}"))
+        write().map_err(|e| {
+            if !is_timeout(&e) {
+                return format!("sending the message to the relay: {e}").into();
+            }
+            let sent = self.writer.get_ref().moved();
+            let progress = format!(
+                "; {sent} byte(s) had gone out, of a message of {} byte(s)",
+                mime.len()
+            );
+            let what = "sending the message's data to the relay";
+            Broken::timed_out(what, self.send_timeout, "send timeout", progress)
+        })
     }
 }
 
@@ -321,7 +390,7 @@ pub(super) fn attempt(
         Ok(relay) => relay,
         Err(e) => return (Attempt::error(Status::Retry, Step::Connect, e), None),
     };
-    match outbox.track(relay.reader.get_ref()) {
+    match outbox.track(relay.reader.get_ref().socket()) {
         Some(tracked) => relay.tracked = Some(tracked),
         None => {
             let e = "the host is stopping";
@@ -351,7 +420,7 @@ pub(super) fn converse(
     if let Err(stop) = send_message(host, relay, message) {
         return stop;
     }
-    match relay.read_reply() {
+    match relay.read_reply("the relay's reply to the message's data") {
         Ok(reply) => Attempt::from_reply(Step::Sent, reply),
         Err(e) => Attempt::error(Status::Retry, Step::Sent, e),
     }
@@ -359,7 +428,7 @@ pub(super) fn converse(
 
 /// The reply to `step`, if its class is `want` (2 for 2xx, 3 for 3xx);
 /// otherwise the attempt ends with it.
-fn expect(step: Step, reply: Result<Reply, String>, want: u16) -> Result<Reply, Attempt> {
+fn expect(step: Step, reply: Result<Reply, Broken>, want: u16) -> Result<Reply, Attempt> {
     match reply {
         Ok(reply) if reply.code / 100 == want => Ok(reply),
         Ok(reply) => {
@@ -384,7 +453,7 @@ fn open_data(
     envelope: &str,
     recipient: &str,
 ) -> Result<(), Attempt> {
-    expect(Step::Greeting, relay.read_reply(), 2)?;
+    expect(Step::Greeting, relay.read_reply("the relay's greeting"), 2)?;
     match relay.command(&format!("EHLO {}", config.helo)) {
         Ok(reply) if reply.code / 100 == 5 => {
             let helo = relay.command(&format!("HELO {}", config.helo));

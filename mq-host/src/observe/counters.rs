@@ -114,6 +114,9 @@ counters! {
     /// Log records dropped from the in-memory log, oldest first, to stay within its
     /// bounds (`--log-max-bytes`, 100 000 records); the stderr echo printed them.
     log_records_evicted,
+    /// Delivery attempts the relay made too slow (connecting, a reply, or taking the
+    /// message's data past its limit): each ended as a retry.
+    relay_timeouts,
 }
 
 impl Counters {

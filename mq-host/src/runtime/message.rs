@@ -287,6 +287,14 @@ impl MessageObj {
         cache.get_or_insert_with(|| c_string(bytes)).as_ptr()
     }
 
+    /// The MIME data's address and length, for a plugin (NUL bytes
+    /// included). Valid as long as [`MessageObj::mime_ptr`]'s pointer:
+    /// until the next `set_mime`, or while the message is pinned, until it
+    /// is unpinned (the replaced buffer is kept).
+    pub(crate) fn mime_slice(&self) -> Option<(*const u8, usize)> {
+        self.mime.borrow().as_ref().map(|m| (m.as_ptr(), m.len()))
+    }
+
     /// The MIME data, byte for byte (NUL bytes included).
     pub(crate) fn mime(&self) -> Option<Rc<[u8]>> {
         self.mime.borrow().clone()

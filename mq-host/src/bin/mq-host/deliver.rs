@@ -74,15 +74,16 @@ pub(crate) fn deliver(
     Ok(())
 }
 
-/// The text of `input` (`-`: standard input).
-fn read_input(input: &Path) -> Result<String, String> {
+/// The bytes of `input` (`-`: standard input). Not checked as UTF-8
+/// here: a line that is not is that line's error.
+fn read_input(input: &Path) -> Result<Vec<u8>, String> {
     if input == Path::new("-") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
             .map_err(|e| format!("cannot read standard input: {e}"))?;
-        Ok(text)
+        Ok(bytes)
     } else {
-        std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))
+        std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))
     }
 }
 
@@ -99,25 +100,38 @@ fn open_output(output: Option<&Path>) -> Result<Box<dyn Write + Send>, String> {
 
 /// Each line of `text` into the outbox; a line that is not a message gets
 /// an error line in `writer`. Returns how many lines were not messages.
-fn fill_outbox(outbox: &Outbox, text: &str, writer: &mut dyn Write) -> Result<usize, String> {
+fn fill_outbox(outbox: &Outbox, text: &[u8], writer: &mut dyn Write) -> Result<usize, String> {
     let mut invalid = 0;
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let error = match serde_json::from_str::<serde_json::Value>(line) {
+    for (n, line) in lines(text).enumerate() {
+        let line = match std::str::from_utf8(line) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => Ok(line),
+            Err(e) => Err(format!("not UTF-8: {e}")),
+        };
+        let parsed = line.and_then(|line| {
+            serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("not JSON: {e}"))
+        });
+        let error = match parsed {
             Ok(message @ serde_json::Value::Object(_)) => match outbox.add(&message) {
                 Ok(_) => continue,
                 Err(e) => format!("cannot store it in the outbox: {e}"),
             },
             Ok(_) => "a MailerQ message must be a JSON object".to_owned(),
-            Err(e) => format!("not JSON: {e}"),
+            Err(error) => error,
         };
         invalid += 1;
         let line = serde_json::json!({"error": format!("line {}: {error}", n + 1), "line": n + 1});
         writeln!(writer, "{line}").map_err(|e| format!("cannot write a result: {e}"))?;
     }
     Ok(invalid)
+}
+
+/// The lines of `bytes`, without their `\n` or `\r\n`.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
 }
 
 /// The progress line of `mq-host deliver` (stderr; redrawn in place on a

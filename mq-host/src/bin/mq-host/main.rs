@@ -187,9 +187,19 @@ struct DeliveryArgs {
     /// own `maxattempts` wins).
     #[arg(long, default_value_t = 5)]
     max_attempts: u32,
-    /// Seconds the relay may take for each reply.
+    /// Seconds the relay may take for each reply, all its lines together
+    /// (and for taking each command); a slower reply makes the attempt a
+    /// retry.
     #[arg(long, default_value_t = 300.0)]
     reply_timeout: f64,
+    /// Seconds connecting to the relay may take, all its addresses
+    /// together.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Seconds sending a message's data to the relay may take in all, up
+    /// to the final `.`; a relay reading slower makes the attempt a retry.
+    #[arg(long, default_value_t = 600.0)]
+    send_timeout: f64,
 }
 
 impl DeliveryArgs {
@@ -201,15 +211,21 @@ impl DeliveryArgs {
             Duration::try_from_secs_f64(v)
                 .map_err(|_| format!("--{name} {v}: not a number of seconds"))
         };
+        // A limit of 0 would fail every attempt at once.
+        let limit = |name: &str, v: f64| match secs(name, v)? {
+            d if d.is_zero() => Err(format!("--{name} {v}: a limit must be more than 0 seconds")),
+            d => Ok(d),
+        };
         Ok(DeliveryConfig {
             relay,
             helo: helo.to_owned(),
             connections: self.connections.max(1),
-            reply_timeout: secs("reply-timeout", self.reply_timeout)?,
+            reply_timeout: limit("reply-timeout", self.reply_timeout)?,
+            connect_timeout: limit("connect-timeout", self.connect_timeout)?,
+            send_timeout: limit("send-timeout", self.send_timeout)?,
             retry_delay: secs("retry-delay", self.retry_delay)?,
             max_retry_delay: secs("max-retry-delay", self.max_retry_delay)?,
             max_attempts: self.max_attempts.max(1),
-            ..DeliveryConfig::default()
         })
     }
 }
