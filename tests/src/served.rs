@@ -49,6 +49,7 @@ impl Served {
         Served::spawn(valgrind, env, args)
     }
 
+    /// Starts `command` as serve on a free port, with `env` and `args`.
     pub fn spawn(mut command: Command, env: &[(&str, &str)], args: &[&OsStr]) -> Served {
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--grace", "2"])
@@ -98,6 +99,7 @@ impl Served {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends signal `name` (e.g. `USR1`) to serve.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -106,6 +108,7 @@ impl Served {
         assert!(status.success(), "kill -{name}");
     }
 
+    /// Waits (10 s at most) until `ready` holds for the log.
     pub fn wait_for_log(&self, what: &str, mut ready: impl FnMut(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready(&self.log()) {
@@ -152,6 +155,7 @@ impl Served {
         }
     }
 
+    /// Like [`Served::try_wait_for_counters`] for 10 s; panics on timeout.
     pub fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) {
         if let Err(last) = self.try_wait_for_counters(Duration::from_secs(10), ready) {
             panic!("timed out waiting for {what}: {last}\n{}", self.log());
@@ -242,6 +246,7 @@ pub fn defining_smtp_in_close(plugins: &[&Path]) -> u64 {
         .count() as u64
 }
 
+/// The lines of `log` that only a host bug writes ([`BUG_MARKS`]).
 pub fn bug_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| BUG_MARKS.iter().any(|m| l.contains(m)))
@@ -255,7 +260,8 @@ pub const BUG_MARKS: [&str; 3] = ["panicked", "host bug", "session failed"];
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -263,25 +269,29 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// A number in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
+    /// A number in `low..=high`.
     pub fn range(&mut self, low: usize, high: usize) -> usize {
         low + self.below(high - low + 1)
     }
 
+    /// True `p` times in a hundred.
     pub fn percent(&mut self, p: usize) -> bool {
         self.below(100) < p
     }
 
+    /// One of `items`.
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 
     /// `n` random bytes, all values.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 
     /// `n` printable bytes, no line ends.

@@ -537,3 +537,55 @@ fn one_copy_of_the_mime_for_many_recipients() {
         .collect();
     assert_eq!(inodes.len(), 1, "one file on disk, one name per message");
 }
+
+/// What `serve` accepted goes to the relay byte for byte — 8-bit bytes, a
+/// NUL, one DATA for three recipients — and the MIME kept apart for them
+/// goes with their final results.
+#[test]
+fn accepted_bytes_are_delivered_byte_for_byte() {
+    use mq_e2e::{spawn_serve, Sink};
+    let dir = PluginDir::new("hostile-bytes-delivered");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let data = dir.path().join("data");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let relay = sink.relay();
+    let (mut child, _stderr, addr) = spawn_serve(&[
+        "--relay".as_ref(),
+        relay.as_ref(),
+        "--plugins".as_ref(),
+        plugins.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    let body: &[u8] = b"Subject: caf\xe9\r\nX-Nul: a\x00b\r\n\r\n\xff\xfe 8-bit \xe9t\xe9\r\n";
+    let mut c = Client::greeted(addr);
+    c.command("EHLO bytes.example", "250");
+    c.command("MAIL FROM:<a@bytes.example> BODY=8BITMIME", "250");
+    for n in 0..3 {
+        c.command(&format!("RCPT TO:<r{n}@bytes.example>"), "250");
+    }
+    c.command("DATA", "354");
+    c.send(body);
+    c.send(b".\r\n");
+    c.expect("250");
+    c.command("QUIT", "221");
+
+    let start = Instant::now();
+    while json_files(&data.join("success")).len() < 3 {
+        assert!(start.elapsed() < PATIENCE, "not delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let received = sink.received();
+    assert_eq!(received.len(), 3);
+    assert!(received.iter().all(|r| r.data == body), "{received:?}");
+    for result in json_files(&data.join("success")) {
+        assert!(result.get("key").is_none() && result.get("mime").is_none());
+    }
+    let kept = std::fs::read_dir(data.join("mime")).unwrap().count();
+    assert_eq!(kept, 0, "the MIME went with the results");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}

@@ -560,7 +560,7 @@ fn run(stream: TcpStream, ops: &[Op]) -> Result<(), String> {
 /// The ops of session `index` under `seed`.
 fn script(seed: u64, index: usize) -> Vec<Op> {
     let mut rng = Rng(seed ^ (index as u64).wrapping_mul(0xd605_bbb5_8c8a_bbb5));
-    rng.next();
+    rng.next_u64();
     Script::new(rng).generate()
 }
 

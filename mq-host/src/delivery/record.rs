@@ -76,12 +76,23 @@ pub(super) fn record(
     match status {
         Status::Success | Status::Failure => {
             let mut result = message;
+            // MIME that `serve` kept apart for this message goes with it.
+            let own_key = match keep_mime {
+                true => None,
+                false => store::mime::own_key(&outbox.data_dir, &result),
+            };
             if !keep_mime {
                 result.remove("mime");
+            }
+            if own_key.is_some() {
+                result.remove("key");
             }
             let result = Value::Object(result);
             let path = store::store_as(&queue, name, &result)?;
             store::remove(file)?;
+            if let Some(key) = own_key {
+                store::mime::MimeStore::new(&outbox.data_dir).remove(&key)?;
+            }
             let outcome = Outcome {
                 status,
                 result,

@@ -386,6 +386,18 @@ pub(super) fn attempt(
             return (Attempt::error(Status::Failure, Step::Message, e), None);
         }
     }
+    // Its `mime` string, or the data kept apart under its `key`.
+    let mime = match crate::store::mime::message_mime(&outbox.data_dir, message) {
+        Ok(mime) => mime,
+        Err(e) => {
+            let status = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput => Status::Failure,
+                _ => Status::Retry,
+            };
+            let e = format!("the message's MIME cannot be read: {e}");
+            return (Attempt::error(status, Step::Message, e), None);
+        }
+    };
     let mut relay = match Relay::connect(config) {
         Ok(relay) => relay,
         Err(e) => return (Attempt::error(Status::Retry, Step::Connect, e), None),
@@ -397,7 +409,8 @@ pub(super) fn attempt(
             return (Attempt::error(Status::Retry, Step::Connect, e), None);
         }
     }
-    let attempt = converse(host, config, &mut relay, message, envelope, recipient);
+    let addresses = (envelope, recipient);
+    let attempt = converse(host, config, &mut relay, message, mime, addresses);
     // After an error the connection is broken, or aborted in DATA: it is
     // only closed.
     let relay = attempt.error.is_none().then_some(relay);
@@ -411,13 +424,13 @@ pub(super) fn converse(
     config: &DeliveryConfig,
     relay: &mut Relay,
     message: &Map<String, Value>,
-    envelope: &str,
-    recipient: &str,
+    mime: Option<Vec<u8>>,
+    (envelope, recipient): (&str, &str),
 ) -> Attempt {
     if let Err(stop) = open_data(config, relay, envelope, recipient) {
         return stop;
     }
-    if let Err(stop) = send_message(host, relay, message) {
+    if let Err(stop) = send_message(host, relay, message, mime) {
         return stop;
     }
     match relay.read_reply("the relay's reply to the message's data") {
@@ -477,6 +490,7 @@ fn send_message(
     host: &Host,
     relay: &mut Relay,
     message: &Map<String, Value>,
+    mime: Option<Vec<u8>>,
 ) -> Result<(), Attempt> {
     let cannot_run = |e| {
         Attempt::error(
@@ -486,7 +500,12 @@ fn send_message(
         )
     };
     let mut session = host.open(Direction::Outgoing).map_err(cannot_run)?;
-    let mime = match session.run(Event::OutData(Value::Object(message.clone()))) {
+    let json = Value::Object(message.clone());
+    let event = match mime {
+        Some(mime) => Event::OutDataWithMime(json, mime),
+        None => Event::OutData(json),
+    };
+    let mime = match session.run(event) {
         Ok(out) => out.smtp.and_then(|smtp| smtp.mime),
         Err(e) => return Err(cannot_run(e)),
     };

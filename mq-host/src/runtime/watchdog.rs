@@ -499,7 +499,11 @@ mod tests {
             hold_deadline: None,
             retry_limit: 1,
         };
-        Arc::new(Shared::new(Vec::new(), limits, HostLog::new(LogEcho::None, Default::default())))
+        Arc::new(Shared::new(
+            Vec::new(),
+            limits,
+            HostLog::new(LogEcho::None, Default::default()),
+        ))
     }
 
     /// Waits (at most 10 s) for a log line containing `needle`.

@@ -251,17 +251,17 @@ pub(crate) fn message_mime(
     }
 }
 
-/// The key under which a stored message's MIME is kept, if any (a `key`
-/// whose data exists and that the message does not override with `mime`).
-pub(crate) fn stored_key<'a>(
-    data_dir: &DataDir,
-    message: &'a Map<String, Value>,
-) -> Option<&'a str> {
+/// The key of a stored message whose MIME `serve` kept apart (a key of
+/// its own making, whose data exists, not overridden by a `mime` string):
+/// the message owns that data, and it goes with the message's final
+/// result. Keys a user put in `mime/` are never the host's to remove.
+pub(crate) fn own_key(data_dir: &DataDir, message: &Map<String, Value>) -> Option<String> {
     if message.contains_key("mime") {
         return None;
     }
     let key = message.get("key")?.as_str()?;
-    (valid_key(key) && MimeStore::new(data_dir).dir.join(key).exists()).then_some(key)
+    let exists = valid_key(key) && MimeStore::new(data_dir).dir.join(key).exists();
+    (exists && is_message_name(key)).then(|| key.to_owned())
 }
 
 #[cfg(test)]
@@ -330,7 +330,8 @@ mod tests {
         assert_eq!(message_mime(&dir, &inline).unwrap().unwrap(), &*text);
         let apart = read(&apart);
         assert_eq!(message_mime(&dir, &apart).unwrap().unwrap(), &*latin1);
-        assert!(stored_key(&dir, &apart).is_some());
+        assert!(own_key(&dir, &apart).is_some());
+        assert!(own_key(&dir, &inline).is_none());
         std::fs::remove_dir_all(dir.path()).unwrap();
     }
 
