@@ -308,11 +308,14 @@ void MQ_ioUnwatch(MQ_IOWatcher *watcher);
 /** Starts a one-shot timer: `callback(data)` runs once on this worker's
  *  loop after `seconds` (0 = on the next loop turn, never inside the
  *  current call). A fired timer is freed by the host. Returns NULL on
- *  failure. */
+ *  failure. mq-host runs a delay that is NaN or negative as 0 and one
+ *  over 365 days (INFINITY too) as 365 days, and reports it (once per
+ *  plugin, with its name; counted as `api_misuse`). */
 MQ_Timer *MQ_startTimer(MQ_Context *context, float seconds, MQ_TimerCallback callback, void *data);
 
 /** Cancels and frees a timer. Only before it fired: a fired timer's handle
- *  is gone. */
+ *  is gone (mq-host ignores and reports a stop or reset of a fired or
+ *  stopped timer, and a second MQ_ioUnwatch()). */
 void MQ_stopTimer(MQ_Timer *timer);
 
 /** Restarts a timer to fire `seconds` from now. Only before it fired. */
@@ -328,7 +331,9 @@ int MQ_fileDescriptor(MQ_Connection *connection);
 
 /** Sends `size` raw bytes to the SMTP peer (write complete replies ending
  *  in "\r\n"). The host buffers them; returns the number of bytes
- *  accepted. */
+ *  accepted: in mq-host fewer than `size` once the connection's output
+ *  limit is reached (a client that does not read its replies), and 0 for
+ *  a NULL `buffer` with a non-zero size. */
 size_t MQ_send(MQ_Connection *connection, const void *buffer, size_t size);
 
 /** Whether the client is authenticated (after AUTH). */

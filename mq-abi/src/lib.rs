@@ -22,11 +22,13 @@
 
 mod flow;
 mod module;
+mod panic;
 pub mod sys;
 
 pub use flow::Flow;
 pub use module::*;
 pub use mq_hook_table::{Shape, HOOKS, MQ_API_VERSION};
+pub use panic::panic_text;
 
 /// The longest timer delay mq-host supports, in seconds: 365 days. A longer
 /// `MQ_startTimer`/`MQ_resetTimer` delay (or `INFINITY`) is clamped to it

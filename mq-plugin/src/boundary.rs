@@ -3,7 +3,6 @@
 //! A panic must never unwind into the host: it is caught here, and the
 //! caller turns it into the hook's fallback.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `f`, returning `Err(message)` if it panicked. The host is told
@@ -33,32 +32,7 @@ pub(crate) fn guard_callback(what: &str, f: impl FnOnce()) {
     }
 }
 
-/// A panic's message. The payload is dropped inside the boundary too: a
-/// payload whose `Drop` panics (`panic_any(Bomb)`) must not unwind into
-/// the host.
-pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    };
-    drop_payload(payload);
-    message
-}
-
-/// Drops a panic payload; a `Drop` that panics again is caught — a few
-/// times, then the last payload is leaked rather than looping forever.
-fn drop_payload(mut payload: Box<dyn Any + Send>) {
-    for _ in 0..8 {
-        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-            Ok(()) => return,
-            Err(again) => payload = again,
-        }
-    }
-    std::mem::forget(payload);
-}
+pub(crate) use mq_abi::panic_text as panic_message;
 
 #[cfg(test)]
 mod tests {

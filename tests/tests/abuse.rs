@@ -367,6 +367,17 @@ fn body(token: &str, rng: &mut Rng) -> Vec<u8> {
     body
 }
 
+/// DATA with a fresh [`body`], accepted, then QUIT; the body sent.
+fn data(c: &mut Client, token: &str, rng: &mut Rng) -> Result<Vec<u8>, String> {
+    c.command(b"DATA", "354")?;
+    let mime = body(token, rng);
+    c.send(&mime)?;
+    c.send(b".\r\n")?;
+    c.expect("250")?;
+    c.command(b"QUIT", "221")?;
+    Ok(mime)
+}
+
 /// Runs one session; a valid one returns its token, MIME and recipients.
 fn session(
     addr: SocketAddr,
@@ -396,12 +407,7 @@ fn session(
                     "250",
                 )?;
             }
-            c.command(b"DATA", "354")?;
-            let mime = body(&token, rng);
-            c.send(&mime)?;
-            c.send(b".\r\n")?;
-            c.expect("250")?;
-            c.command(b"QUIT", "221")?;
+            let mime = data(&mut c, &token, rng)?;
             Ok(Some((token, mime, recipients)))
         }
         Kind::PipelinedFlood => {
@@ -460,12 +466,7 @@ fn session(
                     "452",
                 )?;
             }
-            c.command(b"DATA", "354")?;
-            let mime = body(&token, rng);
-            c.send(&mime)?;
-            c.send(b".\r\n")?;
-            c.expect("250")?;
-            c.command(b"QUIT", "221")?;
+            let mime = data(&mut c, &token, rng)?;
             Ok(Some((token, mime, 5)))
         }
         Kind::HangUpInData => {

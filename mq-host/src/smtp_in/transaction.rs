@@ -15,8 +15,7 @@ use mq_hook_table::HookId;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
 
 /// One recipient's message after `smtp_in_message`.
 pub(super) struct Decided {
@@ -204,14 +203,5 @@ fn count(w: &Worker, counter: impl FnOnce(&crate::observe::Counters) -> &AtomicU
 }
 
 fn message_id(host: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!(
-        "<{stamp}.{}.{}@{host}>",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("<{}@{host}>", crate::store::new_name().replace('-', "."))
 }
