@@ -86,6 +86,23 @@ pub fn c_probe() -> PathBuf {
     plugin_so("mq-test-c-probe")
 }
 
+/// Waits for `child` to exit, 60 s at most: a child that outlives that is
+/// killed and the test fails, naming `what`, instead of hanging the suite.
+pub fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after 60 s, killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The `mq-host` binary.
 pub fn host_binary() -> PathBuf {
     let path = built().join("mq-host");

@@ -394,7 +394,7 @@ fn terminate(mut child: std::process::Child, mut stderr: impl std::io::Read) -> 
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(mq_e2e::wait_bounded(&mut child, "serve after SIGTERM").success());
     let mut log = String::new();
     stderr.read_to_string(&mut log).unwrap();
     log

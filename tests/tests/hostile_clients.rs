@@ -4,6 +4,7 @@
 //! broken limit shows as a read that times out far past any limit here, a
 //! byte count that is not bounded, or a counter that did not move.
 
+use mq_e2e::served::{Counters, Served};
 use mq_e2e::{c_probe, host_binary, json_files, plugin_so, PluginDir};
 use mq_host::smtp_in::{Listener, ServeConfig};
 use mq_host::Host;
@@ -256,6 +257,25 @@ fn trickling_clients_are_cut_at_their_deadline() {
     trickler.join().unwrap();
     assert_eq!(host.counters().sessions_too_slow, 2);
     assert!(json_files(&data.join("inbox")).is_empty());
+    assert_eq!(
+        host.counters().sessions_idle,
+        0,
+        "never idle: cut by the deadlines"
+    );
+}
+
+/// A client that sends nothing is closed at the idle timeout, and counted.
+#[test]
+fn an_idle_client_is_closed_and_counted() {
+    let dir = PluginDir::new("hostile-idle");
+    let host = dir.start();
+    let server = serve(&host, &dir.path().join("data"), |c| {
+        c.idle_timeout = Duration::from_secs(1);
+    });
+    let mut c = Client::greeted(server.local_addr());
+    c.expect("421 4.4.2 idle");
+    assert_eq!(c.line(), "", "the session is closed");
+    assert_eq!(host.counters().sessions_idle, 1);
 }
 
 /// Connects until a greeting comes (a session that just ended may still
@@ -361,24 +381,25 @@ fn a_plugin_flooding_a_client_that_does_not_read_is_cut() {
 }
 
 /// With too few file descriptors, the acceptor says so once, backs off
-/// instead of spinning, and accepts again once descriptors are free.
-/// (Before, it spun at 100% CPU with nothing logged.)
+/// instead of spinning, accepts again once descriptors are free, and still
+/// stops on SIGTERM with none to spare. (Before, it spun at 100% CPU with
+/// nothing logged, and its stop needed a descriptor of its own.)
 #[test]
 fn running_out_of_descriptors_backs_off_and_recovers() {
     use std::os::unix::process::CommandExt;
     let dir = PluginDir::new("hostile-fds");
     let mut command = std::process::Command::new(host_binary());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--grace", "1"])
-        .args(["--workers", "1", "--counters", "--plugins"])
-        .arg(dir.path())
-        .args(["--data-dir"])
-        .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing
-    // else between fork and exec.
+    // SAFETY: close_range and setrlimit are async-signal-safe system calls;
+    // the closure touches nothing else between fork and exec.
     unsafe {
         command.pre_exec(|| {
+            // Descriptors the test process (or whatever started it) left
+            // open would count against the limit: serve gets none of them.
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
             let limit = libc::rlimit {
                 rlim_cur: 48,
                 rlim_max: 48,
@@ -389,55 +410,41 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let addr: SocketAddr = loop {
-        let line = lines.recv_timeout(PATIENCE).expect("serve starts");
-        if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        log.push(line);
-    };
+    let data = dir.path().join("data");
+    let served = Served::spawn(
+        command,
+        &[],
+        &[
+            "--workers".as_ref(),
+            "1".as_ref(),
+            "--plugins".as_ref(),
+            dir.path().as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    );
+    let addr = served.addr;
 
     // More clients than descriptors: the kernel completes the handshakes
     // (the listen backlog), the host cannot accept them all.
     let clients: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    served.wait_for_log("the out-of-descriptors report", |log| {
+        log.contains("cannot accept clients")
+    });
     std::thread::sleep(Duration::from_secs(3));
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-        log.push(line);
-    }
-    let out_of_fds = log
-        .iter()
-        .filter(|l| l.contains("cannot accept clients"))
-        .count();
-    assert_eq!(out_of_fds, 1, "said once while it lasts: {log:#?}");
+    let said = served.log().matches("cannot accept clients").count();
+    assert_eq!(said, 1, "said once while it lasts:\n{}", served.log());
     drop(clients);
     let mut c = greeted_eventually(addr);
     c.command("QUIT", "221");
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
-        log.push(line);
-    }
-    assert!(
-        log.iter().any(|l| l.contains("accepting clients again")),
-        "{log:#?}"
-    );
-    let errors: u64 = log
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("accept_errors"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the counters are printed");
+    // A stop while the acceptor waits in accept with descriptors scarce.
+    let (status, log) = served.stop();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("accepting clients again"), "{log}");
+    let errors = Counters::last(&log)
+        .expect("the counters are printed")
+        .get("accept_errors");
     // Backing off: a few attempts a second, not a spinning loop.
     assert!((1..200).contains(&errors), "{errors} failed accepts");
 }
@@ -587,5 +594,5 @@ fn accepted_bytes_are_delivered_byte_for_byte() {
     assert_eq!(kept, 0, "the MIME went with the results");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    mq_e2e::wait_bounded(&mut child, "serve after SIGTERM");
 }

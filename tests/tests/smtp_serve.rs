@@ -177,6 +177,7 @@ fn bad_input_gets_smtp_errors_and_the_worker_survives() {
         assert!(r.starts_with(expect), "{send:?} -> {r}");
     }
     assert!(json_files(&data.join("inbox")).is_empty());
+    assert_eq!(host.counters().messages_too_big, 1);
     // The worker still serves new sessions.
     let mut d = Client::connect(server.local_addr());
     assert!(d.reply().starts_with("220"));
@@ -290,7 +291,7 @@ fn sigterm_stops_accepting_lets_sessions_finish_then_cuts_the_rest() {
         started.elapsed() >= Duration::from_millis(900),
         "after the grace period"
     );
-    assert!(child.wait().unwrap().success());
+    assert!(mq_e2e::wait_bounded(&mut child, "serve after SIGTERM").success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(rest.contains("SIGTERM: no new connections"), "{rest}");
@@ -379,7 +380,7 @@ fn swaks_delivers_and_sigusr1_prints_the_counters() {
         .status()
         .unwrap()
         .success());
-    assert!(child.wait().unwrap().success());
+    assert!(mq_e2e::wait_bounded(&mut child, "serve after SIGTERM").success());
 }
 
 #[test]

@@ -105,6 +105,10 @@ counters! {
     recipients_over_limit,
     /// Sessions closed because a command line or a message's data took longer than its deadline.
     sessions_too_slow,
+    /// Sessions closed because the client sent nothing for `idle_timeout`.
+    sessions_idle,
+    /// Messages refused with `552` for being over `max_message_size`.
+    messages_too_big,
     /// AUTH lines over the longest allowed (the exchange was cancelled).
     auth_lines_too_long,
     /// `MQ_send` calls cut at the session's output limit (`max_output_buffer`).

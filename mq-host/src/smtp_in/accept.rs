@@ -26,6 +26,9 @@ pub(super) fn listen(
     config: ServeConfig,
 ) -> std::io::Result<Listener> {
     let addr = listener.local_addr()?;
+    // `shutdown` is a socket call, not a stream one: std offers it on
+    // `TcpStream` only, so the second descriptor is held as one.
+    let wake = TcpStream::from(std::os::fd::OwnedFd::from(listener.try_clone()?));
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(OpenSessions::default());
     let acceptor = Acceptor {
@@ -42,6 +45,7 @@ pub(super) fn listen(
     Ok(Listener {
         addr,
         stop,
+        wake,
         thread: Some(thread),
         open,
         remotes,

@@ -264,6 +264,11 @@ fn expire_session_holds(w: &Worker) {
 pub struct Listener {
     addr: std::net::SocketAddr,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// A second descriptor of the listening socket, made while descriptors
+    /// were to be had: shutting it down wakes the acceptor's blocking
+    /// `accept` without needing a new descriptor (the process may have
+    /// none left when it stops).
+    wake: std::net::TcpStream,
     thread: Option<std::thread::JoinHandle<()>>,
     open: Arc<OpenSessions>,
     remotes: Vec<crate::runtime::event_loop::LoopRemote>,
@@ -309,8 +314,12 @@ impl Listener {
         if self.stop.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Wake the blocking accept with a connection of our own.
-        let _ = TcpStream::connect(self.addr);
+        // Wake the blocking accept: shutting the listening socket down
+        // makes it return (EINVAL); where that is refused, a connection of
+        // our own does.
+        if self.wake.shutdown(std::net::Shutdown::Read).is_err() {
+            let _ = TcpStream::connect(self.addr);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -326,6 +326,7 @@ pub(super) fn touch(w: &Worker, s: &Shared) {
     let timer = w.start_timer(after, move |w| {
         let Some(s) = weak.upgrade() else { return };
         s.borrow_mut().idle = None;
+        crate::observe::Counters::bump(&w.shared.counters.sessions_idle);
         reply(w, &s, "421 4.4.2 idle for too long, closing");
         close(w, &s);
     });

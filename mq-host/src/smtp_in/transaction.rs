@@ -38,6 +38,7 @@ pub(super) fn end_of_data(w: &Worker, s: &Shared) {
         data_done(w, s);
         reset(s);
         let max = s.borrow().config.max_message_size;
+        count(w, |c| &c.messages_too_big);
         return reply(w, s, &format!("552 5.3.4 message larger than {max} bytes"));
     }
     // One buffer for the data hook and every recipient's message.
