@@ -7,6 +7,7 @@
 //! - [`sys`]: MailerQ's C types and the raw signatures of its hooks, as in
 //!   `mailerq.h`; [`RawHook`], a hook's entry point typed by its shape;
 //! - [`Flow`]: how the host goes on after a hook;
+//! - [`Interest`]: the readiness of a file descriptor (`MQ_READ | MQ_WRITE`);
 //! - [`PluginModule`]: a Rust plugin's abi_stable root module, which
 //!   `mq-host` checks on load ([`check_plugin_layout`]) and through which
 //!   it hands the plugin its functions as a [`HostApi`] table;
@@ -21,11 +22,13 @@
 #![warn(missing_docs)]
 
 mod flow;
+mod interest;
 mod module;
 mod panic;
 pub mod sys;
 
 pub use flow::Flow;
+pub use interest::Interest;
 pub use module::*;
 pub use mq_hook_table::{Shape, HOOKS, MQ_API_VERSION};
 pub use panic::panic_text;

@@ -3,7 +3,7 @@
 use crate::boundary::guard_callback;
 use crate::handles::Context;
 use crate::host::host;
-use crate::sys::{MQ_IOWatcher, MQ_READ, MQ_WRITE};
+use crate::sys::MQ_IOWatcher;
 use crate::HostError;
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, c_void};
@@ -11,45 +11,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
-/// Which readiness to watch for, or which is present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Interest {
-    /// Readable (`MQ_READ`).
-    pub read: bool,
-    /// Writable (`MQ_WRITE`).
-    pub write: bool,
-}
-
-impl Interest {
-    /// Readable.
-    pub const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-    /// Writable.
-    pub const WRITE: Interest = Interest {
-        read: false,
-        write: true,
-    };
-    /// Readable or writable.
-    pub const BOTH: Interest = Interest {
-        read: true,
-        write: true,
-    };
-
-    /// From the C `events` bit mask.
-    pub const fn from_events(events: c_int) -> Interest {
-        Interest {
-            read: events & MQ_READ != 0,
-            write: events & MQ_WRITE != 0,
-        }
-    }
-
-    /// To the C `events` bit mask.
-    pub const fn events(self) -> c_int {
-        (if self.read { MQ_READ } else { 0 }) | (if self.write { MQ_WRITE } else { 0 })
-    }
-}
+pub use mq_abi::Interest;
 
 struct WatchState {
     active: Cell<bool>,

@@ -95,7 +95,7 @@ host_fn! {
             w.report_misuse(Some(plugin), "MQ_ioWatch", Misuse::NoCallback, "");
             return std::ptr::null_mut();
         };
-        let interest = Interest::from_mq(events);
+        let interest = Interest::from_events(events);
         if interest.is_empty() {
             w.report_misuse(Some(plugin), "MQ_ioWatch", Misuse::NoEvents, "");
             return std::ptr::null_mut();
@@ -108,7 +108,7 @@ host_fn! {
                 cb(
                     handle.to_raw() as usize as *mut MQ_IOWatcher,
                     fd,
-                    ready.to_mq(),
+                    ready.events(),
                     data,
                 )
             }

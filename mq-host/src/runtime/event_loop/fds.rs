@@ -9,6 +9,7 @@
 //! out an fd's ready events (one callback each) and discarding the watchers
 //! of a closed fd (each once).
 
+use super::interest::to_mio;
 use super::slab::Ended;
 use super::{is_gone, Inner, Interest, IoCallback};
 use mio::unix::SourceFd;
@@ -49,11 +50,10 @@ impl FdEntry {
 
     /// The union of the interests of the fd's watchers.
     fn wanted(&self) -> Option<mio::Interest> {
-        Interest {
+        to_mio(Interest {
             read: self.readers > 0,
             write: self.writers > 0,
-        }
-        .to_mio()
+        })
     }
 
     fn count(&mut self, interest: Interest, add: bool) {
@@ -86,7 +86,7 @@ impl Inner {
         cb: IoCallback,
         discarded: &mut Vec<Watcher>,
     ) -> Result<(u32, u16), (io::Error, IoCallback)> {
-        let Some(mio_interest) = interest.to_mio() else {
+        let Some(mio_interest) = to_mio(interest) else {
             let e = io::Error::new(io::ErrorKind::InvalidInput, "empty interest");
             return Err((e, cb));
         };

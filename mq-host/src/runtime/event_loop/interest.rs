@@ -4,94 +4,24 @@
 
 use std::os::fd::RawFd;
 
-/// The events an io watcher waits for, or that are ready.
-///
-/// A plain pair of flags; [`Interest::from_mq`] and [`Interest::to_mq`]
-/// convert from and to the `MQ_READ | MQ_WRITE` bits of the C API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Interest {
-    /// Readable (or hung up, or in error).
-    pub read: bool,
-    /// Writable (or hung up, or in error).
-    pub write: bool,
+pub use mq_abi::Interest;
+
+/// The mio registration for `interest`; `None` for none.
+pub(super) fn to_mio(interest: Interest) -> Option<mio::Interest> {
+    match (interest.read, interest.write) {
+        (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
+        (true, false) => Some(mio::Interest::READABLE),
+        (false, true) => Some(mio::Interest::WRITABLE),
+        (false, false) => None,
+    }
 }
 
-impl Interest {
-    /// Neither readable nor writable.
-    pub const NONE: Interest = Interest {
-        read: false,
-        write: false,
-    };
-    /// Readable.
-    pub const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-    /// Writable.
-    pub const WRITE: Interest = Interest {
-        read: false,
-        write: true,
-    };
-    /// Readable and writable.
-    pub const BOTH: Interest = Interest {
-        read: true,
-        write: true,
-    };
-    /// The C API's `MQ_READ` bit.
-    pub const MQ_READ: i32 = mq_abi::sys::MQ_READ;
-    /// The C API's `MQ_WRITE` bit.
-    pub const MQ_WRITE: i32 = mq_abi::sys::MQ_WRITE;
-
-    /// Converts the C API's `MQ_READ | MQ_WRITE` bits; other bits are ignored.
-    pub fn from_mq(events: i32) -> Interest {
-        Interest {
-            read: events & Self::MQ_READ != 0,
-            write: events & Self::MQ_WRITE != 0,
-        }
-    }
-
-    /// Converts to the C API's `MQ_READ | MQ_WRITE` bits.
-    pub fn to_mq(self) -> i32 {
-        (if self.read { Self::MQ_READ } else { 0 }) | (if self.write { Self::MQ_WRITE } else { 0 })
-    }
-
-    /// True if neither flag is set.
-    pub fn is_empty(self) -> bool {
-        !self.read && !self.write
-    }
-
-    /// The flags set in `self` or in `other`.
-    pub fn union(self, other: Interest) -> Interest {
-        Interest {
-            read: self.read || other.read,
-            write: self.write || other.write,
-        }
-    }
-
-    /// The flags set in both `self` and `other`.
-    pub fn intersection(self, other: Interest) -> Interest {
-        Interest {
-            read: self.read && other.read,
-            write: self.write && other.write,
-        }
-    }
-
-    pub(super) fn to_mio(self) -> Option<mio::Interest> {
-        match (self.read, self.write) {
-            (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
-            (true, false) => Some(mio::Interest::READABLE),
-            (false, true) => Some(mio::Interest::WRITABLE),
-            (false, false) => None,
-        }
-    }
-
-    /// libev's mapping: an error or a hang-up makes both directions ready.
-    pub(super) fn from_event(ev: &mio::event::Event) -> Interest {
-        let err = ev.is_error();
-        Interest {
-            read: ev.is_readable() || ev.is_read_closed() || err,
-            write: ev.is_writable() || ev.is_write_closed() || err,
-        }
+/// libev's mapping: an error or a hang-up makes both directions ready.
+pub(super) fn from_event(ev: &mio::event::Event) -> Interest {
+    let err = ev.is_error();
+    Interest {
+        read: ev.is_readable() || ev.is_read_closed() || err,
+        write: ev.is_writable() || ev.is_write_closed() || err,
     }
 }
 

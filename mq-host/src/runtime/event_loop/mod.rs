@@ -581,7 +581,7 @@ impl EventLoop {
                 continue;
             }
             if let Ok(fd) = RawFd::try_from(ev.token().0) {
-                inner.pending_io.push_back((fd, Interest::from_event(ev)));
+                inner.pending_io.push_back((fd, interest::from_event(ev)));
             }
         }
         Ok(())

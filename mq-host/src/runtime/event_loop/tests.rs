@@ -50,13 +50,13 @@ fn run_until(lp: &EventLoop, done: impl Fn() -> bool) {
 
 #[test]
 fn interest_conversions() {
-    assert_eq!(Interest::from_mq(1), Interest::READ);
-    assert_eq!(Interest::from_mq(2), Interest::WRITE);
-    assert_eq!(Interest::from_mq(3), Interest::BOTH);
-    assert_eq!(Interest::from_mq(0), Interest::NONE);
-    assert_eq!(Interest::BOTH.to_mq(), 3);
-    assert_eq!(Interest::READ.to_mq(), 1);
-    assert_eq!(Interest::WRITE.to_mq(), 2);
+    assert_eq!(Interest::from_events(1), Interest::READ);
+    assert_eq!(Interest::from_events(2), Interest::WRITE);
+    assert_eq!(Interest::from_events(3), Interest::BOTH);
+    assert_eq!(Interest::from_events(0), Interest::NONE);
+    assert_eq!(Interest::BOTH.events(), 3);
+    assert_eq!(Interest::READ.events(), 1);
+    assert_eq!(Interest::WRITE.events(), 2);
     assert_eq!(Interest::READ.union(Interest::WRITE), Interest::BOTH);
     assert_eq!(
         Interest::BOTH.intersection(Interest::WRITE),
