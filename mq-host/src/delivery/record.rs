@@ -8,10 +8,16 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// How far ahead the message's `nextattempt` (RFC 3339 UTC, as a retry
-/// writes it) is; `None` if it is due (or has none that can be read).
+/// How far ahead the message's `nextattempt` is — MailerQ's
+/// `{"time": "YYYY-MM-DD HH:MM:SS"}` (UTC), or an RFC 3339 UTC text as
+/// older mq-host retries wrote it; `None` if it is due (or has none that
+/// can be read).
 pub(super) fn not_due(message: &Map<String, Value>) -> Option<Duration> {
-    let at = clock::parse_rfc3339(message.get("nextattempt")?.as_str()?)?;
+    let at = match message.get("nextattempt")? {
+        Value::Object(next) => clock::parse_mailerq_time(next.get("time")?.as_str()?)?,
+        Value::String(text) => clock::parse_rfc3339(text)?,
+        _ => return None,
+    };
     at.duration_since(SystemTime::now())
         .ok()
         .filter(|wait| !wait.is_zero())

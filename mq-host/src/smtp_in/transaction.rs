@@ -4,7 +4,7 @@
 
 use super::session::Recipient;
 use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared};
-use crate::clock::now_rfc3339;
+use crate::clock::now_mailerq;
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::message::{ChainArgs, Direction, MessageObj};
@@ -87,7 +87,7 @@ fn message_for(
             "envelope": sess.envelope.clone().unwrap_or_default(),
             "recipient": recipients[i].address,
             "hostname": sess.config.hostname,
-            "received": now_rfc3339(),
+            "received": now_mailerq(),
             "message-id": message_id(&sess.config.hostname),
             "connection": {"peer": peer, "helo": sess.helo.clone().unwrap_or_default()},
         })
