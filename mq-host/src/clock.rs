@@ -4,11 +4,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Now as RFC 3339 UTC (`2026-11-22T21:08:37Z`).
-pub(crate) fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
 /// `time` as RFC 3339 UTC, to the second.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
     let c = Civil::from_time(time);

@@ -318,9 +318,30 @@ impl Host {
     /// Opens a connection on worker `worker`. No hook runs yet: send
     /// [`Event::Connect`] for `smtp_in_connect`.
     pub fn open_on(&self, worker: usize, direction: Direction) -> Result<Session<'_>, RunError> {
+        self.open_fd(worker, direction, -1)
+    }
+
+    /// Opens a connection on the next worker whose `MQ_fileDescriptor` is
+    /// `fd` (a delivery's relay socket), which must stay open until the
+    /// session is closed.
+    pub(crate) fn open_socket(
+        &self,
+        direction: Direction,
+        fd: std::os::fd::RawFd,
+    ) -> Result<Session<'_>, RunError> {
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        self.open_fd(worker, direction, fd)
+    }
+
+    fn open_fd(
+        &self,
+        worker: usize,
+        direction: Direction,
+        fd: std::os::fd::RawFd,
+    ) -> Result<Session<'_>, RunError> {
         let (tx, rx) = mpsc::channel();
         let posted = worker::post(&self.worker(worker)?.remote, move |w| {
-            let _ = tx.send(w.open_connection(-1).id);
+            let _ = tx.send(w.open_connection(fd).id);
         });
         if !posted {
             return Err(RunError::WorkerGone);

@@ -41,33 +41,54 @@
 //!
 //! # Results
 //!
-//! A result is the message's MailerQ JSON with the attempt added to its
-//! `results` array, and `mime` removed unless the message sets `keepmime`:
+//! A result is the message's JSON as MailerQ publishes it: the message
+//! with the attempt added to its `results` array, and `mime` removed unless
+//! the message sets `keepmime`:
 //!
 //! ```json
 //! {"envelope": "a@example.org", "recipient": "b@example.net",
-//!  "results": [{"time": "2026-11-30T09:12:01Z", "relay": "127.0.0.1:2526",
-//!               "attempt": 1, "status": "success", "state": "data",
-//!               "code": 250, "extended": "2.0.0", "description": "OK queued"}]}
+//!  "results": [{"state": "message", "result": "accepted",
+//!               "time": "2026-11-30 09:12:01", "mta": "relay.example.net",
+//!               "from": "127.0.0.1", "to": "127.0.0.1", "messages": 1,
+//!               "sent": {"connection": 113, "data": 42},
+//!               "code": 250, "status": "2.0.0", "dsn": false,
+//!               "description": "OK queued"}]}
 //! ```
 //!
-//! `status` is `success`, `failure` or `retry`; `state` names the step the
-//! reply answered (`connect`, `greeting`, `ehlo`, `mailfrom`, `rcptto`,
-//! `data`, `sent`); `code`, `extended` and `description` are the relay's
-//! reply, or for an error without one, `description` says what happened.
-//! Results are written durably to `success/`, `failures/` or `retry/` under
-//! the data directory, and handed to the caller of [`run`].
+//! `state` is the step the attempt ended in, with MailerQ's names
+//! (`process`, `storage`, `responsive`, `dns`, `connect`, `intro` for the
+//! greeting, `ehlo` or `helo` as used, `mailfrom`, `rcptto`, `data`, and
+//! `message` for the reply to the data); `result` what ended it
+//! (`accepted`, `timeout`, `lost` when the connection broke, `invalid` for
+//! an answer that is not SMTP, `error` for a refusal or an error of the
+//! host's own). `time` is UTC, `YYYY-MM-DD HH:MM:SS`. Once connected, `mta`
+//! is the first word of the relay's greeting, `from` and `to` the two IP
+//! addresses, `messages` 1 (mq-host sends one message per connection) and
+//! `sent` the bytes written in all and of the message's data; `dsn`, on a
+//! delivered message, whether the relay announced DSN. `code`, `status`
+//! (the enhanced code) and `description` are the relay's reply; without
+//! one, `description` says what happened. Final results are written
+//! durably to `results/` and to `success/` or `failures/` under the data
+//! directory; a result to be retried to `retry/` (MailerQ's four result
+//! queues). Each is handed to the caller of [`run`] too.
 //!
-//! # Retries
+//! # Retries and expiry
 //!
-//! A temporary failure is retried after a delay that doubles from
+//! A temporary failure (4xx, a broken connection, a timeout) is retried
+//! after the delays of the message's `retries` (seconds, the last one
+//! repeated), else after a delay that doubles from
 //! [`DeliveryConfig::retry_delay`] up to [`DeliveryConfig::max_retry_delay`]
-//! (or, if the message has a `retries` array, its entries in seconds, the
-//! last one repeated), until `maxattempts` (the message's, or
-//! [`DeliveryConfig::max_attempts`]) attempts were made; then it is a
-//! failure. The message file stays in the outbox meanwhile, rewritten with
-//! its `results` so far and its `nextattempt` (RFC 3339 UTC), which a
-//! restart honours; other waiting messages are due at once.
+//! (MailerQ's default is a fixed list; mq-host's is a setting of its own).
+//! The message file stays in the outbox meanwhile, rewritten with its
+//! `results` so far and `nextattempt` `{"time": "YYYY-MM-DD HH:MM:SS"}`,
+//! which is honoured however the message got it. A message expires — a
+//! failure whose last result has state `process` and result `timeout`, as
+//! in MailerQ — once it made `maxattempts` attempts (the message's, else
+//! [`DeliveryConfig::max_attempts`]; 0: no limit) or its `maxdelivertime`
+//! (`YYYY-MM-DD HH:MM:SS`, UTC) has passed; without one, its delivery time
+//! ends [`DeliveryConfig::max_deliver_time`] (MailerQ's 24 hours) after its
+//! first attempt. A retry whose next attempt would come after that is not
+//! waited for: the message expires at once.
 //!
 //! A message is delivered at least once: if the host dies after the relay
 //! accepted a message but before its result was written, the message is
@@ -83,7 +104,9 @@
 //! socket with deadlines; `record` what an attempt leaves (results,
 //! retries).
 
+mod attempt;
 mod outbox;
+mod properties;
 mod record;
 mod relay;
 mod timed;
@@ -96,8 +119,8 @@ use crate::clock;
 use crate::observe::Counters;
 use crate::observe::Priority;
 use crate::store::{self, Queue};
+use attempt::{attempt, Kind, Step};
 use record::*;
-use relay::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -128,8 +151,13 @@ pub struct DeliveryConfig {
     /// The longest delay between retries.
     pub max_retry_delay: Duration,
     /// Attempts before a temporary failure becomes a failure, unless the
-    /// message sets `maxattempts`.
+    /// message sets `maxattempts`; 0 (the default, as MailerQ's
+    /// `max-attempts`): no limit but the delivery time.
     pub max_attempts: u32,
+    /// How long after its first attempt a message without
+    /// `maxdelivertime` may still be tried (default 24 hours: MailerQ's
+    /// `max-delivertime` default of 86400 seconds).
+    pub max_deliver_time: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -143,7 +171,8 @@ impl Default for DeliveryConfig {
             send_timeout: Duration::from_secs(600),
             retry_delay: Duration::from_secs(60),
             max_retry_delay: Duration::from_secs(3600),
-            max_attempts: 5,
+            max_attempts: 0,
+            max_deliver_time: Duration::from_secs(86_400),
         }
     }
 }
@@ -161,7 +190,8 @@ pub enum Status {
 }
 
 impl Status {
-    /// `success`, `failure` or `retry`.
+    /// `success`, `failure` or `retry` (for logs; a result's JSON tells
+    /// them apart by its queue, as MailerQ's does).
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",
@@ -337,7 +367,24 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
     if let Some(wait) = not_due(&message) {
         return Turn::NotYet(wait);
     }
-    let (attempt, relay) = attempt(host, outbox, config, &message);
+    let (deadline, unreadable) = deadline(&message, config);
+    if let Some(text) = unreadable {
+        host.host_log(
+            Priority::Warning,
+            format!(
+                "delivery: {name}: `maxdelivertime` {text} is not YYYY-MM-DD HH:MM:SS (UTC); \
+                 its delivery time ends {} after its first attempt instead",
+                timed::seconds(config.max_deliver_time)
+            ),
+        );
+    }
+    if let Some(why) = expired(&message, config, deadline) {
+        return expire(host, outbox, file, &name, message, &why);
+    }
+    let (attempt, relay) = match properties::plan(host, outbox, config, &message) {
+        Ok(plan) => attempt(host, outbox, config, &message, &plan),
+        Err(refused) => (refused, None),
+    };
     if attempt.error.is_some() && outbox.was_cut() {
         host.host_log(
             Priority::Warning,
@@ -346,37 +393,65 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
         return Turn::Over;
     }
     Counters::bump(&host.counters_live().delivery_attempts);
-    if attempt.timed_out {
+    if attempt.timed_out() {
         Counters::bump(&host.counters_live().relay_timeouts);
     }
-    let turn = match record(outbox, config, file, &name, message, attempt) {
-        Ok((outcome, again)) => {
-            host.host_log(
-                Priority::Info,
-                format!(
-                    "delivery: {name} to {}: {} ({})",
-                    outcome.result["recipient"].as_str().unwrap_or("?"),
-                    outcome.status.as_str(),
-                    last_description(&outcome.result)
-                ),
-            );
+    let turn = match record(outbox, config, file, &name, message, &attempt) {
+        Ok((outcome, again, expired)) => {
+            if expired {
+                Counters::bump(&host.counters_live().messages_expired);
+            }
+            log_result(host, &name, &outcome);
             Turn::Recorded(outcome, again)
         }
-        Err(e) => {
-            host.host_log(
-                Priority::Critical,
-                format!(
-                    "delivery: cannot record the result of {name}: {e}; it stays in the outbox"
-                ),
-            );
-            Turn::Later
-        }
+        Err(e) => cannot_record(host, &name, e),
     };
     // The result is safe: now a polite end, if the conversation is in step.
     if let Some(mut relay) = relay {
         relay.quit();
     }
     turn
+}
+
+/// A message that may have no further attempt ends: a failure whose
+/// result has state `process`, result `timeout`.
+fn expire(
+    host: &Host,
+    outbox: &Outbox,
+    file: &Path,
+    name: &str,
+    mut message: serde_json::Map<String, Value>,
+    why: &str,
+) -> Turn {
+    let attempts = push_result(&mut message, expiry_entry(why));
+    match write_result(outbox, file, name, message, Status::Failure, attempts) {
+        Ok(outcome) => {
+            Counters::bump(&host.counters_live().messages_expired);
+            log_result(host, name, &outcome);
+            Turn::Recorded(outcome, None)
+        }
+        Err(e) => cannot_record(host, name, e),
+    }
+}
+
+fn log_result(host: &Host, name: &str, outcome: &Outcome) {
+    host.host_log(
+        Priority::Info,
+        format!(
+            "delivery: {name} to {}: {} ({})",
+            outcome.result["recipient"].as_str().unwrap_or("?"),
+            outcome.status.as_str(),
+            last_description(&outcome.result)
+        ),
+    );
+}
+
+fn cannot_record(host: &Host, name: &str, e: std::io::Error) -> Turn {
+    host.host_log(
+        Priority::Critical,
+        format!("delivery: cannot record the result of {name}: {e}; it stays in the outbox"),
+    );
+    Turn::Later
 }
 
 pub(super) fn last_description(result: &Value) -> String {
@@ -406,7 +481,8 @@ pub(super) fn quarantine(host: &Host, outbox: &Outbox, file: &Path, name: &str, 
                 ),
             );
             let result = json!({"file": file.display().to_string(), "results": [{
-                "time": clock::now_rfc3339(), "status": "failure", "state": relay::Step::Message.as_str(),
+                "state": Step::Process.as_str(), "result": Kind::Invalid.as_str(),
+                "time": clock::now_mailerq(),
                 "description": format!("not a MailerQ message: {why}")}]});
             Turn::Recorded(
                 Outcome {
@@ -433,6 +509,7 @@ pub(super) fn quarantine(host: &Host, outbox: &Outbox, file: &Path, name: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay::*;
     use serde_json::Map;
     use std::io::Write;
 
@@ -479,8 +556,17 @@ mod tests {
         let Value::Object(limited) = json!({"maxattempts": 2}) else {
             unreachable!()
         };
-        assert_eq!(max_attempts(&limited, &config), 2);
-        assert_eq!(max_attempts(&plain, &config), 5);
+        assert_eq!(max_attempts(&limited, &config), Some(2));
+        assert_eq!(max_attempts(&plain, &config), None, "MailerQ's default: no limit");
+        let Value::Object(unlimited) = json!({"maxattempts": 0}) else {
+            unreachable!()
+        };
+        let three = DeliveryConfig {
+            max_attempts: 3,
+            ..Default::default()
+        };
+        assert_eq!(max_attempts(&unlimited, &three), None);
+        assert_eq!(max_attempts(&plain, &three), Some(3));
     }
 
     #[test]
@@ -527,7 +613,7 @@ mod tests {
             relay: listener.local_addr().unwrap().to_string(),
             ..Default::default()
         };
-        let mut relay = Relay::connect(&config).unwrap();
+        let mut relay = Relay::connect(&config, &config.relay).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
         relay.send_data(b".a\r\nb\nc\r.d\r\n\r\n..e\rf").unwrap();
         drop(relay);
@@ -547,7 +633,7 @@ mod tests {
             reply_timeout: Duration::from_secs(5),
             ..Default::default()
         };
-        let mut relay = Relay::connect(&config).unwrap();
+        let mut relay = Relay::connect(&config, &config.relay).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
         peer.write_all(b"250-first\r\n250-2.0.0 second \xe9\r\n250 2.1.0 third\r\n")
             .unwrap();
@@ -555,10 +641,12 @@ mod tests {
         assert_eq!(reply.code, 250);
         assert_eq!(reply.extended.as_deref(), Some("2.0.0"));
         assert_eq!(reply.text, "first second \u{fffd} third");
+        assert_eq!(reply.lines, ["first", "second \u{fffd}", "third"]);
         peer.write_all(&[b'x'; LONGEST_REPLY_LINE + 10]).unwrap();
         assert_eq!(
             relay.read_reply("the reply").unwrap_err(),
-            "the relay sent a reply line that is too long".into()
+            Broken::invalid("the relay sent a reply line that is too long"),
+            "an answer that is not SMTP: result `invalid`"
         );
     }
 

@@ -45,6 +45,8 @@ pub(super) struct Shared {
     queue: Mutex<Due>,
     /// Signalled when the queue changes.
     changed: Condvar,
+    /// Message properties reported as not implemented in this run.
+    reported: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ impl Outbox {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Due::default()),
                 changed: Condvar::new(),
+                reported: Mutex::default(),
             }),
             data_dir,
             _lock: Arc::new(lock),
@@ -197,6 +200,12 @@ impl Outbox {
             outbox: self.clone(),
             id,
         })
+    }
+
+    /// Whether `property` is reported for the first time in this run.
+    pub(super) fn first_report(&self, property: &str) -> bool {
+        let mut reported = self.shared.reported.lock().unwrap_or_else(|e| e.into_inner());
+        reported.insert(property.to_owned())
     }
 
     pub(super) fn was_cut(&self) -> bool {

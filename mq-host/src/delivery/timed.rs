@@ -19,6 +19,8 @@ pub(super) struct TimedStream {
     deadline: Instant,
     /// Bytes moved since the deadline was set.
     moved: u64,
+    /// Bytes moved in all.
+    total: u64,
 }
 
 impl TimedStream {
@@ -28,6 +30,7 @@ impl TimedStream {
             stream,
             deadline: Instant::now(),
             moved: 0,
+            total: 0,
         };
         timed.limit(limit);
         timed
@@ -46,6 +49,11 @@ impl TimedStream {
     /// Bytes read or written since the deadline was last set.
     pub(super) fn moved(&self) -> u64 {
         self.moved
+    }
+
+    /// Bytes read or written in all.
+    pub(super) fn total(&self) -> u64 {
+        self.total
     }
 
     /// The socket.
@@ -77,6 +85,7 @@ impl Read for TimedStream {
         self.stream.set_read_timeout(Some(self.left()?))?;
         let n = self.stream.read(buf)?;
         self.moved += n as u64;
+        self.total += n as u64;
         Ok(n)
     }
 }
@@ -86,6 +95,7 @@ impl Write for TimedStream {
         self.stream.set_write_timeout(Some(self.left()?))?;
         let n = self.stream.write(buf)?;
         self.moved += n as u64;
+        self.total += n as u64;
         Ok(n)
     }
 

@@ -121,6 +121,13 @@ counters! {
     /// Delivery attempts the relay made too slow (connecting, a reply, or taking the
     /// message's data past its limit): each ended as a retry.
     relay_timeouts,
+    /// Outgoing messages' properties that MailerQ documents and mq-host does not
+    /// implement (`dkim`, `ips`, ...), one per property per message; each property
+    /// is also named in a warning, once per delivery run.
+    properties_not_implemented,
+    /// Messages that expired before delivery: their `maxdelivertime` passed or their
+    /// `maxattempts` were used up (a failure with state `process`, result `timeout`).
+    messages_expired,
 }
 
 impl Counters {

@@ -15,6 +15,7 @@
 //! | `inbox/`     | the outbox: accepted messages waiting for delivery        |
 //! | `local/`     | messages a plugin marked local (`MQ_setLocal`)            |
 //! | `refused/`   | messages a plugin refused at `smtp_in_message`, with the reply |
+//! | `results/`   | delivery results: every final one (delivered or failed)   |
 //! | `success/`   | delivery results: delivered                               |
 //! | `failures/`  | delivery results: failed for good                         |
 //! | `retry/`     | delivery results: failed for now, to be retried           |
@@ -38,6 +39,8 @@ pub(crate) enum Queue {
     Local,
     /// Messages a plugin refused at `smtp_in_message`.
     Refused,
+    /// Delivery results: every final one (MailerQ's `results` queue).
+    Results,
     /// Delivery results: delivered.
     Success,
     /// Delivery results: failed for good.
@@ -53,6 +56,7 @@ impl Queue {
             Queue::Inbox => "inbox",
             Queue::Local => "local",
             Queue::Refused => "refused",
+            Queue::Results => "results",
             Queue::Success => "success",
             Queue::Failures => "failures",
             Queue::Retry => "retry",

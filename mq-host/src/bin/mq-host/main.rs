@@ -184,9 +184,15 @@ struct DeliveryArgs {
     #[arg(long, default_value_t = 3600.0)]
     max_retry_delay: f64,
     /// Attempts before a temporary failure becomes a failure (a message's
-    /// own `maxattempts` wins).
-    #[arg(long, default_value_t = 5)]
+    /// own `maxattempts` wins); 0: no limit but --max-delivertime
+    /// (MailerQ's `max-attempts`, default 0).
+    #[arg(long, default_value_t = 0)]
     max_attempts: u32,
+    /// Seconds after its first attempt that a message without its own
+    /// `maxdelivertime` may still be tried (MailerQ's `max-delivertime`,
+    /// default 86400).
+    #[arg(long, default_value_t = 86_400.0)]
+    max_delivertime: f64,
     /// Seconds the relay may take for each reply, all its lines together
     /// (and for taking each command); a slower reply makes the attempt a
     /// retry.
@@ -225,7 +231,8 @@ impl DeliveryArgs {
             send_timeout: limit("send-timeout", self.send_timeout)?,
             retry_delay: secs("retry-delay", self.retry_delay)?,
             max_retry_delay: secs("max-retry-delay", self.max_retry_delay)?,
-            max_attempts: self.max_attempts.max(1),
+            max_attempts: self.max_attempts,
+            max_deliver_time: secs("max-delivertime", self.max_delivertime)?,
         })
     }
 }
