@@ -17,6 +17,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-hostile",
     "mq-test-c-hostile",
     "mq-test-c-misuse",
+    "mq-test-c-out-socket",
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",

@@ -228,9 +228,11 @@ fn deliver_bounds_a_relay_that_dribbles_with_reply_timeout() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let attempt = &result["results"][0];
-    assert_eq!(attempt["state"], "greeting", "{result}");
+    assert_eq!(attempt["state"], "intro", "{result}");
+    assert_eq!(attempt["result"], "timeout", "{result}");
+    let expiry = &result["results"][1];
     assert_eq!(
-        attempt["status"], "failure",
+        expiry["description"], "expired: 1 attempt(s) made, maxattempts is 1",
         "one attempt allowed: {result}"
     );
     let description = attempt["description"].as_str().unwrap();

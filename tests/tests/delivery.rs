@@ -94,19 +94,21 @@ fn messages_reach_the_relay_byte_for_byte_with_the_out_hooks() {
     assert_eq!(first["key"], "k1", "custom properties are kept");
     assert!(first.get("mime").is_none(), "mime stripped: {first}");
     let result = &first["results"][0];
-    assert_eq!(result["status"], "success");
-    assert_eq!(result["state"], "sent");
+    assert_eq!(result["result"], "accepted");
+    assert_eq!(result["state"], "message");
     assert_eq!(result["code"], 250);
-    assert_eq!(result["extended"], "2.0.0");
+    assert_eq!(result["status"], "2.0.0");
     assert!(result["description"]
         .as_str()
         .unwrap()
         .starts_with("OK stored as"));
-    assert_eq!(result["relay"], sink.relay());
+    assert_eq!(result["mta"], "sink.test");
+    assert_eq!(result["to"], "127.0.0.1");
     assert_eq!(by_key("c@example.net")["mime"], "Subject: lf\n\nonly lf");
 
     let data = dir.path().join("data");
     assert_eq!(json_files(&data.join("success")).len(), 2);
+    assert_eq!(json_files(&data.join("results")).len(), 2);
     assert!(json_files(&data.join("inbox")).is_empty(), "outbox empty");
 }
 
@@ -131,11 +133,11 @@ fn temporary_failures_are_retried_with_backoff_until_delivered() {
     let last = &outcomes[2].result;
     let results = last["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
-    assert_eq!(results[0]["status"], "retry");
+    assert_eq!(results[0]["result"], "error");
     assert_eq!(results[0]["code"], 451);
-    assert_eq!(results[0]["extended"], "4.3.0");
-    assert_eq!(results[0]["state"], "sent");
-    assert_eq!(results[2]["status"], "success");
+    assert_eq!(results[0]["status"], "4.3.0");
+    assert_eq!(results[0]["state"], "message");
+    assert_eq!(results[2]["result"], "accepted");
     // The plugin saw the earlier attempts in the message JSON.
     assert_eq!(
         sink.received()[0].data,
@@ -144,7 +146,7 @@ fn temporary_failures_are_retried_with_backoff_until_delivered() {
     let data = dir.path().join("data");
     let retries = json_files(&data.join("retry"));
     assert_eq!(retries.len(), 2);
-    assert!(retries[0]["nextattempt"].is_string());
+    assert!(retries[0]["nextattempt"]["time"].is_string());
     assert!(retries.iter().all(|r| r.get("mime").is_none()));
 }
 
@@ -186,13 +188,20 @@ fn permanent_errors_and_used_up_attempts_are_failures() {
     assert_eq!(rejected.len(), 1, "a 5xx is not retried");
     assert_eq!(rejected[0]["state"], "rcptto");
     assert_eq!(rejected[0]["code"], 550);
-    assert_eq!(rejected[0]["extended"], "5.1.1");
+    assert_eq!(rejected[0]["status"], "5.1.1");
+    assert_eq!(rejected[0]["result"], "error");
     let used_up = find("y@example.net");
-    assert_eq!(used_up.len(), 2, "maxattempts 2");
-    assert_eq!(used_up[1]["status"], "failure");
-    assert_eq!(used_up[1]["gaveup"], "2 attempt(s) made");
+    assert_eq!(used_up.len(), 3, "maxattempts 2, then the expiry");
+    assert_eq!(used_up[1]["result"], "error");
+    assert_eq!(used_up[2]["state"], "process");
+    assert_eq!(used_up[2]["result"], "timeout");
+    assert_eq!(
+        used_up[2]["description"],
+        "expired: 2 attempt(s) made, maxattempts is 2"
+    );
     let no_mime = find("z@example.net");
-    assert_eq!(no_mime[0]["state"], "data");
+    assert_eq!(no_mime[0]["state"], "storage");
+    assert_eq!(no_mime[0]["result"], "error");
     assert!(no_mime[0]["description"]
         .as_str()
         .unwrap()
@@ -202,7 +211,8 @@ fn permanent_errors_and_used_up_attempts_are_failures() {
         .find(|o| o.result["recipient"].as_str().unwrap().contains("evil"))
         .unwrap()
         .result["results"][0];
-    assert_eq!(injected["state"], "message");
+    assert_eq!(injected["state"], "process");
+    assert_eq!(injected["result"], "invalid");
     assert!(injected["description"]
         .as_str()
         .unwrap()
@@ -257,6 +267,7 @@ fn an_unreachable_relay_is_a_temporary_failure_and_broken_files_are_reported() {
     assert_eq!(down[1].status, Status::Failure);
     let result = &down[1].result["results"][1];
     assert_eq!(result["state"], "connect");
+    assert_eq!(result["result"], "error");
     assert!(
         result["description"]
             .as_str()
@@ -313,12 +324,12 @@ fn deliver_command_prints_results_and_progress() {
         "line 8: not UTF-8: invalid utf-8 sequence of 1 bytes from index 15"
     );
     assert_eq!(results[1]["line"], 8);
-    let statuses: Vec<_> = results[2..]
+    let kinds: Vec<_> = results[2..]
         .iter()
-        .map(|r| r["results"][0]["status"].as_str().unwrap())
+        .map(|r| r["results"][0]["result"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == "success").count(), 5);
-    assert_eq!(statuses.iter().filter(|s| **s == "failure").count(), 1);
+    assert_eq!(kinds.iter().filter(|s| **s == "accepted").count(), 5);
+    assert_eq!(kinds.iter().filter(|s| **s == "error").count(), 1);
     // The example plugins ran (no --plugins): out-trace added its header.
     let received = sink.received();
     assert_eq!(received.len(), 5);
@@ -713,6 +724,7 @@ fn assert_timed_out(
     assert_eq!(outcome.status, Status::Retry, "{}", outcome.result);
     let result = &outcome.result["results"][0];
     assert_eq!(result["state"], state, "{result}");
+    assert_eq!(result["result"], "timeout", "{result}");
     let description = result["description"].as_str().unwrap();
     assert!(description.contains(what), "{description}");
     assert!(description.contains("timed out after 1 s"), "{description}");
@@ -725,7 +737,7 @@ fn a_relay_dribbling_its_greeting_is_a_retry_that_names_the_timeout() {
     let relay = misbehaving_relay(Stall::Greeting);
     let (outcome, counters) =
         one_attempt("stall-greeting", relay, "Subject: x\r\n\r\nx\r\n".into());
-    assert_timed_out(&outcome, &counters, "greeting", "the relay's greeting");
+    assert_timed_out(&outcome, &counters, "intro", "the relay's greeting");
 }
 
 #[test]
@@ -733,7 +745,7 @@ fn a_relay_dribbling_a_reply_is_a_retry_that_names_the_timeout() {
     for (verb, state, what) in [
         ("EHLO", "ehlo", "the relay's reply to EHLO"),
         ("RCPT", "rcptto", "the relay's reply to RCPT"),
-        (".", "sent", "the relay's reply to the message's data"),
+        (".", "message", "the relay's reply to the message's data"),
     ] {
         let relay = misbehaving_relay(Stall::ReplyTo(verb));
         let (outcome, counters) =

@@ -574,11 +574,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mq-pickup-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let inbox = dir.join("inbox");
-        let later = clock::rfc3339(SystemTime::now() + Duration::from_secs(3600));
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let mailerq = json!({"time": clock::mailerq_time(later)});
         store::store_as(
             &inbox,
             "a.json",
-            &json!({"recipient": "a@x", "nextattempt": later}),
+            &json!({"recipient": "a@x", "nextattempt": mailerq}),
         )
         .unwrap();
         store::store_as(&inbox, "b.json", &json!({"recipient": "b@x"})).unwrap();
@@ -602,6 +603,11 @@ mod tests {
         let wait = not_due(&read("a.json")).expect("a is not due");
         assert!(wait > Duration::from_secs(3500));
         assert_eq!(not_due(&read("b.json")), None);
+        // The RFC 3339 text earlier mq-host versions wrote is read too.
+        let Value::Object(old) = json!({"nextattempt": clock::rfc3339(later)}) else {
+            unreachable!()
+        };
+        assert!(not_due(&old).expect("not due") > Duration::from_secs(3500));
         drop(outbox);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -663,6 +669,38 @@ mod tests {
         drop(first);
         Outbox::open(&dir).expect("free again once the first is gone");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn delivery_time_ends_at_maxdelivertime_or_a_day_after_the_first_attempt() {
+        let config = DeliveryConfig::default();
+        let message = |v: Value| -> Map<String, Value> {
+            let Value::Object(m) = v else { unreachable!() };
+            m
+        };
+        let at = |text: &str| clock::parse_mailerq_time(text).unwrap();
+        // Its own maxdelivertime.
+        let own = message(json!({"maxdelivertime": "2030-02-10 00:00:00"}));
+        assert_eq!(deadline(&own, &config), (at("2030-02-10 00:00:00"), None));
+        // Else a day (MailerQ's max-delivertime) after its first attempt.
+        let tried = message(json!({"results": [{"time": "2026-01-01 10:00:00"}]}));
+        assert_eq!(deadline(&tried, &config).0, at("2026-01-02 10:00:00"));
+        assert!(expired(&tried, &config, deadline(&tried, &config).0)
+            .unwrap()
+            .contains("delivery time ended at 2026-01-02 10:00:00"));
+        // Unreadable: the default, and the text for a warning.
+        let bad = message(json!({"maxdelivertime": "2030-02-10T00:00:00Z"}));
+        let (end, unreadable) = deadline(&bad, &config);
+        assert!(end > SystemTime::now() + Duration::from_secs(86_000));
+        assert_eq!(unreadable.as_deref(), Some("2030-02-10T00:00:00Z"));
+        // Attempts used up.
+        let used = message(json!({"maxattempts": 1, "results": [{}]}));
+        assert_eq!(
+            expired(&used, &config, deadline(&used, &config).0).as_deref(),
+            Some("expired: 1 attempt(s) made, maxattempts is 1")
+        );
+        let fresh = message(json!({"maxattempts": 1}));
+        assert_eq!(expired(&fresh, &config, deadline(&fresh, &config).0), None);
     }
 
     #[test]
