@@ -44,7 +44,9 @@ fn deliver(
 
 /// `text` is a time as MailerQ writes it: `YYYY-MM-DD HH:MM:SS`.
 fn assert_mailerq_time(text: &Value) {
-    let text = text.as_str().unwrap_or_else(|| panic!("not a string: {text}"));
+    let text = text
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {text}"));
     let shape: String = text
         .chars()
         .map(|c| if c.is_ascii_digit() { 'D' } else { c })
@@ -125,7 +127,10 @@ fn a_delivered_message_has_mailerqs_result_field_by_field_in_results_and_success
     assert_eq!(entry["state"], "message");
     assert_eq!(entry["result"], "accepted");
     assert_mailerq_time(&entry["time"]);
-    assert_eq!(entry["mta"], "sink.test", "the name in the relay's greeting");
+    assert_eq!(
+        entry["mta"], "sink.test",
+        "the name in the relay's greeting"
+    );
     assert_eq!(entry["from"], "127.0.0.1");
     assert_eq!(entry["to"], "127.0.0.1");
     assert_eq!(entry["messages"], 1);
@@ -148,8 +153,11 @@ fn a_delivered_message_has_mailerqs_result_field_by_field_in_results_and_success
     // The four queues: a delivery is in `results` and `success`.
     let data = dir.path().join("data");
     let stored = json_files(&data.join("results"));
-    assert_eq!(stored, [result.clone()]);
-    assert_eq!(json_files(&data.join("success")), [result.clone()]);
+    assert_eq!(stored, std::slice::from_ref(result));
+    assert_eq!(
+        json_files(&data.join("success")),
+        std::slice::from_ref(result)
+    );
     assert!(names(&data.join("failures")).is_empty());
     assert!(names(&data.join("retry")).is_empty());
     assert!(names(&data.join("inbox")).is_empty());
@@ -159,7 +167,10 @@ fn a_delivered_message_has_mailerqs_result_field_by_field_in_results_and_success
 /// then for each command the reply its verb has in `replies` (`354 go on`
 /// to `DATA`, `250 ok` to others, if none; `CLOSE` closes the connection). After `DATA`'s `354`, the data
 /// is read and `.` answered from `replies` (`250 2.0.0 queued` if none).
-fn scripted_relay(greeting: &'static str, replies: &'static [(&'static str, &'static str)]) -> String {
+fn scripted_relay(
+    greeting: &'static str,
+    replies: &'static [(&'static str, &'static str)],
+) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -181,8 +192,16 @@ fn scripted_relay(greeting: &'static str, replies: &'static [(&'static str, &'st
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    let verb = line.split([' ', ':', '\r']).next().unwrap().to_ascii_uppercase();
-                    let default = if verb == "DATA" { "354 go on" } else { "250 ok" };
+                    let verb = line
+                        .split([' ', ':', '\r'])
+                        .next()
+                        .unwrap()
+                        .to_ascii_uppercase();
+                    let default = if verb == "DATA" {
+                        "354 go on"
+                    } else {
+                        "250 ok"
+                    };
                     let mut reply = answer(&verb, default);
                     if verb == "QUIT" {
                         reply = "221 bye";
@@ -238,7 +257,10 @@ fn each_step_of_the_conversation_reports_mailerqs_state_and_result() {
     assert_eq!(entry["result"], "error");
     assert_eq!(entry["code"], 421);
     assert_eq!(entry["mta"], "busy.relay.test");
-    assert!(entry.get("dsn").is_none(), "dsn only on a delivery: {entry}");
+    assert!(
+        entry.get("dsn").is_none(),
+        "dsn only on a delivery: {entry}"
+    );
 
     // EHLO refused, HELO used: its refusal has state helo.
     let relay = scripted_relay(
@@ -336,8 +358,14 @@ fn retries_go_to_retry_with_a_nextattempt_object_and_used_up_attempts_expire() {
 
     let data = dir.path().join("data");
     assert_eq!(names(&data.join("retry")).len(), 1);
-    assert_eq!(json_files(&data.join("failures")), [outcomes[1].result.clone()]);
-    assert_eq!(json_files(&data.join("results")), [outcomes[1].result.clone()]);
+    assert_eq!(
+        json_files(&data.join("failures")),
+        [outcomes[1].result.clone()]
+    );
+    assert_eq!(
+        json_files(&data.join("results")),
+        [outcomes[1].result.clone()]
+    );
     assert!(names(&data.join("success")).is_empty());
     assert!(sink.received().is_empty());
 }
@@ -373,7 +401,10 @@ fn a_message_past_its_delivery_time_expires_without_an_attempt() {
         let last = results.last().unwrap().clone();
         assert_eq!(last["state"], "process", "{last}");
         assert_eq!(last["result"], "timeout", "{last}");
-        (results.len(), last["description"].as_str().unwrap().to_owned())
+        (
+            results.len(),
+            last["description"].as_str().unwrap().to_owned(),
+        )
     };
     assert_eq!(
         last("past@example.net"),
@@ -415,10 +446,16 @@ fn a_nextattempt_in_mailerqs_form_is_honoured() {
         .unwrap();
     let host = dir.start();
     let outcomes = Mutex::new(Vec::new());
-    delivery::run(&host, &outbox, &config(sink.relay()), Until::Stopped, &|o| {
-        outcomes.lock().unwrap().push(o.clone());
-        outbox.stop();
-    });
+    delivery::run(
+        &host,
+        &outbox,
+        &config(sink.relay()),
+        Until::Stopped,
+        &|o| {
+            outcomes.lock().unwrap().push(o.clone());
+            outbox.stop();
+        },
+    );
     drop(host);
     let outcomes = outcomes.into_inner().unwrap();
     assert_eq!(outcomes.len(), 1);
@@ -450,7 +487,12 @@ fn smarthost_and_headers_change_the_delivery() {
     });
     let (outcomes, _, _) = deliver(&dir, &config(down), &[message]);
     assert_eq!(outcomes.len(), 1);
-    assert_eq!(outcomes[0].status, Status::Success, "{}", outcomes[0].result);
+    assert_eq!(
+        outcomes[0].status,
+        Status::Success,
+        "{}",
+        outcomes[0].result
+    );
     let received = sink.received();
     assert_eq!(received.len(), 1);
     assert_eq!(
@@ -527,6 +569,10 @@ fn mq_file_descriptor_on_a_delivery_is_the_relay_socket() {
         assert_eq!(words.len(), 10, "{line}");
         assert!(words[3].parse::<i32>().unwrap() >= 0, "{line}");
         assert_eq!(words[4..6], ["local", "127.0.0.1"], "{line}");
-        assert_eq!(words[7..], ["peer", "127.0.0.1", &sink.port.to_string()], "{line}");
+        assert_eq!(
+            words[7..],
+            ["peer", "127.0.0.1", &sink.port.to_string()],
+            "{line}"
+        );
     }
 }

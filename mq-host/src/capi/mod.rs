@@ -370,7 +370,11 @@ host_fn! {
 // ---- connection ----------------------------------------------------------------
 
 host_fn! {
-    /// `int MQ_fileDescriptor(MQ_Connection*)`; -1 for connections without a socket.
+    /// `int MQ_fileDescriptor(MQ_Connection*)`: the SMTP connection's
+    /// socket — the client's on an incoming connection, the relay's on a
+    /// delivery (`smtp_out_data`, `smtp_out_sent`), as in MailerQ; -1 for
+    /// a connection without one (those `Host::open` makes for tests and
+    /// `mq-host run`).
     fn MQ_fileDescriptor(conn: *mut MQ_Connection) -> c_int = -1; {
         connection("MQ_fileDescriptor", conn).map_or(-1, |(c, _)| c.fd.get())
     }

@@ -124,7 +124,7 @@ pub(super) struct Attempt {
     pub(super) reply: Option<Reply>,
     pub(super) error: Option<String>,
     /// Set once a TCP connection was made.
-    pub(super) connected: Option<Connected>,
+    pub(super) connected: Option<Box<Connected>>,
 }
 
 impl Attempt {
@@ -220,7 +220,7 @@ pub(super) fn attempt(
     }
     let addresses = (envelope, recipient);
     let mut attempt = converse(host, config, &mut relay, message, mime, addresses);
-    attempt.connected = Some(relay.connected());
+    attempt.connected = Some(Box::new(relay.connected()));
     // After an error the connection is broken, or aborted in DATA: it is
     // only closed.
     let relay = attempt.error.is_none().then_some(relay);

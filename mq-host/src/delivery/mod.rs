@@ -3,7 +3,7 @@
 //!
 //! The outbox is the `inbox/` directory under the data directory, next to
 //! `local/` and `refused/` (written by [`serve`](crate::Host::serve)) and
-//! the results: `success/`, `failures/` and `retry/`. An [`Outbox`] picks up every message
+//! the results: `results/`, `success/`, `failures/` and `retry/`. An [`Outbox`] picks up every message
 //! file in it when it opens, so nothing accepted before a crash or a restart
 //! is lost, and takes new ones as `serve` stores them. [`run`] delivers them
 //! with a few delivery threads, each one plain SMTP connection at a time:
@@ -89,6 +89,28 @@
 //! ends [`DeliveryConfig::max_deliver_time`] (MailerQ's 24 hours) after its
 //! first attempt. A retry whose next attempt would come after that is not
 //! waited for: the message expires at once.
+//!
+//! # Where mq-host differs from MailerQ
+//!
+//! - One message per connection: `messages` is always 1, and `sent`
+//!   counts that one conversation.
+//! - `mta` is the first word of the relay's greeting.
+//! - No STARTTLS and no SMTP AUTH client: no `cipher`, `certificate` or
+//!   `authentication` in a result; `security` `required`/`verified` fails
+//!   the message (state `process`, result `error`).
+//! - When the retry delays come from the host, they double (see above)
+//!   instead of MailerQ's fixed list.
+//! - The default delivery time counts from the message's first attempt
+//!   (the `time` of its first result), not from when it was first read
+//!   from the outbox; a retry whose next attempt would fall after the
+//!   delivery time expires at once instead of when it is next due; an
+//!   expiry after an attempt adds its own `process`/`timeout` result after
+//!   the attempt's.
+//! - A refusal of the greeting, `EHLO` or `HELO` (even a 5xx) is retried:
+//!   it speaks of the connection, not the message. A 2xx where `354` was
+//!   due is `invalid`, and retried.
+//! - No response patterns: `fatal`, `individual` and the like are never
+//!   added; the reply's class decides.
 //!
 //! A message is delivered at least once: if the host dies after the relay
 //! accepted a message but before its result was written, the message is
@@ -557,7 +579,11 @@ mod tests {
             unreachable!()
         };
         assert_eq!(max_attempts(&limited, &config), Some(2));
-        assert_eq!(max_attempts(&plain, &config), None, "MailerQ's default: no limit");
+        assert_eq!(
+            max_attempts(&plain, &config),
+            None,
+            "MailerQ's default: no limit"
+        );
         let Value::Object(unlimited) = json!({"maxattempts": 0}) else {
             unreachable!()
         };

@@ -204,7 +204,11 @@ impl Outbox {
 
     /// Whether `property` is reported for the first time in this run.
     pub(super) fn first_report(&self, property: &str) -> bool {
-        let mut reported = self.shared.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reported = self
+            .shared
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         reported.insert(property.to_owned())
     }
 

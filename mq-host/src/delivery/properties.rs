@@ -30,16 +30,34 @@ use serde_json::{Map, Value};
 /// Documented message properties that change a delivery in MailerQ and
 /// that mq-host does not implement, each with what mq-host does instead.
 pub(super) const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("ips", "mq-host sends from the local address the system chooses"),
-    ("pool", "mq-host has no IP pools: it sends from the local address the system chooses"),
+    (
+        "ips",
+        "mq-host sends from the local address the system chooses",
+    ),
+    (
+        "pool",
+        "mq-host has no IP pools: it sends from the local address the system chooses",
+    ),
     ("data", "no personalization: the MIME is sent as it is"),
     ("force", "no conversion is made that could fail"),
     ("inlinecss", "the HTML is sent as it is"),
     ("dkim", "the message is not signed"),
-    ("dsn", "no DSN parameters (NOTIFY, RET, ORCPT, ENVID) are sent"),
-    ("queues", "results go to the data directory's results/, success/, failures/ and retry/"),
-    ("tags", "mq-host has no console to show them; they stay in the result"),
-    ("priority", "messages are delivered in the order they are due"),
+    (
+        "dsn",
+        "no DSN parameters (NOTIFY, RET, ORCPT, ENVID) are sent",
+    ),
+    (
+        "queues",
+        "results go to the data directory's results/, success/, failures/ and retry/",
+    ),
+    (
+        "tags",
+        "mq-host has no console to show them; they stay in the result",
+    ),
+    (
+        "priority",
+        "messages are delivered in the order they are due",
+    ),
 ];
 
 /// What the message's properties make of its attempt.
@@ -99,15 +117,23 @@ pub(super) fn plan(
     };
     if let Some(Value::Object(smarthost)) = message.get("smarthost") {
         if smarthost.contains_key("username") || smarthost.contains_key("password") {
-            report("smarthost.username", "mq-host has no SMTP AUTH client: sent without login");
+            report(
+                "smarthost.username",
+                "mq-host has no SMTP AUTH client: sent without login",
+            );
         }
     }
     let headers = match message.get("headers") {
         None | Some(Value::Null) => None,
         Some(Value::Object(edits)) => Some(edits.clone()),
         Some(_) => {
-            let e = "`headers` must be an object of edits (remove, prepend, append, replace, update)";
-            return Err(Attempt::error(Status::Failure, Step::Process, Broken::invalid(e)));
+            let e =
+                "`headers` must be an object of edits (remove, prepend, append, replace, update)";
+            return Err(Attempt::error(
+                Status::Failure,
+                Step::Process,
+                Broken::invalid(e),
+            ));
         }
     };
     Ok(Plan { relay, headers })
@@ -306,8 +332,14 @@ mod tests {
             relay(json!({"hostname": "mail.example", "port": 2525})).unwrap(),
             "mail.example:2525"
         );
-        assert_eq!(relay(json!({"hostname": "mail.example"})).unwrap(), "mail.example:25");
-        assert_eq!(relay(json!({"hostname": "::1", "port": 26})).unwrap(), "[::1]:26");
+        assert_eq!(
+            relay(json!({"hostname": "mail.example"})).unwrap(),
+            "mail.example:25"
+        );
+        assert_eq!(
+            relay(json!({"hostname": "::1", "port": 26})).unwrap(),
+            "[::1]:26"
+        );
         assert!(relay(json!({"port": 25})).is_err());
         assert!(relay(json!({"hostname": "x", "port": 70000})).is_err());
     }

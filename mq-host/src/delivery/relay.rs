@@ -329,4 +329,3 @@ pub(super) fn split_extended(text: &str) -> (Option<String>, &str) {
         (None, text)
     }
 }
-
