@@ -100,6 +100,13 @@ fn a_delivered_message_has_mailerqs_result_field_by_field_in_results_and_success
     assert_eq!(counters.messages_delivered, 1);
     let result = &outcomes[0].result;
     assert_eq!(result["custom"], json!({"id": 7}), "custom properties stay");
+    // What MailerQ extracts from the MIME as sent, for logging.
+    assert_eq!(
+        result["extracted"],
+        json!({"subject": "x", "headers": {"subject": "x"},
+               "envelope": {"domain": "shop.example", "local": "a"},
+               "recipient": {"domain": "example.net", "local": "b"}})
+    );
     assert!(result.get("mime").is_none(), "mime stripped");
     let results = result["results"].as_array().unwrap();
     assert_eq!(results.len(), 1);

@@ -125,6 +125,9 @@ pub(super) struct Attempt {
     pub(super) error: Option<String>,
     /// Set once a TCP connection was made.
     pub(super) connected: Option<Box<Connected>>,
+    /// The header of the MIME sent, or else of the message's MIME, for
+    /// the result's `extracted`.
+    pub(super) mime_head: Option<Vec<u8>>,
 }
 
 impl Attempt {
@@ -137,6 +140,7 @@ impl Attempt {
             reply: None,
             error: Some(text),
             connected: None,
+            mime_head: None,
         }
     }
 
@@ -155,6 +159,7 @@ impl Attempt {
             reply: Some(reply),
             error: None,
             connected: None,
+            mime_head: None,
         }
     }
 
@@ -207,9 +212,14 @@ pub(super) fn attempt(
             return (Attempt::error(status, Step::Storage, e), None);
         }
     };
+    let head = mime.as_deref().map(mime_head);
     let mut relay = match Relay::connect(config, &plan.relay) {
         Ok(relay) => relay,
-        Err((step, e)) => return (Attempt::error(Status::Retry, step, e), None),
+        Err((step, e)) => {
+            let mut attempt = Attempt::error(Status::Retry, step, e);
+            attempt.mime_head = head;
+            return (attempt, None);
+        }
     };
     match outbox.track(relay.reader.get_ref().socket()) {
         Some(tracked) => relay.tracked = Some(tracked),
@@ -221,10 +231,21 @@ pub(super) fn attempt(
     let addresses = (envelope, recipient);
     let mut attempt = converse(host, config, &mut relay, message, mime, addresses);
     attempt.connected = Some(Box::new(relay.connected()));
+    attempt.mime_head = relay.sent_head.take().or(head);
     // After an error the connection is broken, or aborted in DATA: it is
     // only closed.
     let relay = attempt.error.is_none().then_some(relay);
     (attempt, relay)
+}
+
+/// The header of `mime`: up to its first empty line.
+pub(super) fn mime_head(mime: &[u8]) -> Vec<u8> {
+    let end = [&b"\r\n\r\n"[..], b"\n\n"]
+        .iter()
+        .filter_map(|blank| mime.windows(blank.len()).position(|w| w == *blank))
+        .min()
+        .unwrap_or(mime.len());
+    mime[..end].to_vec()
 }
 
 /// The conversation with the relay, from its greeting to its reply after

@@ -65,7 +65,8 @@
 //! is the first word of the relay's greeting, `from` and `to` the two IP
 //! addresses, `messages` 1 (mq-host sends one message per connection) and
 //! `sent` the bytes written in all and of the message's data; `dsn`, on a
-//! delivered message, whether the relay announced DSN. `code`, `status`
+//! delivered message, whether the relay announced DSN. The message gets an
+//! `extracted` object too (see `extract.rs`). `code`, `status`
 //! (the enhanced code) and `description` are the relay's reply; without
 //! one, `description` says what happened. Final results are written
 //! durably to `results/` and to `success/` or `failures/` under the data
@@ -127,6 +128,7 @@
 //! retries).
 
 mod attempt;
+mod extract;
 mod outbox;
 mod properties;
 mod record;

@@ -177,9 +177,9 @@ fn smarthost_relay(smarthost: &Value) -> Result<String, String> {
 
 /// One header field: its name and its whole text (with continuation lines
 /// and line ends).
-struct Field {
-    name: String,
-    text: Vec<u8>,
+pub(super) struct Field {
+    pub(super) name: String,
+    pub(super) text: Vec<u8>,
 }
 
 /// `mime` with the `headers` edits applied: `remove` (a name or names),
@@ -255,7 +255,7 @@ fn each_value(edit: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The MIME's header fields, and the rest (the empty line and the body).
-fn split_header(mime: &[u8]) -> (Vec<Field>, &[u8]) {
+pub(super) fn split_header(mime: &[u8]) -> (Vec<Field>, &[u8]) {
     let mut fields: Vec<Field> = Vec::new();
     let mut at = 0;
     while at < mime.len() {

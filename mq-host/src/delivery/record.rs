@@ -148,6 +148,13 @@ pub(super) fn record(
 ) -> std::io::Result<(Outcome, Option<Duration>, bool)> {
     let (deadline, _) = deadline(&message, config);
     let attempts = push_result(&mut message, entry(attempt));
+    let address = |key: &str| message.get(key).and_then(Value::as_str).unwrap_or("");
+    let extracted = extract::extracted(
+        address("envelope"),
+        address("recipient"),
+        attempt.mime_head.as_deref(),
+    );
+    message.insert("extracted".into(), extracted);
     let mut status = attempt.status;
     let mut delay = None;
     let mut expired_now = false;

@@ -84,6 +84,8 @@ pub(super) struct Relay {
     pub(super) tracked: Option<Tracked>,
     /// What the result tells of the connection.
     pub(super) connected: Connected,
+    /// The header of the MIME sent, once it is.
+    pub(super) sent_head: Option<Vec<u8>>,
 }
 
 /// The longest reply line read from a relay (RFC 5321 allows 512 octets).
@@ -127,6 +129,7 @@ impl Relay {
                         send_timeout: config.send_timeout,
                         tracked: None,
                         connected,
+                        sent_head: None,
                     });
                 }
                 Err(e) if is_timeout(&e) => {
@@ -238,6 +241,7 @@ impl Relay {
     /// no relay can read an end of data into the content.
     pub(super) fn send_data(&mut self, mime: &[u8]) -> Result<(), Broken> {
         self.writer.get_mut().limit(self.send_timeout);
+        self.sent_head = Some(super::attempt::mime_head(mime));
         let sent = self.send_data_bytes(mime);
         // All but the final `.` line is the message's data.
         let moved = self.writer.get_ref().moved();
