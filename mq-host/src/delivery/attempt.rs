@@ -121,7 +121,7 @@ pub(super) struct Attempt {
     pub(super) status: Status,
     pub(super) state: Step,
     pub(super) kind: Kind,
-    pub(super) reply: Option<Reply>,
+    pub(super) reply: Option<Box<Reply>>,
     pub(super) error: Option<String>,
     /// Set once a TCP connection was made.
     pub(super) connected: Option<Box<Connected>>,
@@ -156,7 +156,7 @@ impl Attempt {
             status,
             state,
             kind,
-            reply: Some(reply),
+            reply: Some(Box::new(reply)),
             error: None,
             connected: None,
             mime_head: None,

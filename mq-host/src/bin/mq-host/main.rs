@@ -99,8 +99,9 @@ enum Command {
         relay: String,
         #[command(flatten)]
         delivery: DeliveryArgs,
-        /// Keep the outbox and results here (inbox/, success/, failures/,
-        /// retry/); default: a temporary directory, removed at the end.
+        /// Keep the outbox and results here (inbox/, results/, success/,
+        /// failures/, retry/); default: a temporary directory, removed at
+        /// the end.
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Input file; `-` for standard input.
