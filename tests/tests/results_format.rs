@@ -583,3 +583,37 @@ fn mq_file_descriptor_on_a_delivery_is_the_relay_socket() {
         );
     }
 }
+
+#[test]
+fn deliver_takes_the_delivery_time_from_max_delivertime() {
+    let dir = PluginDir::new("results-cli-delivertime");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    // First tried two hours ago.
+    let tried = mailerq_time(SystemTime::now() - Duration::from_secs(7200));
+    let input = dir.path().join("one.jsonl");
+    let message = json!({"recipient": "b@example.net", "mime": "x\r\n",
+                         "results": [{"state": "message", "result": "error", "time": tried}]});
+    std::fs::write(&input, format!("{message}\n")).unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let out = std::process::Command::new(host_binary())
+            .args(["deliver", "--quiet", "--relay", &sink.relay()])
+            .args(extra)
+            .arg(&input)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+    };
+    // An hour: it expired an hour ago, without an attempt.
+    let expired = run(&["--max-delivertime", "3600"]);
+    let last = &expired["results"][1];
+    assert_eq!(
+        (&last["state"], &last["result"]),
+        (&json!("process"), &json!("timeout"))
+    );
+    assert!(sink.received().is_empty());
+    // The default, a day: it is delivered.
+    let delivered = run(&[]);
+    assert_eq!(delivered["results"][1]["result"], "accepted", "{delivered}");
+    assert_eq!(sink.received().len(), 1);
+}

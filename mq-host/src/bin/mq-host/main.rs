@@ -233,7 +233,7 @@ impl DeliveryArgs {
             retry_delay: secs("retry-delay", self.retry_delay)?,
             max_retry_delay: secs("max-retry-delay", self.max_retry_delay)?,
             max_attempts: self.max_attempts,
-            max_deliver_time: secs("max-delivertime", self.max_delivertime)?,
+            max_deliver_time: limit("max-delivertime", self.max_delivertime)?,
         })
     }
 }
