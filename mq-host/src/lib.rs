@@ -99,6 +99,7 @@ mod store;
 
 pub use api::{
     Event, EventResult, Host, HostBuilder, PendingEvent, RunError, Session, Shutdown, StartError,
+    DEFAULT_HOLD_REPORT,
 };
 pub use mq_abi::Flow;
 pub use mq_hook_table as hook_table;

@@ -132,10 +132,17 @@ struct HostArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Seconds a plugin may hold control before the host reports it and
-    /// goes on; 0 for no limit.
-    #[arg(long, default_value_t = 60.0)]
-    hold_deadline: f64,
+    /// Seconds a plugin may hold control before the host ends the hold and
+    /// goes on with the next plugin (an mq-host option; a Rust plugin's
+    /// hook is cancelled, a C plugin's late resume ignored). Default, and
+    /// 0: no limit — the host waits for the resume, as MailerQ does.
+    #[arg(long, value_name = "SECONDS")]
+    hold_deadline: Option<f64>,
+    /// Seconds between reports of a plugin that holds control without
+    /// resuming (a warning naming the plugin, the hook and how long,
+    /// counted in hold_reports); 0: no reports.
+    #[arg(long, value_name = "SECONDS", default_value_t = mq_host::DEFAULT_HOLD_REPORT.as_secs_f64())]
+    hold_report: f64,
     /// Retries a chain may make before it is cut.
     #[arg(long, default_value_t = 100)]
     retry_limit: u32,
@@ -322,9 +329,15 @@ fn main() -> ExitCode {
 
 fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
     let hold_deadline = match args.hold_deadline {
+        None | Some(0.0) => None,
+        Some(v) => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+            format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
+        })?),
+    };
+    let hold_report = match args.hold_report {
         0.0 => None,
         v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
-            format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
+            format!("--hold-report {v}: not a number of seconds (0: no reports)")
         })?),
     };
     let stall_report = match args.stall_report {
@@ -337,6 +350,7 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
         .workers(args.workers)
         .retry_limit(args.retry_limit)
         .hold_deadline(hold_deadline)
+        .hold_report(hold_report)
         .log_max_bytes(args.log_max_bytes)
         .log_record_max(args.log_record_max)
         .stall_report(stall_report)
