@@ -31,7 +31,10 @@ fn inspect_shows_name_version_abi_and_hooks() {
         out.contains("description: Example MailerQ plugin: refuses recipients"),
         "{out}"
     );
-    assert!(out.contains("api version: 1"), "{out}");
+    assert!(
+        out.contains("api version: 1 (mq_version(); matches the host's)"),
+        "{out}"
+    );
     assert!(
         out.contains("Rust (mq-plugin, framework ABI 2; ABI check passed)"),
         "{out}"
@@ -68,6 +71,29 @@ fn inspect_reports_bad_files_and_fails() {
     assert!(
         verbose.lines().count() > err.lines().count(),
         "--verbose adds abi_stable's report"
+    );
+}
+
+#[test]
+fn inspect_shows_what_mq_version_returns_and_fails_for_another_version() {
+    let c = plugin_so("mq-example-c-allowlist");
+    let c = c.to_str().unwrap();
+    let (ok, out, err) = run(&["inspect", c]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("api version: 1 (mq_version(); matches the host's)"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["inspect", "--api-version", "7", c]);
+    assert!(!ok, "a plugin this host would refuse");
+    assert!(
+        out.contains("api version: 1 (mq_version(); the host runs 7: refused)"),
+        "still shown: {out}"
+    );
+    assert!(
+        err.contains("wrong API version: `mq_version()` returned 1, this host runs 7;")
+            && err.contains("`MQ_API_VERSION=7 cargo build`"),
+        "{err}"
     );
 }
 

@@ -30,6 +30,7 @@ pub struct HostBuilder {
     workers: usize,
     hold_deadline: Option<Duration>,
     hold_report: Option<Duration>,
+    api_version: i32,
     retry_limit: u32,
     mode: HostMode,
     echo: LogEcho,
@@ -45,6 +46,7 @@ impl Default for HostBuilder {
             workers: 2,
             hold_deadline: None,
             hold_report: Some(DEFAULT_HOLD_REPORT),
+            api_version: mq_hook_table::MQ_API_VERSION,
             retry_limit: 100,
             mode: HostMode::Table,
             echo: LogEcho::None,
@@ -92,6 +94,16 @@ impl HostBuilder {
     /// how long it has held, counted in `hold_reports`; the hold goes on.
     pub fn hold_report(mut self, interval: Option<Duration>) -> Self {
         self.hold_report = interval.filter(|i| !i.is_zero());
+        self
+    }
+
+    /// The `MQ_API_VERSION` this host runs as (default
+    /// [`MQ_API_VERSION`](mq_hook_table::MQ_API_VERSION), this project's
+    /// number): a plugin whose `mq_version()` returns another is refused,
+    /// as MailerQ refuses one built for another release. Set it to your
+    /// MailerQ's number to test plugins built for it.
+    pub fn api_version(mut self, version: i32) -> Self {
+        self.api_version = version;
         self
     }
 
@@ -163,7 +175,7 @@ impl HostBuilder {
         let api = crate::capi::host_api();
         let mut plugins = Vec::with_capacity(files.len());
         for file in &files {
-            let plugin = plugins::load(file, self.mode, Some(api)).map_err(StartError::Load)?;
+            let plugin = plugins::load(file, self.mode, Some(api), Some(self.api_version)).map_err(StartError::Load)?;
             log.write(
                 None,
                 Priority::Info,

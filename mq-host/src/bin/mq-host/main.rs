@@ -110,11 +110,15 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
-    /// and the hooks each defines. Runs nothing but `mq_version`.
+    /// and the hooks each defines. Runs nothing but `mq_version`; fails for
+    /// a plugin whose API version is not --api-version.
     Inspect {
         /// Plugin files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The MQ_API_VERSION of the MailerQ the plugins are for.
+        #[arg(long, value_name = "N", default_value_t = mq_host::hook_table::MQ_API_VERSION)]
+        api_version: i32,
         /// Print abi_stable's full report for an ABI mismatch.
         #[arg(short, long)]
         verbose: bool,
@@ -143,6 +147,11 @@ struct HostArgs {
     /// counted in hold_reports); 0: no reports.
     #[arg(long, value_name = "SECONDS", default_value_t = mq_host::DEFAULT_HOLD_REPORT.as_secs_f64())]
     hold_report: f64,
+    /// The MQ_API_VERSION this host runs as: plugins whose mq_version()
+    /// returns another number are refused, as MailerQ does (set it to your
+    /// MailerQ's number).
+    #[arg(long, value_name = "N", default_value_t = mq_host::hook_table::MQ_API_VERSION)]
+    api_version: i32,
     /// Retries a chain may make before it is cut.
     #[arg(long, default_value_t = 100)]
     retry_limit: u32,
@@ -259,7 +268,11 @@ fn main() -> ExitCode {
             input,
             output,
         } => batch::run(host, direction, input, output),
-        Command::Inspect { files, verbose } => return inspect::inspect(&files, verbose),
+        Command::Inspect {
+            files,
+            verbose,
+            api_version,
+        } => return inspect::inspect(&files, verbose, api_version),
         Command::Deliver {
             host,
             relay,
@@ -349,6 +362,7 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
     let mut builder = Host::builder()
         .workers(args.workers)
         .retry_limit(args.retry_limit)
+        .api_version(args.api_version)
         .hold_deadline(hold_deadline)
         .hold_report(hold_report)
         .log_max_bytes(args.log_max_bytes)
