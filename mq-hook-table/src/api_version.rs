@@ -104,7 +104,12 @@ pub fn pick(
     if let Some(path) = env_header {
         let text = match read(path) {
             Some(Ok(text)) => text,
-            Some(Err(e)) => return Err(format!("{ENV_HEADER}={}: cannot read it: {e}", path.display())),
+            Some(Err(e)) => {
+                return Err(format!(
+                    "{ENV_HEADER}={}: cannot read it: {e}",
+                    path.display()
+                ))
+            }
             None => {
                 return Err(format!(
                     "{ENV_HEADER}={}: no such file; name MailerQ's mailerq.h, or unset it",
@@ -164,7 +169,10 @@ mod tests {
             parse_header("/* x */\n  #  define\tMQ_API_VERSION  (12) /* the API */\n"),
             Some(Ok(12))
         );
-        assert_eq!(parse_header("#define MQ_API_VERSION 3 // note"), Some(Ok(3)));
+        assert_eq!(
+            parse_header("#define MQ_API_VERSION 3 // note"),
+            Some(Ok(3))
+        );
         assert_eq!(parse_header("#define MQ_API_VERSION_MINOR 2\n"), None);
         assert_eq!(parse_header("#define MQ_READ 1\n"), None);
         assert!(matches!(
@@ -190,13 +198,19 @@ mod tests {
         let found = pick(None, None, &system).unwrap();
         assert_eq!(found.version, 5);
         let none = pick(None, None, files(&[])).unwrap();
-        assert_eq!((none.version, none.source), (MQ_API_VERSION, Source::Default));
+        assert_eq!(
+            (none.version, none.source),
+            (MQ_API_VERSION, Source::Default)
+        );
     }
 
     #[test]
     fn a_wrong_setting_is_an_error_not_the_default() {
         let e = pick(Some("seven"), None, files(&[])).unwrap_err();
-        assert!(e.starts_with("MQ_API_VERSION=\"seven\" is not an integer"), "{e}");
+        assert!(
+            e.starts_with("MQ_API_VERSION=\"seven\" is not an integer"),
+            "{e}"
+        );
         let e = pick(None, Some(Path::new("/nope.h")), files(&[])).unwrap_err();
         assert_eq!(
             e,

@@ -151,7 +151,11 @@ fn a_hold_deadline_after_reports_still_ends_the_hold() {
     let c = host.counters();
     assert_eq!(c.hold_reports, 3, "at 20, 40 and 60 ms: {:#?}", r.log);
     assert_eq!(c.held_past_deadline, 1);
-    assert!(log_has(&r, "its hold deadline of 70ms ends it"), "{:#?}", r.log);
+    assert!(
+        log_has(&r, "its hold deadline of 70ms ends it"),
+        "{:#?}",
+        r.log
+    );
 }
 
 #[test]

@@ -175,7 +175,8 @@ impl HostBuilder {
         let api = crate::capi::host_api();
         let mut plugins = Vec::with_capacity(files.len());
         for file in &files {
-            let plugin = plugins::load(file, self.mode, Some(api), Some(self.api_version)).map_err(StartError::Load)?;
+            let plugin = plugins::load(file, self.mode, Some(api), Some(self.api_version))
+                .map_err(StartError::Load)?;
             log.write(
                 None,
                 Priority::Info,

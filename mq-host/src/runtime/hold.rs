@@ -75,13 +75,7 @@ fn arm(
 }
 
 /// The hold `takeover` has lasted `age`: reported, and watched on.
-fn report(
-    w: &Worker,
-    conn: &Rc<ConnectionState>,
-    takeover: u64,
-    started: Instant,
-    age: Duration,
-) {
+fn report(w: &Worker, conn: &Rc<ConnectionState>, takeover: u64, started: Instant, age: Duration) {
     let held = w
         .with_chain(conn.id, |running| {
             let plugin = running.chain.holder(takeover)?;

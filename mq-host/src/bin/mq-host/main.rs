@@ -1,11 +1,13 @@
 //! The `mq-host` command: run MailerQ plugins outside MailerQ.
 
 mod batch;
+mod config;
 mod deliver;
 mod inspect;
 mod serve;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use mq_host::delivery::DeliveryConfig;
 use mq_host::{Host, HostMode, LogEcho};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,14 @@ enum Command {
     /// stored under --data-dir and, with --relay, delivered with the
     /// smtp_out_* hooks. Without --plugins/--plugin: the example plugins.
     Serve {
+        /// Read MailerQ's configuration file (`key: value` lines) for the
+        /// settings mq-host implements (plugin-directory, smtp-ip,
+        /// smtp-port, smtp-maxsize, smtp-timeout, smtp-connections[-in|-out],
+        /// smtp-threads, smtp-certificate, smtp-key, smarthost[-port],
+        /// max-attempts); MAILERQ_* variables override it, and flags given
+        /// here override both. Other MailerQ settings are reported once.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         host: HostArgs,
         /// Deliver the outbox (DATA-DIR/inbox) to this SMTP relay
@@ -259,7 +269,37 @@ enum DirectionArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Serve {
+        config: Some(file), ..
+    } = &cli.command
+    {
+        let serve = matches.subcommand_matches("serve");
+        let given =
+            |id: &str| serve.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+        let file = file.clone();
+        let read = config::read(
+            &file,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+        .and_then(|(settings, warnings)| {
+            Ok((config::check(&settings, &file)?, settings, warnings))
+        });
+        match read {
+            Ok(((), settings, warnings)) => {
+                for warning in warnings {
+                    eprintln!("mq-host: config: {}", mq_host::escape_controls(&warning));
+                }
+                config::apply(settings, given, &mut cli.command);
+            }
+            Err(e) => {
+                eprintln!("mq-host: config: {}", mq_host::escape_controls(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Demo { host } => batch::demo(host),
         Command::Run {
@@ -284,6 +324,7 @@ fn main() -> ExitCode {
             .config(relay, "localhost")
             .and_then(|config| deliver::deliver(host, config, data_dir, input, output)),
         Command::Serve {
+            config: _,
             host,
             relay,
             delivery,
@@ -347,12 +388,13 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
             format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
         })?),
     };
-    let hold_report = match args.hold_report {
-        0.0 => None,
-        v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
-            format!("--hold-report {v}: not a number of seconds (0: no reports)")
-        })?),
-    };
+    let hold_report =
+        match args.hold_report {
+            0.0 => None,
+            v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+                format!("--hold-report {v}: not a number of seconds (0: no reports)")
+            })?),
+        };
     let stall_report = match args.stall_report {
         0.0 => None,
         v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
