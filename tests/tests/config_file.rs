@@ -35,21 +35,24 @@ impl Serve {
                 }
             }
         });
-        let mut before = Vec::new();
+        // Killed on drop, also if it never says where it listens.
+        let mut serve = Serve {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            before: Vec::new(),
+        };
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("serve did not start: {before:#?}"));
-            if let Some(rest) = line.strip_prefix("mq-host: serving SMTP on ") {
-                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                before.push(line);
-                return Serve {
-                    child,
-                    addr,
-                    before,
-                };
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                panic!("serve did not start: {:#?}", serve.before);
+            };
+            let addr = line
+                .strip_prefix("mq-host: serving SMTP on ")
+                .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap());
+            serve.before.push(line);
+            if let Some(addr) = addr {
+                serve.addr = addr;
+                return serve;
             }
-            before.push(line);
         }
     }
 
