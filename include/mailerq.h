@@ -95,9 +95,13 @@ extern "C" {
  * Constants
  * -------------------------------------------------------------------- */
 
-/** The API version. mq_version() must return it, or the host refuses the
- *  plugin. */
+/** The API version. mq_version() must return exactly the number of the
+ *  MailerQ that loads the plugin, or it is refused. This header's number is
+ *  mq-host's default (`mq-host --api-version N` runs as another); build
+ *  for your MailerQ with its own mailerq.h, or with -DMQ_API_VERSION=N. */
+#ifndef MQ_API_VERSION
 #define MQ_API_VERSION 1
+#endif
 
 /** Watch a file descriptor for readability (MQ_ioWatch `events`). */
 #define MQ_READ 1

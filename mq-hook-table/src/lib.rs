@@ -11,9 +11,14 @@
 
 #![forbid(unsafe_code)]
 
-/// The plugin API version this project implements (`MQ_API_VERSION` in
-/// `mailerq.h`). `mq_version()` must return it, or the host refuses the
-/// plugin.
+pub mod api_version;
+
+/// This project's default plugin API version (`MQ_API_VERSION` in our
+/// `mailerq.h`). MailerQ's real number is in the `mailerq.h` it installs,
+/// and `mq_version()` must return exactly the number of the MailerQ that
+/// loads the plugin: `mq-plugin` picks it at build time
+/// ([`api_version`]), `mq-host` expects this one unless given
+/// `--api-version N`.
 pub const MQ_API_VERSION: i32 = 1;
 
 /// The calling convention of a hook: which C arguments it receives and what

@@ -99,6 +99,7 @@ mod store;
 
 pub use api::{
     Event, EventResult, Host, HostBuilder, PendingEvent, RunError, Session, Shutdown, StartError,
+    DEFAULT_HOLD_REPORT,
 };
 pub use mq_abi::Flow;
 pub use mq_hook_table as hook_table;
@@ -113,7 +114,8 @@ pub use runtime::message::{Direction, SmtpView};
 
 /// Loads one plugin file and reports what it is, without running it
 /// (`mq-host inspect`). Rust plugins get their ABI checked; nothing but
-/// `mq_version` is called.
+/// `mq_version` is called, and what it returns is reported, not checked
+/// (compare [`PluginInfo::api_version`] with the version you run).
 pub fn inspect(file: &std::path::Path) -> Result<PluginInfo, LoadError> {
     plugins::inspect(file)
 }

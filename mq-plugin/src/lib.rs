@@ -68,6 +68,25 @@
 //! abi_stable root module (the `mq-abi` crate holds that contract); in
 //! MailerQ it resolves the global `MQ_*` symbols at run time. The same `.so`
 //! works in both.
+//!
+//! ## Building for your MailerQ
+//!
+//! `mq_version()` must return exactly the `MQ_API_VERSION` of the MailerQ
+//! that loads the plugin, a number found in the `mailerq.h` it installs.
+//! This crate picks it when it is built ([`API_VERSION`]):
+//!
+//! 1. `MQ_API_VERSION=N cargo build` sets it outright;
+//! 2. else `MQ_PLUGIN_MAILERQ_HEADER=/path/to/mailerq.h` reads it from that
+//!    header;
+//! 3. else it is read from MailerQ's installed header,
+//!    `/usr/include/mailerq.h` or `/usr/local/include/mailerq.h`;
+//! 4. else it is this project's default,
+//!    [`hook_table::MQ_API_VERSION`] (1), which `mq-host` expects unless
+//!    started with `--api-version N`.
+//!
+//! Changing either variable rebuilds the crate (and its plugins); a header
+//! installed after the first build is seen after `cargo clean -p
+//! mq-plugin`. `mq-host inspect` shows what a plugin returns.
 
 #![warn(missing_docs)]
 
@@ -111,6 +130,9 @@ pub use mq_plugin_macros::declare_plugin;
 #[doc = include_str!("../docs/mq_hook.md")]
 pub use mq_plugin_macros::mq_hook;
 pub use timer::Timer;
+
+// `API_VERSION` and `API_VERSION_SOURCE`, written by the build script.
+include!(concat!(env!("OUT_DIR"), "/api_version.rs"));
 
 /// The host could not do what was asked (a host function returned nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use std::ffi::{c_char, c_int};
 use std::marker::PhantomData;
 
 pub use abi_stable;
-pub use mq_hook_table::{Hook, HOOKS, MQ_API_VERSION};
+pub use mq_hook_table::{Hook, HOOKS};
 
 /// Static facts about one generated hook.
 pub struct HookMeta {
@@ -453,9 +453,10 @@ where
     }
 }
 
-/// `mq_version` as exported by the declaration.
+/// `mq_version` as exported by the declaration: the version picked when
+/// this crate was built ([`crate::API_VERSION`]).
 pub const fn api_version() -> c_int {
-    MQ_API_VERSION
+    crate::API_VERSION
 }
 
 /// The root module value for `mq-host` (leaked once per load).
@@ -470,7 +471,7 @@ pub fn root_module(
         name: RStr::from_str(name),
         version: RStr::from_str(version),
         framework_abi: FRAMEWORK_ABI_VERSION,
-        api_version: MQ_API_VERSION,
+        api_version: crate::API_VERSION,
         authored_hooks,
         attach_host,
         description: RStr::from_str(description),

@@ -31,7 +31,10 @@ fn inspect_shows_name_version_abi_and_hooks() {
         out.contains("description: Example MailerQ plugin: refuses recipients"),
         "{out}"
     );
-    assert!(out.contains("api version: 1"), "{out}");
+    assert!(
+        out.contains("api version: 1 (mq_version(); matches the host's)"),
+        "{out}"
+    );
     assert!(
         out.contains("Rust (mq-plugin, framework ABI 2; ABI check passed)"),
         "{out}"
@@ -69,6 +72,66 @@ fn inspect_reports_bad_files_and_fails() {
         verbose.lines().count() > err.lines().count(),
         "--verbose adds abi_stable's report"
     );
+}
+
+#[test]
+fn inspect_shows_what_mq_version_returns_and_fails_for_another_version() {
+    let c = plugin_so("mq-example-c-allowlist");
+    let c = c.to_str().unwrap();
+    let (ok, out, err) = run(&["inspect", c]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("api version: 1 (mq_version(); matches the host's)"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["inspect", "--api-version", "7", c]);
+    assert!(!ok, "a plugin this host would refuse");
+    assert!(
+        out.contains("api version: 1 (mq_version(); the host runs 7: refused)"),
+        "still shown: {out}"
+    );
+    assert!(
+        err.contains("wrong API version: `mq_version()` returned 1, this host runs 7;")
+            && err.contains("`MQ_API_VERSION=7 cargo build`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn by_default_the_binary_waits_for_a_hold_and_reports_it() {
+    let plugins = PluginDir::new("cli-hold");
+    plugins.add("10-a.so", &c_probe(), "smtp_in_message delay 0.3\n");
+    let inputs = PluginDir::new("cli-hold-input");
+    let input = inputs.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"envelope\":\"a@example.com\",\"recipient\":\"b@example.org\",\"mime\":\"Subject: x\\r\\n\\r\\nx\\r\\n\"}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(&[
+        "run",
+        "--counters",
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--hold-report",
+        "0.05",
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        err.contains("plugin 10-a has held control of mq_smtp_in_message for")
+            && err.contains("the host waits for it, as MailerQ does"),
+        "{err}"
+    );
+    assert!(!err.contains("hold deadline passed"), "no deadline: {err}");
+    let counter = |name: &str| -> u64 {
+        err.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("counter {name}: {err}"))
+    };
+    assert!(counter("hold_reports") >= 1, "{err}");
+    assert_eq!(counter("held_past_deadline"), 0, "{err}");
 }
 
 #[test]

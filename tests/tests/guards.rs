@@ -1,5 +1,6 @@
 //! The host's guards beyond MailerQ: double resume, resume from another
-//! thread, resume inside the hook call, hold deadline, and panics and
+//! thread, resume inside the hook call, long-hold reports and the hold
+//! deadline, and panics and
 //! errors in Rust hooks — each logged and counted, none crashing the host.
 
 use mq_e2e::*;
@@ -98,6 +99,63 @@ fn holding_past_the_deadline_is_reported_and_the_chain_goes_on() {
         );
         assert_eq!(host.counters().held_past_deadline, 1);
     }
+}
+
+#[test]
+fn by_default_a_long_hold_is_reported_and_its_resume_still_applied() {
+    // MailerQ waits for a plugin that holds control; so does the host by
+    // default (no hold deadline), reporting the hold at each interval.
+    for so in [rust_probe(), c_probe()] {
+        let dir = PluginDir::new("long-hold");
+        dir.add("10-a.so", &so, "smtp_in_message delay 0.3\n");
+        dir.add("20-b.so", &so, "");
+        // The report's timer (50 ms) is due before the resume's (300 ms)
+        // on the same loop, so it fires first.
+        let host = dir
+            .builder()
+            .hold_report(Some(Duration::from_millis(50)))
+            .start()
+            .unwrap();
+        let r = run_message(&host);
+        assert_eq!(called(&r), ["10-a", "20-b"]);
+        assert_eq!(
+            r.calls[0].resumed,
+            Some(Resume::Flow(mq_host::Flow::Continue)),
+            "the plugin's own resume was applied"
+        );
+        assert!(
+            log_has(&r, "plugin 10-a has held control of mq_smtp_in_message for")
+                && log_has(&r, "the host waits for it, as MailerQ does"),
+            "{:#?}",
+            r.log
+        );
+        let c = host.counters();
+        assert!(c.hold_reports >= 1, "{c:?}");
+        assert_eq!(c.held_past_deadline, 0, "not moved on");
+        assert_eq!(c.late_resumes, 0);
+    }
+}
+
+#[test]
+fn a_hold_deadline_after_reports_still_ends_the_hold() {
+    let dir = PluginDir::new("report-then-deadline");
+    dir.add("10-a.so", &c_probe(), "smtp_in_message never\n");
+    let host = dir
+        .builder()
+        .hold_report(Some(Duration::from_millis(20)))
+        .hold_deadline(Some(Duration::from_millis(70)))
+        .start()
+        .unwrap();
+    let r = run_message(&host);
+    assert_eq!(r.calls[0].resumed, Some(Resume::Expired));
+    let c = host.counters();
+    assert_eq!(c.hold_reports, 3, "at 20, 40 and 60 ms: {:#?}", r.log);
+    assert_eq!(c.held_past_deadline, 1);
+    assert!(
+        log_has(&r, "its hold deadline of 70ms ends it"),
+        "{:#?}",
+        r.log
+    );
 }
 
 #[test]

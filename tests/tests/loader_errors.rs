@@ -98,9 +98,83 @@ fn wrong_api_version() {
     assert_eq!(
         one_line(&e),
         format!(
-            "{}: wrong API version: `mq_version()` returned 99, this host implements 1",
+            "{}: wrong API version: `mq_version()` returned 99, this host runs 1; rebuild the \
+             plugin for it (`MQ_API_VERSION=1 cargo build` with mq-plugin, `-DMQ_API_VERSION=1` \
+             in C) or start the host with `--api-version 99`",
             so.display()
         )
+    );
+}
+
+/// A C plugin built with our `mailerq.h` for another MailerQ
+/// (`-DMQ_API_VERSION=7`) is refused by a host that runs the default, and
+/// loaded by one that runs 7 — which refuses a plugin built for the default.
+#[test]
+fn a_plugin_built_for_another_mailerq_needs_that_api_version() {
+    let dir = PluginDir::new("api-version-7");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../include");
+    let so = cc(
+        dir.path(),
+        "for7.so",
+        "#include <mailerq.h>\nint mq_version(void) { return MQ_API_VERSION; }\n",
+        &[
+            "-shared",
+            "-fPIC",
+            "-DMQ_API_VERSION=7",
+            "-I",
+            include.to_str().unwrap(),
+        ],
+    );
+    let e = start_with(&so);
+    assert!(
+        one_line(&e).ends_with(
+            "wrong API version: `mq_version()` returned 7, this host runs 1; rebuild the plugin \
+             for it (`MQ_API_VERSION=1 cargo build` with mq-plugin, `-DMQ_API_VERSION=1` in C) \
+             or start the host with `--api-version 7`"
+        ),
+        "{e}"
+    );
+    let host = Host::builder()
+        .plugin_file(&so)
+        .api_version(7)
+        .workers(1)
+        .start()
+        .expect("--api-version 7 loads it");
+    assert_eq!(host.plugins()[0].api_version, 7);
+    drop(host);
+    // A Rust plugin built with the default returns 1: a host for 7 refuses it.
+    let e = Host::builder()
+        .plugin_file(rust_probe())
+        .api_version(7)
+        .workers(1)
+        .start()
+        .err()
+        .expect("refused");
+    assert!(
+        one_line(&e).contains("`mq_version()` returned 1, this host runs 7;"),
+        "{e}"
+    );
+    // The binary: the same refusal, and `--api-version 7` loads it.
+    let run = |extra: &[&str]| {
+        Command::new(host_binary())
+            .args(["run", "--quiet", "--plugin", so.to_str().unwrap()])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run mq-host")
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("returned 7, this host runs 1;") && err.contains("`--api-version 7`"),
+        "{err}"
+    );
+    let loaded = run(&["--api-version", "7"]);
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
     );
 }
 

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+/// How often a long hold is reported by default ([`HostBuilder::hold_report`]).
+pub const DEFAULT_HOLD_REPORT: Duration = Duration::from_secs(60);
+
 /// Builds a [`Host`].
 #[derive(Debug, Clone)]
 pub struct HostBuilder {
@@ -26,6 +29,8 @@ pub struct HostBuilder {
     plugin_files: Vec<PathBuf>,
     workers: usize,
     hold_deadline: Option<Duration>,
+    hold_report: Option<Duration>,
+    api_version: i32,
     retry_limit: u32,
     mode: HostMode,
     echo: LogEcho,
@@ -39,7 +44,9 @@ impl Default for HostBuilder {
             plugin_dir: None,
             plugin_files: Vec::new(),
             workers: 2,
-            hold_deadline: Some(Duration::from_secs(60)),
+            hold_deadline: None,
+            hold_report: Some(DEFAULT_HOLD_REPORT),
+            api_version: mq_hook_table::MQ_API_VERSION,
             retry_limit: 100,
             mode: HostMode::Table,
             echo: LogEcho::None,
@@ -68,10 +75,35 @@ impl HostBuilder {
         self
     }
 
-    /// How long a plugin may hold control before the host reports it and
-    /// goes on (default 60 s; `None`: forever, as in MailerQ).
+    /// How long a plugin may hold control before the host ends the hold
+    /// and the chain goes on with the next plugin (default `None`: the
+    /// host waits for the resume however long it takes, as MailerQ does).
+    ///
+    /// An mq-host option MailerQ lacks. Ending a hold is safe: a Rust
+    /// plugin's held hook is cancelled (its future dropped with every
+    /// borrow of the hook's arguments); a C plugin's take-over keeps its
+    /// objects alive until its late resume, which is then ignored.
     pub fn hold_deadline(mut self, deadline: Option<Duration>) -> Self {
         self.hold_deadline = deadline;
+        self
+    }
+
+    /// How often a plugin that holds control is reported while the host
+    /// waits for it (default [`DEFAULT_HOLD_REPORT`], 60 s; `None` or zero:
+    /// never). Each report is a warning naming the plugin, the hook and
+    /// how long it has held, counted in `hold_reports`; the hold goes on.
+    pub fn hold_report(mut self, interval: Option<Duration>) -> Self {
+        self.hold_report = interval.filter(|i| !i.is_zero());
+        self
+    }
+
+    /// The `MQ_API_VERSION` this host runs as (default
+    /// [`MQ_API_VERSION`](mq_hook_table::MQ_API_VERSION), this project's
+    /// number): a plugin whose `mq_version()` returns another is refused,
+    /// as MailerQ refuses one built for another release. Set it to your
+    /// MailerQ's number to test plugins built for it.
+    pub fn api_version(mut self, version: i32) -> Self {
+        self.api_version = version;
         self
     }
 
@@ -143,7 +175,8 @@ impl HostBuilder {
         let api = crate::capi::host_api();
         let mut plugins = Vec::with_capacity(files.len());
         for file in &files {
-            let plugin = plugins::load(file, self.mode, Some(api)).map_err(StartError::Load)?;
+            let plugin = plugins::load(file, self.mode, Some(api), Some(self.api_version))
+                .map_err(StartError::Load)?;
             log.write(
                 None,
                 Priority::Info,
@@ -162,6 +195,7 @@ impl HostBuilder {
         }
         let limits = Limits {
             hold_deadline: self.hold_deadline,
+            hold_report: self.hold_report,
             retry_limit: self.retry_limit,
         };
         let shared = Arc::new(Shared::new(plugins, limits, log));

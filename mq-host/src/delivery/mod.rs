@@ -33,7 +33,8 @@
 //! relay's reply to EHLO timed out after 300 s (the reply timeout); 7
 //! byte(s) of it had come"; the host counts it in `relay_timeouts`.
 //! (Resolving the relay's name is left to the system resolver's own
-//! timeouts; the `smtp_out_*` hooks are bounded by the hold deadline.)
+//! timeouts; the `smtp_out_*` hooks are waited for as long as a plugin
+//! holds them, as in MailerQ, unless a hold deadline is set.)
 //!
 //! The hooks run on the workers' event loops like every chain; the delivery
 //! threads only wait for them, so a plugin that holds control never blocks

@@ -59,6 +59,9 @@ counters! {
     inline_resumes,
     /// Take-overs held past the hold deadline: reported, and the chain went on.
     held_past_deadline,
+    /// Reports of a long hold: each `--hold-report` interval a plugin held control without
+    /// resuming (the host waits on, as MailerQ does, unless a hold deadline is set).
+    hold_reports,
     /// Resumes that arrived after the hold deadline had already moved the chain on: ignored.
     late_resumes,
     /// Chains cut because they retried more often than the retry limit.

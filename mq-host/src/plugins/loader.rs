@@ -42,7 +42,7 @@ use abi_stable::library::{
 use mq_abi::sys::*;
 use mq_abi::RawHook;
 use mq_abi::{check_plugin_layout, HostApiRef, PluginModuleRef, FRAMEWORK_ABI_VERSION};
-use mq_hook_table::{Hook, Shape, HOOKS, HOOK_COUNT, MQ_API_VERSION};
+use mq_hook_table::{Hook, Shape, HOOKS, HOOK_COUNT};
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -158,6 +158,9 @@ pub enum LoadErrorKind {
     WrongApiVersion {
         /// What the plugin returned.
         found: i32,
+        /// What this host runs (`--api-version`, default
+        /// [`MQ_API_VERSION`](mq_hook_table::MQ_API_VERSION)).
+        expected: i32,
     },
     /// The root module's layout does not match this host's `mq-plugin`.
     AbiMismatch {
@@ -208,9 +211,12 @@ impl fmt::Display for LoadError {
             LoadErrorKind::NoVersion => {
                 write!(f, "exports no `mq_version`, so it is not a MailerQ plugin")
             }
-            LoadErrorKind::WrongApiVersion { found } => write!(
+            LoadErrorKind::WrongApiVersion { found, expected } => write!(
                 f,
-                "wrong API version: `mq_version()` returned {found}, this host implements {MQ_API_VERSION}"
+                "wrong API version: `mq_version()` returned {found}, this host runs {expected}; \
+                 rebuild the plugin for it (`MQ_API_VERSION={expected} cargo build` with \
+                 mq-plugin, `-DMQ_API_VERSION={expected}` in C) or start the host with \
+                 `--api-version {found}`"
             ),
             LoadErrorKind::AbiMismatch { summary, .. } => write!(
                 f,
@@ -400,15 +406,17 @@ fn undefined_symbol(message: &str) -> Option<&str> {
 }
 
 /// Loads and checks one plugin; for Rust plugins in [`HostMode::Table`],
-/// attaches `host_api`.
+/// attaches `host_api`. With `api_version`, `mq_version()` must return it
+/// (as MailerQ requires its own number); without, any number is taken.
 pub(crate) fn load(
     path: &Path,
     mode: HostMode,
     host_api: Option<HostApiRef>,
+    api_version: Option<i32>,
 ) -> Result<LoadedPlugin, LoadError> {
     elf::check(path)?;
     let opened = open(path)?;
-    let loaded = check_library(path, &opened.library, mode, host_api);
+    let loaded = check_library(path, &opened.library, mode, host_api, api_version);
     keep(opened);
     loaded
 }
@@ -419,8 +427,9 @@ fn check_library(
     library: &RawLibrary,
     mode: HostMode,
     host_api: Option<HostApiRef>,
+    expected: Option<i32>,
 ) -> Result<LoadedPlugin, LoadError> {
-    let api_version = api_version(path, library)?;
+    let api_version = api_version(path, library, expected)?;
     let hooks = exported_hooks(library);
     // SAFETY: only asks whether the symbol exists (typed as a pointer,
     // which is what the loader accepts for data symbols).
@@ -471,22 +480,28 @@ fn check_library(
     })
 }
 
-/// The plugin's `mq_version()`, which must be the API version this host
-/// implements.
-fn api_version(path: &Path, library: &RawLibrary) -> Result<c_int, LoadError> {
+/// The plugin's `mq_version()`, which must be `expected` when given.
+fn api_version(
+    path: &Path,
+    library: &RawLibrary,
+    expected: Option<i32>,
+) -> Result<c_int, LoadError> {
     // SAFETY: MailerQ's `int mq_version(void)`.
     let version: VersionFn = unsafe { library.get::<VersionFn>(b"mq_version\0") }
         .map(|s| *s)
         .map_err(|_| LoadError::new(path, LoadErrorKind::NoVersion))?;
     // SAFETY: calling the plugin's mq_version, as MailerQ does.
     let api_version = unsafe { version() } as c_int;
-    if api_version != MQ_API_VERSION {
-        return Err(LoadError::new(
+    match expected {
+        Some(expected) if expected != api_version => Err(LoadError::new(
             path,
-            LoadErrorKind::WrongApiVersion { found: api_version },
-        ));
+            LoadErrorKind::WrongApiVersion {
+                found: api_version,
+                expected,
+            },
+        )),
+        _ => Ok(api_version),
     }
-    Ok(api_version)
 }
 
 /// The hooks the library exports, by the hook table's index.
@@ -529,9 +544,10 @@ fn describe_rust_plugin(info: &mut PluginInfo, module: PluginModuleRef) {
     );
 }
 
-/// Loads and checks one plugin without attaching a host (`inspect`).
+/// Loads and checks one plugin without attaching a host (`inspect`); any
+/// API version is taken (the caller compares it).
 pub(crate) fn inspect(path: &Path) -> Result<PluginInfo, LoadError> {
-    load(path, HostMode::Table, None).map(|p| p.info)
+    load(path, HostMode::Table, None, None).map(|p| p.info)
 }
 
 fn check_root_module(path: &Path, library: &RawLibrary) -> Result<PluginModuleRef, LoadError> {

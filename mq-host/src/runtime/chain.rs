@@ -12,6 +12,9 @@
 //!   that does not hold the chain is not accepted.
 //! - A hold can also end without a resume (its deadline, or shutdown):
 //!   only the take-over it belongs to is ended (take-overs are numbered).
+//! - A hold keeps one timer, the hold watch (`runtime::hold`): it reports
+//!   a long hold and, with a deadline, ends it; it re-arms itself, so the
+//!   chain keeps the newest handle.
 
 use crate::runtime::event_loop::TimerHandle;
 use crate::runtime::message::ChainArgs;
@@ -95,6 +98,7 @@ enum State {
     Held {
         plugin: usize,
         takeover: u64,
+        /// The hold watch's pending timer.
         deadline: Option<TimerHandle>,
     },
     Resuming,
@@ -233,6 +237,34 @@ impl Chain {
             takeover,
             deadline,
         };
+    }
+
+    /// The plugin holding the chain, if `takeover` holds it now.
+    pub(crate) fn holder(&self, takeover: u64) -> Option<usize> {
+        match self.state {
+            State::Held {
+                plugin,
+                takeover: t,
+                ..
+            } if t == takeover => Some(plugin),
+            _ => None,
+        }
+    }
+
+    /// Gives the hold of `takeover` its next watch timer; false (and the
+    /// caller stops `timer`) if `takeover` no longer holds the chain.
+    pub(crate) fn rearm_hold(&mut self, takeover: u64, timer: TimerHandle) -> bool {
+        match &mut self.state {
+            State::Held {
+                takeover: t,
+                deadline,
+                ..
+            } if *t == takeover => {
+                *deadline = Some(timer);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A resume (`MQ_continue`/`MQ_complete`/`MQ_retry`) from `plugin`.
@@ -461,5 +493,27 @@ mod tests {
         assert_eq!(c.next(PLUGINS), Next::Call(1));
         let report = c.into_report(ChainEnd::Finished);
         assert_eq!(report.calls[0].resumed, Some(Resume::Expired));
+    }
+
+    #[test]
+    fn a_hold_keeps_its_newest_watch_timer() {
+        let mut c = chain();
+        let (plugin, _) = call(&mut c, true);
+        let first = TimerHandle::from_raw(1);
+        let second = TimerHandle::from_raw(2).unwrap();
+        c.hold(3, first);
+        assert_eq!(c.holder(3), Some(plugin));
+        assert_eq!(c.holder(2), None, "another take-over");
+        assert!(!c.rearm_hold(2, second), "not another take-over's hold");
+        assert!(c.rearm_hold(3, second));
+        assert_eq!(
+            c.resume(plugin, Flow::Continue),
+            Verdict::Accepted {
+                deadline: Some(second)
+            },
+            "the resume stops the newest timer"
+        );
+        assert_eq!(c.holder(3), None);
+        assert!(!c.rearm_hold(3, second), "resumed: nothing to re-arm");
     }
 }

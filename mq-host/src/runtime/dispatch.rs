@@ -3,7 +3,10 @@
 //! C resumes arrive in [`resume`]; the hold deadline ends a hold in
 //! [`expire_hold`]. Everything is logged and counted here.
 //!
-//! **The hold deadline** ends a hold safely:
+//! A hold is watched by `runtime::hold`: by default, as in MailerQ, the
+//! host waits for the plugin's resume however long it takes (reporting a
+//! long hold at intervals). **The hold deadline**, an option mq-host adds,
+//! ends a hold safely:
 //!
 //! - a Rust plugin's hold is *cancelled* first: the host asks the plugin
 //!   (its root module's `cancel_hold`) to drop the hook's future, with
@@ -22,6 +25,7 @@ use crate::plugins::call::{self, SmtpArgs};
 use crate::runtime::chain::{AfterCall, Chain, ChainEnd, End, HookCall, Next, Resume, Verdict};
 use crate::runtime::connection::{ConnectionState, ExpiredHold, TakeoverEnd};
 use crate::runtime::handles;
+use crate::runtime::hold;
 use crate::runtime::message::ChainArgs;
 use crate::runtime::watchdog::CallSite;
 use crate::runtime::worker::{Calling, Done, RunningChain, Shared, Worker};
@@ -130,11 +134,8 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
             AfterCall::Hold => {
                 Counters::bump(&w.shared.counters.take_overs);
                 let takeover = w.next_takeover();
-                let deadline = w.shared.limits.hold_deadline.map(|d| {
-                    let conn = Rc::clone(conn);
-                    w.start_timer(d, move |w| expire(w, &conn, takeover))
-                });
-                w.with_chain(conn.id, |running| running.chain.hold(takeover, deadline));
+                let watch = hold::watch(w, conn, takeover);
+                w.with_chain(conn.id, |running| running.chain.hold(takeover, watch));
                 conn.last_takeover.set(Some((plugin, TakeoverEnd::Held)));
                 return;
             }
@@ -325,7 +326,7 @@ pub(crate) fn wrong_thread_resume(function: &str, shared: &Shared, plugin: usize
 }
 
 /// The hold deadline passed for `takeover`.
-fn expire(w: &Worker, conn: &Rc<ConnectionState>, takeover: u64) {
+pub(crate) fn expire(w: &Worker, conn: &Rc<ConnectionState>, takeover: u64) {
     let why = format!(
         "the {:?} hold deadline passed",
         w.shared.limits.hold_deadline.unwrap_or_default()

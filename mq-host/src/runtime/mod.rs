@@ -7,6 +7,7 @@ pub(crate) mod connection;
 pub(crate) mod dispatch;
 pub mod event_loop;
 pub(crate) mod handles;
+pub(crate) mod hold;
 pub(crate) mod message;
 pub(crate) mod misuse;
 pub(crate) mod watchdog;

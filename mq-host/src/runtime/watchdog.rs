@@ -497,6 +497,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let limits = Limits {
             hold_deadline: None,
+            hold_report: None,
             retry_limit: 1,
         };
         Arc::new(Shared::new(

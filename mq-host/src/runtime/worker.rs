@@ -27,7 +27,10 @@ use std::time::Duration;
 /// Limits of the guards.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    /// When a hold ends without a resume; `None`: never, as in MailerQ.
     pub(crate) hold_deadline: Option<Duration>,
+    /// How often a long hold is reported; `None`: never.
+    pub(crate) hold_report: Option<Duration>,
     pub(crate) retry_limit: u32,
 }
 
@@ -475,6 +478,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let limits = Limits {
             hold_deadline: None,
+            hold_report: None,
             retry_limit: 1,
         };
         Arc::new(Shared::new(

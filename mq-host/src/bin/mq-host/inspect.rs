@@ -1,17 +1,30 @@
 //! `mq-host inspect`: what a plugin file is, without running it.
 
-use mq_host::{escape_controls, PluginInfo, PluginKind};
+use mq_host::{escape_controls, LoadError, LoadErrorKind, PluginInfo, PluginKind};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub(crate) fn inspect(files: &[PathBuf], verbose: bool) -> ExitCode {
+/// Shows each file; fails if any is refused, or its `mq_version()` is not
+/// `api_version` (the file is still shown, the refusal on stderr).
+pub(crate) fn inspect(files: &[PathBuf], verbose: bool, api_version: i32) -> ExitCode {
     let mut failed = false;
     for file in files {
         match mq_host::inspect(file) {
             Ok(info) => {
                 // A closed stdout is no reason to fail.
-                let _ = write_info(&mut std::io::stdout().lock(), &info);
+                let _ = write_info(&mut std::io::stdout().lock(), &info, api_version);
+                if info.api_version != api_version {
+                    failed = true;
+                    let refused = LoadError {
+                        file: info.file.clone(),
+                        kind: LoadErrorKind::WrongApiVersion {
+                            found: info.api_version,
+                            expected: api_version,
+                        },
+                    };
+                    eprintln!("mq-host: {}", escape_controls(&refused.to_string()));
+                }
             }
             Err(e) => {
                 failed = true;
@@ -32,10 +45,16 @@ pub(crate) fn inspect(files: &[PathBuf], verbose: bool) -> ExitCode {
     }
 }
 
-/// Writes what `info` says. Name, package, version and description come
-/// from the plugin (and the path from whoever named the file): each is
-/// written escaped, so a plugin cannot add lines or terminal controls.
-pub(crate) fn write_info(out: &mut impl Write, info: &PluginInfo) -> std::io::Result<()> {
+/// Writes what `info` says; its API version is compared with
+/// `api_version`, the one the host runs. Name, package, version and
+/// description come from the plugin (and the path from whoever named the
+/// file): each is written escaped, so a plugin cannot add lines or
+/// terminal controls.
+pub(crate) fn write_info(
+    out: &mut impl Write,
+    info: &PluginInfo,
+    api_version: i32,
+) -> std::io::Result<()> {
     writeln!(out, "{}", escape_controls(&info.file.display().to_string()))?;
     writeln!(out, "  name:        {}", escape_controls(&info.name))?;
     if let Some(p) = &info.package {
@@ -47,7 +66,16 @@ pub(crate) fn write_info(out: &mut impl Write, info: &PluginInfo) -> std::io::Re
     if let Some(d) = &info.description {
         writeln!(out, "  description: {}", escape_controls(d))?;
     }
-    writeln!(out, "  api version: {}", info.api_version)?;
+    let verdict = if info.api_version == api_version {
+        "matches the host's".to_owned()
+    } else {
+        format!("the host runs {api_version}: refused")
+    };
+    writeln!(
+        out,
+        "  api version: {} (mq_version(); {verdict})",
+        info.api_version
+    )?;
     let kind = match &info.kind {
         PluginKind::Rust { framework_abi } => {
             format!("Rust (mq-plugin, framework ABI {framework_abi}; ABI check passed)")
@@ -90,7 +118,7 @@ mod tests {
             authored_hooks: None,
         };
         let mut out = Vec::new();
-        write_info(&mut out, &info).unwrap();
+        write_info(&mut out, &info, 1).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -100,7 +128,7 @@ mod tests {
                 "  package:     pkg\\x1b[2J\n",
                 "  version:     1.0\\r\\n  hooks:\n",
                 "  description: harmless\\n  kind:        C\\u{202e}\n",
-                "  api version: 1\n",
+                "  api version: 1 (mq_version(); matches the host's)\n",
                 "  kind:        C (no root module)\n",
                 "  hooks:\n",
             )

@@ -1,11 +1,13 @@
 //! The `mq-host` command: run MailerQ plugins outside MailerQ.
 
 mod batch;
+mod config;
 mod deliver;
 mod inspect;
 mod serve;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use mq_host::delivery::DeliveryConfig;
 use mq_host::{Host, HostMode, LogEcho};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,14 @@ enum Command {
     /// stored under --data-dir and, with --relay, delivered with the
     /// smtp_out_* hooks. Without --plugins/--plugin: the example plugins.
     Serve {
+        /// Read MailerQ's configuration file (`key: value` lines) for the
+        /// settings mq-host implements (plugin-directory, smtp-ip,
+        /// smtp-port, smtp-maxsize, smtp-timeout, smtp-connections[-in|-out],
+        /// smtp-threads, smtp-certificate, smtp-key, smarthost[-port],
+        /// max-attempts); MAILERQ_* variables override it, and flags given
+        /// here override both. Other MailerQ settings are reported once.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         host: HostArgs,
         /// Deliver the outbox (DATA-DIR/inbox) to this SMTP relay
@@ -111,11 +121,15 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
-    /// and the hooks each defines. Runs nothing but `mq_version`.
+    /// and the hooks each defines. Runs nothing but `mq_version`; fails for
+    /// a plugin whose API version is not --api-version.
     Inspect {
         /// Plugin files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The MQ_API_VERSION of the MailerQ the plugins are for.
+        #[arg(long, value_name = "N", default_value_t = mq_host::hook_table::MQ_API_VERSION)]
+        api_version: i32,
         /// Print abi_stable's full report for an ABI mismatch.
         #[arg(short, long)]
         verbose: bool,
@@ -133,10 +147,22 @@ struct HostArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Seconds a plugin may hold control before the host reports it and
-    /// goes on; 0 for no limit.
-    #[arg(long, default_value_t = 60.0)]
-    hold_deadline: f64,
+    /// Seconds a plugin may hold control before the host ends the hold and
+    /// goes on with the next plugin (an mq-host option; a Rust plugin's
+    /// hook is cancelled, a C plugin's late resume ignored). Default, and
+    /// 0: no limit — the host waits for the resume, as MailerQ does.
+    #[arg(long, value_name = "SECONDS")]
+    hold_deadline: Option<f64>,
+    /// Seconds between reports of a plugin that holds control without
+    /// resuming (a warning naming the plugin, the hook and how long,
+    /// counted in hold_reports); 0: no reports.
+    #[arg(long, value_name = "SECONDS", default_value_t = mq_host::DEFAULT_HOLD_REPORT.as_secs_f64())]
+    hold_report: f64,
+    /// The MQ_API_VERSION this host runs as: plugins whose mq_version()
+    /// returns another number are refused, as MailerQ does (set it to your
+    /// MailerQ's number).
+    #[arg(long, value_name = "N", default_value_t = mq_host::hook_table::MQ_API_VERSION)]
+    api_version: i32,
     /// Retries a chain may make before it is cut.
     #[arg(long, default_value_t = 100)]
     retry_limit: u32,
@@ -251,7 +277,37 @@ enum DirectionArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Serve {
+        config: Some(file), ..
+    } = &cli.command
+    {
+        let serve = matches.subcommand_matches("serve");
+        let given =
+            |id: &str| serve.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+        let file = file.clone();
+        let read = config::read(
+            &file,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+        .and_then(|(settings, warnings)| {
+            Ok((config::check(&settings, &file)?, settings, warnings))
+        });
+        match read {
+            Ok(((), settings, warnings)) => {
+                for warning in warnings {
+                    eprintln!("mq-host: config: {}", mq_host::escape_controls(&warning));
+                }
+                config::apply(settings, given, &mut cli.command);
+            }
+            Err(e) => {
+                eprintln!("mq-host: config: {}", mq_host::escape_controls(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Demo { host } => batch::demo(host),
         Command::Run {
@@ -260,7 +316,11 @@ fn main() -> ExitCode {
             input,
             output,
         } => batch::run(host, direction, input, output),
-        Command::Inspect { files, verbose } => return inspect::inspect(&files, verbose),
+        Command::Inspect {
+            files,
+            verbose,
+            api_version,
+        } => return inspect::inspect(&files, verbose, api_version),
         Command::Deliver {
             host,
             relay,
@@ -272,6 +332,7 @@ fn main() -> ExitCode {
             .config(relay, "localhost")
             .and_then(|config| deliver::deliver(host, config, data_dir, input, output)),
         Command::Serve {
+            config: _,
             host,
             relay,
             delivery,
@@ -330,11 +391,18 @@ fn main() -> ExitCode {
 
 fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
     let hold_deadline = match args.hold_deadline {
-        0.0 => None,
-        v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+        None | Some(0.0) => None,
+        Some(v) => Some(Duration::try_from_secs_f64(v).map_err(|_| {
             format!("--hold-deadline {v}: not a number of seconds (0 for no limit)")
         })?),
     };
+    let hold_report =
+        match args.hold_report {
+            0.0 => None,
+            v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
+                format!("--hold-report {v}: not a number of seconds (0: no reports)")
+            })?),
+        };
     let stall_report = match args.stall_report {
         0.0 => None,
         v => Some(Duration::try_from_secs_f64(v).map_err(|_| {
@@ -344,7 +412,9 @@ fn start(args: &HostArgs, dir: Option<&Path>) -> Result<Host, String> {
     let mut builder = Host::builder()
         .workers(args.workers)
         .retry_limit(args.retry_limit)
+        .api_version(args.api_version)
         .hold_deadline(hold_deadline)
+        .hold_report(hold_report)
         .log_max_bytes(args.log_max_bytes)
         .log_record_max(args.log_record_max)
         .stall_report(stall_report)

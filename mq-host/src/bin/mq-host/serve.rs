@@ -23,7 +23,7 @@ pub(crate) struct SessionLimits {
     max_recipients: usize,
     /// Sessions open at once; more clients get 421.
     #[arg(long, default_value_t = 1000)]
-    max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Sessions open at once from one client address.
     #[arg(long, default_value_t = 100)]
     max_connections_per_ip: usize,
