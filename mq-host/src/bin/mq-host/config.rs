@@ -32,9 +32,8 @@ use std::path::{Path, PathBuf};
 ///   only (reported);
 /// - `smtp-connections` (MailerQ: incoming and outgoing together) limits
 ///   the incoming sessions when `smtp-connections-in` is absent;
-/// - `max-attempts: 0` (MailerQ: unlimited) is unlimited here too;
 /// - sizes take `K`/`KB`, `M`/`MB`, `G`/`GB` as powers of 1024.
-pub(crate) const IMPLEMENTED: [(&str, &str); 13] = [
+pub(crate) const IMPLEMENTED: [(&str, &str); 14] = [
     ("plugin-directory", "--plugins"),
     ("smtp-ip", "--listen (its address)"),
     ("smtp-port", "--listen (its port)"),
@@ -48,6 +47,7 @@ pub(crate) const IMPLEMENTED: [(&str, &str); 13] = [
     ("smtp-key", "--tls-key"),
     ("smarthost", "--relay (its host)"),
     ("max-attempts", "--max-attempts"),
+    ("max-delivertime", "--max-delivertime"),
 ];
 
 /// `smarthost-port` goes with `smarthost`: the relay's port (default 25).
@@ -61,7 +61,7 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "database-address", "database-ttl", "database-validate", "download-blacklist",
     "download-cache", "download-log-format", "download-log-file", "download-ttl",
     "download-whitelist", "download-proxy", "dsn-advertise", "dsn-notify", "dsn-ret",
-    "dns-min-ttl", "error-log", "heartbeat-enabled", "license", "lock", "max-delivertime",
+    "dns-min-ttl", "error-log", "heartbeat-enabled", "license", "lock",
     "proxy-server", "rabbitmq-address", "rabbitmq-consumers", "rabbitmq-declare", "rabbitmq-dsn",
     "rabbitmq-durable", "rabbitmq-encoding", "rabbitmq-exchange", "rabbitmq-failure",
     "rabbitmq-inbox", "rabbitmq-local", "rabbitmq-lazy", "rabbitmq-maxpriority", "rabbitmq-qos",
@@ -183,6 +183,7 @@ pub(crate) struct ServeSettings {
     smarthost: Option<String>,
     smarthost_port: Option<u16>,
     max_attempts: Option<u32>,
+    max_delivertime: Option<f64>,
     /// Set by `smtp-connections-in`, which wins over `smtp-connections`.
     connections_in: bool,
 }
@@ -276,7 +277,15 @@ impl ServeSettings {
                 let n: u32 = value
                     .parse()
                     .map_err(|_| bad("not a number (0: unlimited)"))?;
-                self.max_attempts = Some(if n == 0 { u32::MAX } else { n });
+                self.max_attempts = Some(n);
+            }
+            "max-delivertime" => {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| bad("not a number of seconds above 0"))?;
+                self.max_delivertime = Some(secs);
             }
             key if NOT_IMPLEMENTED.contains(&key) => {
                 return Ok(Some(format!(
@@ -397,6 +406,9 @@ pub(crate) fn apply(settings: ServeSettings, given: impl Fn(&str) -> bool, comma
     if let (Some(n), true) = (settings.max_attempts, take("max_attempts")) {
         delivery.max_attempts = n;
     }
+    if let (Some(secs), true) = (settings.max_delivertime, take("max_delivertime")) {
+        delivery.max_delivertime = secs;
+    }
     // The certificate and key go together, and --no-tls wins over both.
     if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
         if !*no_tls && take("tls_cert") && take("tls_key") {
@@ -480,14 +492,15 @@ mod tests {
     #[test]
     fn values_are_read_or_refused_with_their_line() {
         let (s, warnings) = read_text(
-            "smtp-maxsize: 2KB\nsmtp-port: 25,2525,1024-1026\nsmtp-connections-in: 5\nsmtp-connections: 9\nmax-attempts: 0\n",
+            "smtp-maxsize: 2KB\nsmtp-port: 25,2525,1024-1026\nsmtp-connections-in: 5\nsmtp-connections: 9\nmax-attempts: 0\nmax-delivertime: 3600\n",
             &[],
         )
         .unwrap();
         assert_eq!(s.max_message_size, Some(2048));
         assert_eq!(s.port, Some(25));
         assert_eq!(s.max_connections, Some(5), "-in wins over the total");
-        assert_eq!(s.max_attempts, Some(u32::MAX), "0: unlimited");
+        assert_eq!(s.max_attempts, Some(0), "0: unlimited, as --max-attempts 0");
+        assert_eq!(s.max_delivertime, Some(3600.0));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0]
             .contains(":2: `smtp-port: 25,2525,1024-1026`: mq-host listens on one port, 25"));
