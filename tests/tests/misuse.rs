@@ -35,6 +35,7 @@ const MISUSES: &[(&str, &str, u64)] = &[
         1,
     ),
     ("MQ_ioWatch", "refused: no callback", 1),
+    ("MQ_ev", "returns NULL: mq-host runs its own event loop", 2),
     (
         "MQ_ioWatch",
         "refused: events is neither MQ_READ nor MQ_WRITE",
@@ -90,6 +91,7 @@ fn each_misuse_is_reported_once_and_counted_every_time() {
         "huge timer fired",
         "non-zero",
         "without",
+        "returned a loop",
     ] {
         assert!(
             !plugin.iter().any(|l| l.contains(never)),

@@ -360,9 +360,13 @@ host_fn! {
 }
 
 host_fn! {
-    /// `struct ev_loop *MQ_ev(MQ_Context*)`: always NULL, mq-host has no libev.
+    /// `struct ev_loop *MQ_ev(MQ_Context*)`: always NULL, mq-host has no
+    /// libev; reported once per plugin (a MailerQ plugin that relies on it
+    /// would fail here without a word otherwise).
     fn MQ_ev(ctx: *mut MQ_Context) -> *mut c_void = std::ptr::null_mut(); {
-        let _ = context("MQ_ev", ctx);
+        if let Some((w, plugin)) = context("MQ_ev", ctx) {
+            w.report_misuse(Some(plugin), "MQ_ev", Misuse::NoLibevLoop, "");
+        }
         std::ptr::null_mut()
     }
 }

@@ -3,6 +3,8 @@
 //! twice) or leaves undefined (a NULL buffer with a size, a delay that is
 //! no number of seconds). MailerQ would crash or misbehave; mq-host
 //! refuses the call or clamps the argument, and tells the plugin's author.
+//! Also reported here: a call that is fine in MailerQ but that mq-host
+//! cannot answer as MailerQ does (`MQ_ev`: mq-host has no libev loop).
 //!
 //! Each kind of misuse is logged once per plugin and host function (the
 //! first occurrence, naming both), so that a plugin that repeats it in a
@@ -48,6 +50,8 @@ pub(crate) enum Misuse {
     NoCallback,
     /// `MQ_ioWatch` with neither `MQ_READ` nor `MQ_WRITE`: refused.
     NoEvents,
+    /// `MQ_ev`: fine in MailerQ, but mq-host has no libev loop to give.
+    NoLibevLoop,
 }
 
 impl Misuse {
@@ -80,6 +84,9 @@ impl Misuse {
             }
             Misuse::NoCallback => "refused: no callback".to_owned(),
             Misuse::NoEvents => "refused: events is neither MQ_READ nor MQ_WRITE".to_owned(),
+            Misuse::NoLibevLoop => "returns NULL: mq-host runs its own event loop, not libev \
+                 (MailerQ returns its libev loop); MQ_ioWatch and MQ_startTimer work in both hosts"
+                .to_owned(),
         }
     }
 

@@ -181,6 +181,9 @@ static bool misuse(MQ_Context *context, MQ_Connection *connection, MQ_Message *m
     if (MQ_ioWatch(context, m->fds[0], 0, ignore_io, NULL)) say("%s", "a watcher without events");
     if (MQ_startTimer(context, 1.0f, NULL, NULL)) say("%s", "a timer without callback");
 
+    /* MailerQ's libev loop: mq-host has none (twice: one report). */
+    if (MQ_ev(context) || MQ_ev(context)) say("%s", "MQ_ev returned a loop");
+
     MQ_startTimer(context, 0.2f, check_and_resume, m);
     say("%s", "made every misuse");
     return true;
