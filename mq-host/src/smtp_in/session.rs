@@ -102,6 +102,9 @@ pub(super) struct Session {
     pub(super) data: Vec<u8>,
     pub(super) too_big: bool,
     pub(super) helo: Option<String>,
+    /// The login of the last successful AUTH (the incoming JSON's
+    /// `connection.user`).
+    pub(super) user: Option<String>,
 }
 
 pub(super) type Shared = Rc<RefCell<Session>>;
@@ -228,6 +231,7 @@ pub(super) fn start_session(
         data: Vec::new(),
         too_big: false,
         helo: None,
+        user: None,
     }));
     SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
     watch(w, &session, false);
