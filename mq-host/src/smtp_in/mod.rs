@@ -9,7 +9,11 @@
 //! it never blocks other sessions.
 //!
 //! A reply a plugin writes with `MQ_send` during a step replaces the host's
-//! own reply to that command; a 4xx/5xx reply refuses the command.
+//! own reply to that command; a 4xx/5xx reply refuses the command. This is
+//! mq-host's reading of `MQ_send` writing raw bytes straight onto the SMTP
+//! connection: a plugin that sends its reply and then completes has
+//! answered the command. In `smtp_in_close` no client gets anything more
+//! (`MQ_send` returns 0 there; see `capi`'s `MQ_send`).
 //!
 //! It speaks ESMTP with pipelining: EHLO/HELO, STARTTLS (rustls;
 //! `smtp_in_secure` after the handshake), AUTH PLAIN and LOGIN

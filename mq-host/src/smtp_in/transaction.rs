@@ -1,6 +1,14 @@
 //! The end of DATA: `smtp_in_data`, then `smtp_in_message` once per
 //! recipient, then durable storage of the transaction — all messages or
-//! none — and only then the reply.
+//! none — and only then the reply: MailerQ's `250` naming each stored
+//! message's `message-id` and recipient, unless a plugin answered DATA
+//! itself with `MQ_send` (see [`Done::reply`]).
+//!
+//! Each recipient's message is built as MailerQ's `json-incoming` says
+//! ([`incoming_json`]). mq-host keeps none of its own properties there
+//! (the client's HELO name is not recorded); `spool`, `cli` and `checks`
+//! are not produced, as mq-host has no spool directory, no injecting
+//! command line and runs no SPF/DKIM/DMARC checks.
 
 use super::session::{Recipient, Session};
 use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared};
@@ -32,7 +40,7 @@ pub(super) struct Decided {
 
 /// The messages of a transaction decided so far, and the reply a plugin
 /// gave instead of the host's.
-pub(super) struct Done {
+struct Done {
     decided: Vec<Decided>,
     /// The bytes a plugin sent (`MQ_send`) at `smtp_in_data`, else the
     /// first sent at `smtp_in_message`, that do not refuse: they replace
