@@ -196,6 +196,99 @@ s.quit()
     );
 }
 
+/// A C plugin, written against MailerQ's API only, that replaces every
+/// incoming message's MIME with 8-bit (Latin-1) data.
+fn latin1_plugin(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("latin1.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <mailerq.h>
+int mq_version(void) { return MQ_API_VERSION; }
+bool mq_smtp_in_message(MQ_Context *context, MQ_Connection *connection, MQ_Message *message)
+{
+    static const char mime[] = "Subject: caf\xe9\r\n\r\n\xff na\xefve\r\n";
+    (void)context;
+    (void)connection;
+    MQ_setMime(message, mime, sizeof mime - 1);
+    return false;
+}
+"#,
+    )
+    .unwrap();
+    let so = dir.join("build-latin1.so");
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../include");
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-I", include, "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success());
+    so
+}
+
+const LATIN1: &[u8] = b"Subject: caf\xe9\r\n\r\n\xff na\xefve\r\n";
+
+/// 8-bit MIME a plugin sets is stored byte for byte too; `mq-host run`,
+/// whose output is JSON lines, reports it instead of making it lossy.
+#[test]
+fn non_utf8_mime_a_plugin_sets_is_never_made_lossy() {
+    let build = PluginDir::new("incoming-latin1-build");
+    let so = latin1_plugin(build.path());
+    let dir = PluginDir::new("incoming-latin1");
+    dir.add("10-latin1.so", &so, "");
+    let host = dir.start();
+    let data = dir.path().join("data");
+    let server = serve(&host, &data);
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+print("refused", s.sendmail("a@shop.example", ["fred@example.com"], "Subject: plain\r\n\r\nascii\r\n"))
+s.quit()
+"#;
+    assert_eq!(python(script, &server).trim(), "refused {}");
+    let stored = json_files(&data.join("inbox"));
+    assert_eq!(stored.len(), 1);
+    let key = stored[0]["key"].as_str().expect("kept apart, not lossy");
+    assert_eq!(std::fs::read(data.join("mime").join(key)).unwrap(), LATIN1);
+
+    // The host API has the bytes as they are.
+    let r = host
+        .run_event(
+            Direction::Incoming,
+            Event::Message(serde_json::json!({
+                "envelope": "a@shop.example",
+                "recipient": "fred@example.com",
+                "mime": "Subject: plain\r\n\r\nascii\r\n",
+            })),
+        )
+        .unwrap();
+    assert_eq!(r.mime.as_deref(), Some(LATIN1));
+
+    // `run`: an error line naming why, and the next line still runs.
+    let input = concat!(
+        r#"{"envelope":"a@shop.example","recipient":"fred@example.com","mime":"x\r\n"}"#,
+        "\n",
+        r#"[]"#,
+        "\n"
+    );
+    let mut output = Vec::new();
+    let summary =
+        mq_host::batch::run_jsonl(&host, Direction::Incoming, input.as_bytes(), &mut output)
+            .unwrap();
+    assert_eq!(summary.errors, 2, "{}", String::from_utf8_lossy(&output));
+    let first: Value =
+        serde_json::from_slice(output.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["line"], 1);
+    let error = first["error"].as_str().unwrap();
+    assert!(error.contains("not UTF-8"), "{error}");
+    assert!(
+        !String::from_utf8(output).unwrap().contains('\u{fffd}'),
+        "nothing lossy"
+    );
+}
+
 /// Waits (a hang detector, not a speed target) until the host's log has
 /// a line `done` accepts.
 fn wait_for_log(host: &mq_host::Host, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -240,14 +333,12 @@ for _ in range(2):
     );
     let warnings: Vec<&String> = log
         .iter()
-        .filter(|l| l.starts_with("plugin 10-probe: MQ_send in smtp_in_close sent nothing and returned 0"))
+        .filter(|l| {
+            l.starts_with("plugin 10-probe: MQ_send in smtp_in_close sent nothing and returned 0")
+        })
         .collect();
     assert_eq!(warnings.len(), 1, "once per plugin and hook: {log:#?}");
-    assert!(
-        warnings[0].contains("closing"),
-        "says why: {}",
-        warnings[0]
-    );
+    assert!(warnings[0].contains("closing"), "says why: {}", warnings[0]);
     assert_eq!(host.counters().plugin_send_undeliverable, 2);
 }
 
@@ -265,7 +356,10 @@ fn mq_send_counts_where_the_client_gets_the_bytes_and_not_in_close() {
         let host = dir.start();
         let mut s = host.open(Direction::Incoming).unwrap();
         let r = s.run(Event::Connect).unwrap();
-        assert!(r.plugin_log().contains(&"probe 10-p sent 16".to_owned()), "{kind}");
+        assert!(
+            r.plugin_log().contains(&"probe 10-p sent 16".to_owned()),
+            "{kind}"
+        );
         assert_eq!(r.sent, b"250-probe 10-p\r\n", "{kind}");
         let r = s.run(Event::Close).unwrap();
         assert!(
@@ -283,7 +377,11 @@ fn mq_send_counts_where_the_client_gets_the_bytes_and_not_in_close() {
 #[test]
 fn mq_send_on_an_outgoing_hook_returns_0_and_is_logged() {
     let dir = PluginDir::new("incoming-send-out");
-    dir.add("10-p.so", &c_probe(), "smtp_out_data reject 250 not for the relay\n");
+    dir.add(
+        "10-p.so",
+        &c_probe(),
+        "smtp_out_data reject 250 not for the relay\n",
+    );
     let host = dir.start();
     let mut out = host.open(Direction::Outgoing).unwrap();
     let message = serde_json::json!({
@@ -327,6 +425,9 @@ code, text = s.data(b"Subject: d\r\n\r\nd\r\n")
 print(code, text.decode())
 s.quit()
 "#;
-    assert_eq!(python(script, &server).trim(), "250 2.0.0 taken by the probe");
+    assert_eq!(
+        python(script, &server).trim(),
+        "250 2.0.0 taken by the probe"
+    );
     assert_eq!(json_files(&data.join("inbox")).len(), 1);
 }

@@ -272,7 +272,9 @@ t.quit()
     }
     // The plain connection's AUTH never reached the plugins.
     assert_eq!(
-        log.iter().filter(|l| *l == "probe 10-probe login good").count(),
+        log.iter()
+            .filter(|l| *l == "probe 10-probe login good")
+            .count(),
         2,
         "{log:#?}"
     );

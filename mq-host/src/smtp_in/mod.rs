@@ -26,14 +26,17 @@
 
 //!
 //! The files: this one the server (configuration, acceptor, shutdown);
-//! `session` a session's socket, life and steps; `commands` what each
-//! command does; `transaction` the end of DATA through the message hooks to
-//! durable storage.
+//! `session` a session's socket, life and steps (`tls` its STARTTLS,
+//! `deadline` its deadlines); `commands` what each command does;
+//! `transaction` the end of DATA through the message hooks to durable
+//! storage, and the incoming JSON.
 
 mod accept;
 mod commands;
+mod deadline;
 mod input;
 mod session;
+mod tls;
 mod transaction;
 
 use crate::runtime::dispatch;

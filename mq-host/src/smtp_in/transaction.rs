@@ -10,8 +10,8 @@
 //! are not produced, as mq-host has no spool directory, no injecting
 //! command line and runs no SPF/DKIM/DMARC checks.
 
-use super::session::{Recipient, Session};
 use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared};
+use super::session::{Recipient, Session};
 use crate::clock::now_mailerq;
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
@@ -319,7 +319,8 @@ mod tests {
         assert_eq!(distinct.len(), ids.len());
         for id in &ids {
             assert!(
-                id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                id.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
                 "{id}"
             );
         }
