@@ -281,7 +281,8 @@ t.quit()
 }
 
 /// With `auth_insecure` (`serve --auth-insecure`), AUTH is offered and
-/// accepted without TLS.
+/// accepted without TLS; STARTTLS afterwards forgets that login (RFC 3207),
+/// so the client logs in again.
 #[test]
 fn auth_insecure_offers_auth_on_a_plain_connection() {
     let dir = PluginDir::new("serve-auth-insecure");
@@ -290,24 +291,31 @@ fn auth_insecure_offers_auth_on_a_plain_connection() {
     let config = ServeConfig {
         data_dir: dir.path().join("data"),
         auth_insecure: true,
+        tls: Some(mq_host::smtp_in::self_signed_tls("localhost").unwrap()),
         ..Default::default()
     };
     let server = host
         .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
         .unwrap();
     let script = r#"
-import smtplib, sys
+import smtplib, ssl, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
 s.ehlo()
 print("advertised", " ".join(sorted(s.esmtp_features["auth"].split())))
 s.login("good", "secret")
 print("plain ok")
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.ehlo()
+print("again", s.docmd("AUTH", "PLAIN AGdvb2QAc2VjcmV0")[0])
 s.quit()
 "#;
     let stdout = python(script, &server);
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
-        ["advertised LOGIN PLAIN", "plain ok"]
+        ["advertised LOGIN PLAIN", "plain ok", "again 235"]
     );
     assert_eq!(host.counters().auth_needs_tls, 0);
 }

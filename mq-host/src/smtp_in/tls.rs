@@ -38,7 +38,7 @@ pub(super) fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
 
 /// STARTTLS: the `220` goes out in plaintext, then TLS takes the socket.
 /// Pipelined plaintext after the command is discarded and the session
-/// starts over (RFC 3207).
+/// starts over (RFC 3207), a login by AUTH included.
 pub(super) fn start_tls(w: &Worker, s: &Shared) {
     let config = {
         let sess = s.borrow();
@@ -75,6 +75,11 @@ pub(super) fn start_tls(w: &Worker, s: &Shared) {
     sess.envelope = None;
     sess.recipients.clear();
     sess.data.clear();
+    // A login made before TLS (`auth_insecure`) is knowledge from the
+    // client that RFC 3207 says to discard: the client logs in again.
+    if sess.user.take().is_some() {
+        sess.conn.auth.set(Default::default());
+    }
 }
 
 /// Writes to a socket with `send(2)` only: rustls writes its records with
