@@ -219,10 +219,18 @@ fn store_all(w: &Worker, s: &Shared, done: Done) {
 /// with its `message-id` and recipient, so that the client can track each
 /// (`<id> for <recipient>`); every line carries the enhanced status code,
 /// as ENHANCEDSTATUSCODES (which the EHLO reply lists) requires.
+/// Control characters a plugin may have put in a message's id or recipient
+/// are shown as `?`, so that they cannot break the reply's lines.
 fn queued_reply(ids: &[(String, String)]) -> String {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
     let mut reply = String::from("250-2.0.0 queued with these identifiers:");
     for (n, (id, recipient)) in ids.iter().enumerate() {
         let sep = if n + 1 == ids.len() { ' ' } else { '-' };
+        let (id, recipient) = (clean(id), clean(recipient));
         reply.push_str(&format!("\r\n250{sep}2.0.0 {id} for {recipient}"));
     }
     reply
@@ -338,6 +346,11 @@ mod tests {
         assert_eq!(
             queued_reply(&ids),
             "250-2.0.0 queued with these identifiers:\r\n250-2.0.0 aa1 for a@x.example\r\n250 2.0.0 bb2 for b@x.example"
+        );
+        let injected = [("id\r\n250 x".to_owned(), "c@x.example\n".to_owned())];
+        assert_eq!(
+            queued_reply(&injected),
+            "250-2.0.0 queued with these identifiers:\r\n250 2.0.0 id??250 x for c@x.example?"
         );
     }
 }
