@@ -337,7 +337,10 @@ int MQ_fileDescriptor(MQ_Connection *connection);
  *  in "\r\n"). The host buffers them; returns the number of bytes
  *  accepted: in mq-host fewer than `size` once the connection's output
  *  limit is reached (a client that does not read its replies), and 0 for
- *  a NULL `buffer` with a non-zero size. */
+ *  a NULL `buffer` with a non-zero size. In mq-host the bytes sent during
+ *  an smtp_in_* hook are the reply to that command and replace the host's
+ *  own; where no client can get them (smtp_in_close, the smtp_out_* hooks,
+ *  no hook running) it returns 0 and the host logs why. */
 size_t MQ_send(MQ_Connection *connection, const void *buffer, size_t size);
 
 /** Whether the client is authenticated (after AUTH). */

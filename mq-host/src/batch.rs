@@ -13,7 +13,10 @@
 //! with `stage` and `reply` when refused; for outgoing messages `smtp`:
 //! what would be sent), or for an unusable line (not UTF-8, not JSON, not
 //! a JSON object) `{"error": ..., "line": N}`; the lines after it still
-//! run. Blank lines are skipped; nothing else is dropped silently.
+//! run. Blank lines are skipped; nothing else is dropped silently. An
+//! incoming message whose MIME a plugin made 8-bit (not UTF-8) is such an
+//! error line too: a JSON string cannot carry it byte for byte, and the
+//! host does not make it lossy.
 
 use crate::api::{Event, EventResult, Host, RunError};
 use crate::runtime::message::Direction;
@@ -175,6 +178,12 @@ fn incoming(host: &Host, message: Map<String, Value>) -> Result<(Value, bool), R
     session.close()?;
     if result.refused() {
         return Ok(refusal(message, &result));
+    }
+    // Never a lossy `mime`: 8-bit MIME a plugin set is reported instead.
+    if let Some(mime) = result.mime.as_deref() {
+        if std::str::from_utf8(mime).is_err() {
+            return Err(RunError::MimeNotUtf8 { bytes: mime.len() });
+        }
     }
     let Some(Value::Object(mut changed)) = result.message else {
         unreachable!("message events return the message")

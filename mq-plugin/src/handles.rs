@@ -185,7 +185,9 @@ impl Connection {
 
     /// Sends raw bytes to the SMTP peer (host-buffered); returns how many
     /// the host accepted. In `mq-host`, a reply sent from an `smtp_in_*`
-    /// hook replaces the host's own reply to that command.
+    /// hook replaces the host's own reply to that command; where no client
+    /// can get the bytes (`smtp_in_close`, the `smtp_out_*` hooks, no hook
+    /// running) it returns 0 and the host logs why.
     pub fn send(&self, bytes: &[u8]) -> usize {
         // SAFETY: live connection; the buffer is valid for its length.
         unsafe {

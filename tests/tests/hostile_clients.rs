@@ -176,7 +176,8 @@ fn input_while_a_hook_holds_is_bounded() {
 fn an_endless_auth_line_is_cut() {
     let dir = PluginDir::new("hostile-auth-line");
     let host = dir.start();
-    let server = serve(&host, &dir.path().join("data"), |_| {});
+    // AUTH on a plain connection, as the option allows.
+    let server = serve(&host, &dir.path().join("data"), |c| c.auth_insecure = true);
     let mut c = Client::greeted(server.local_addr());
     c.command("EHLO auth.example", "250");
     c.command("AUTH PLAIN", "334");

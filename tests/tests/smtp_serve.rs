@@ -68,6 +68,27 @@ impl Client {
     }
 }
 
+/// The `(message-id, recipient)` pairs of the `250` after DATA, which
+/// lists one line per stored message.
+fn queued(reply: &str) -> Vec<(String, String)> {
+    let mut lines = reply.lines();
+    assert_eq!(
+        lines.next(),
+        Some("250-2.0.0 queued with these identifiers:"),
+        "{reply}"
+    );
+    lines
+        .map(|line| {
+            let rest = line
+                .strip_prefix("250-2.0.0 ")
+                .or_else(|| line.strip_prefix("250 2.0.0 "))
+                .unwrap_or_else(|| panic!("{reply}"));
+            let (id, recipient) = rest.split_once(" for ").expect("<id> for <recipient>");
+            (id.to_owned(), recipient.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn python_smtplib_delivers_through_the_hooks() {
     let dir = PluginDir::new("serve-smtplib");
@@ -136,7 +157,7 @@ fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
     );
     assert!(slow.reply().starts_with("354"));
     slow.send("Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
-    assert_eq!(slow.reply(), "250 2.0.0 queued for 3 recipient(s)");
+    assert_eq!(queued(&slow.reply()).len(), 3);
     assert!(slow.reply().starts_with("221"));
     assert_eq!(json_files(&data.join("inbox")).len(), 3);
 }
@@ -184,21 +205,32 @@ fn bad_input_gets_smtp_errors_and_the_worker_survives() {
 }
 
 #[test]
-fn auth_plain_and_login_ask_the_plugins() {
+fn auth_plain_and_login_ask_the_plugins_after_starttls() {
     let dir = PluginDir::new("serve-auth");
     dir.add("10-probe.so", &c_probe(), "smtp_in_authenticate exercise\n");
     let host = dir.start();
     let config = ServeConfig {
         data_dir: dir.path().join("data"),
+        tls: Some(mq_host::smtp_in::self_signed_tls("localhost").unwrap()),
         ..Default::default()
     };
     let server = host
         .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
         .unwrap();
     let script = r#"
-import smtplib, sys
+import smtplib, ssl, sys
 port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+p = smtplib.SMTP("127.0.0.1", port, timeout=10)
+p.ehlo()
+print("plain offers auth", p.has_extn("auth"))
+code, text = p.docmd("AUTH", "PLAIN AGdvb2QAc2VjcmV0")
+print("plain", code, text.decode())
+p.quit()
 s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.starttls(context=ctx)
 s.ehlo()
 print("advertised", " ".join(sorted(s.esmtp_features["auth"].split())))
 try:
@@ -209,6 +241,7 @@ s.login("good", "secret")
 print("plain ok")
 s.quit()
 t = smtplib.SMTP("127.0.0.1", port, timeout=10)
+t.starttls(context=ctx)
 t.ehlo()
 t.user, t.password = "good", "pw"
 code, _ = t.auth("LOGIN", t.auth_login)
@@ -218,8 +251,16 @@ t.quit()
     let stdout = python(script, &server);
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
-        ["advertised LOGIN PLAIN", "bad 535", "plain ok", "login 235"]
+        [
+            "plain offers auth False",
+            "plain 538 5.7.11 Encryption required for requested authentication mechanism",
+            "advertised LOGIN PLAIN",
+            "bad 535",
+            "plain ok",
+            "login 235"
+        ]
     );
+    assert_eq!(host.counters().auth_needs_tls, 1);
     let log: Vec<String> = host.log().iter().map(|l| l.text.clone()).collect();
     for line in [
         "probe 10-probe login bad",
@@ -229,6 +270,54 @@ t.quit()
     ] {
         assert!(log.iter().any(|l| l == line), "{line} missing: {log:#?}");
     }
+    // The plain connection's AUTH never reached the plugins.
+    assert_eq!(
+        log.iter()
+            .filter(|l| *l == "probe 10-probe login good")
+            .count(),
+        2,
+        "{log:#?}"
+    );
+}
+
+/// With `auth_insecure` (`serve --auth-insecure`), AUTH is offered and
+/// accepted without TLS; STARTTLS afterwards forgets that login (RFC 3207),
+/// so the client logs in again.
+#[test]
+fn auth_insecure_offers_auth_on_a_plain_connection() {
+    let dir = PluginDir::new("serve-auth-insecure");
+    dir.add("10-probe.so", &c_probe(), "smtp_in_authenticate exercise\n");
+    let host = dir.start();
+    let config = ServeConfig {
+        data_dir: dir.path().join("data"),
+        auth_insecure: true,
+        tls: Some(mq_host::smtp_in::self_signed_tls("localhost").unwrap()),
+        ..Default::default()
+    };
+    let server = host
+        .serve(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+        .unwrap();
+    let script = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+s.ehlo()
+print("advertised", " ".join(sorted(s.esmtp_features["auth"].split())))
+s.login("good", "secret")
+print("plain ok")
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.ehlo()
+print("again", s.docmd("AUTH", "PLAIN AGdvb2QAc2VjcmV0")[0])
+s.quit()
+"#;
+    let stdout = python(script, &server);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["advertised LOGIN PLAIN", "plain ok", "again 235"]
+    );
+    assert_eq!(host.counters().auth_needs_tls, 0);
 }
 
 #[test]
@@ -253,7 +342,7 @@ fn bdat_chunks_make_one_message() {
     assert!(c.reply().starts_with("250 2.1.5"));
     assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
     assert_eq!(c.reply(), "250 2.0.0 10 octets received so far");
-    assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
+    assert_eq!(queued(&c.reply()).len(), 1);
     let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
     assert_eq!(
@@ -336,12 +425,14 @@ fn swaks_delivers_and_sigusr1_prints_the_counters() {
         .expect("swaks must be installed (.ci/run installs it)");
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{transcript}");
-    assert!(
-        transcript.contains("<-  250 2.0.0 queued for 1 recipient(s)"),
-        "{transcript}"
-    );
     let stored = json_files(&data.join("inbox"));
     assert_eq!(stored.len(), 1);
+    // The id the client was given is the stored message's.
+    let id = stored[0]["message-id"].as_str().unwrap();
+    assert!(
+        transcript.contains(&format!("<-  250 2.0.0 {id} for alice@example.com")),
+        "{transcript}"
+    );
     assert!(stored[0]["mime"]
         .as_str()
         .unwrap()
@@ -399,7 +490,7 @@ fn a_recipient_a_plugin_marks_local_goes_to_the_local_store() {
     assert!(c.reply().starts_with("250"));
     assert!(c.reply().starts_with("354"));
     c.send("Subject: local\r\n\r\nfor us\r\n.\r\n");
-    assert_eq!(c.reply(), "250 2.0.0 queued for 1 recipient(s)");
+    assert_eq!(queued(&c.reply()).len(), 1);
     assert_eq!(json_files(&data.join("local")).len(), 1);
     assert!(json_files(&data.join("inbox")).is_empty());
     assert_eq!(host.counters().messages_stored, 1);

@@ -90,7 +90,12 @@ pub struct EventResult {
     pub retries: u32,
     /// For message events: the message's JSON after the chain (for
     /// outgoing messages the stored JSON, which setters do not change).
+    /// Its `mime` string replaces bytes that are not UTF-8: [`EventResult::mime`]
+    /// has them as they are.
     pub message: Option<Value>,
+    /// For message events: the MIME of [`EventResult::message`], byte for
+    /// byte (8-bit data a plugin set with `MQ_setMime` included).
+    pub mime: Option<Vec<u8>>,
     /// For outgoing messages: what would go over SMTP.
     pub smtp: Option<SmtpView>,
     /// For message and recipient events: whether it is local.
@@ -149,6 +154,13 @@ pub enum RunError {
     NotAnObject,
     /// `OutSent` without a preceding `OutData`.
     NoOutgoingMessage,
+    /// The message's MIME after the hooks is not UTF-8 (8-bit data a
+    /// plugin set), so a JSON line cannot carry it byte for byte; `run`
+    /// reports it rather than make it lossy.
+    MimeNotUtf8 {
+        /// The MIME's size in bytes.
+        bytes: usize,
+    },
 }
 
 impl std::fmt::Display for RunError {
@@ -165,6 +177,12 @@ impl std::fmt::Display for RunError {
             RunError::NoOutgoingMessage => {
                 f.write_str("`smtp_out_sent` needs the message of a preceding `smtp_out_data`")
             }
+            RunError::MimeNotUtf8 { bytes } => write!(
+                f,
+                "the MIME after the hooks ({bytes} bytes) is not UTF-8, so a JSON line cannot \
+                 carry it byte for byte (mq-host does not make it lossy; `serve` stores such \
+                 MIME under the message's `key`)"
+            ),
         }
     }
 }
@@ -370,11 +388,12 @@ fn event_result(
     calls: Vec<HookCall>,
     log: Vec<LogRecord>,
 ) -> EventResult {
-    let (mut message, mut smtp, mut local) = (None, None, None);
+    let (mut message, mut mime, mut smtp, mut local) = (None, None, None, None);
     match report.args {
         ChainArgs::Address(address) => local = Some(address.local.get()),
         ChainArgs::Message(msg) => {
             message = Some(msg.json());
+            mime = msg.parts().1.map(|m| m.to_vec());
             local = Some(msg.local.get());
             if msg.direction == Direction::Outgoing {
                 smtp = Some(msg.smtp_view());
@@ -391,6 +410,7 @@ fn event_result(
         calls,
         retries: report.retries,
         message,
+        mime,
         smtp,
         local,
         authenticated: conn.auth.get().authenticated,

@@ -49,8 +49,10 @@ macro_rules! host_fn {
 }
 
 mod event_loop;
+mod send;
 
 use event_loop::{table_io_watch, table_start_timer, MQ_ioUnwatch, MQ_resetTimer, MQ_stopTimer};
+use send::MQ_send;
 
 /// The table handed to Rust plugins.
 pub(crate) fn host_api() -> HostApiRef {
@@ -202,18 +204,6 @@ fn refuse(function: &str, raw: *const c_void, kind: Kind, why: Refusal) {
     shared
         .log
         .write(worker, Priority::Critical, Source::Host, text(name));
-}
-
-/// Reports an `MQ_send` cut at the connection's output limit (a client
-/// that does not read, or a plugin that sends without bound).
-fn output_cut(cut: usize, limit: usize) {
-    let Some(w) = worker::current() else { return };
-    Counters::bump(&w.shared.counters.plugin_output_cut);
-    let name = worker::calling().map_or("(unknown)", |p| w.shared.plugin_name(p));
-    w.log(
-        Priority::Warning,
-        format!("plugin {name}: MQ_send cut: {cut} byte(s) over the connection's output limit of {limit} bytes were not sent"),
-    );
 }
 
 /// The worker and context of a context handle of this thread.
@@ -381,25 +371,6 @@ host_fn! {
     /// `mq-host run`).
     fn MQ_fileDescriptor(conn: *mut MQ_Connection) -> c_int = -1; {
         connection("MQ_fileDescriptor", conn).map_or(-1, |(c, _)| c.fd.get())
-    }
-}
-
-host_fn! {
-    /// `size_t MQ_send(MQ_Connection*, const void *buf, size_t size)`: NULL
-    /// with a size is refused (a misuse) and returns 0.
-    fn MQ_send(conn: *mut MQ_Connection, buf: *const c_void, size: usize) -> usize = 0; {
-        let Some((conn, plugin)) = connection("MQ_send", conn) else {
-            return 0;
-        };
-        // SAFETY: the C API: `buf` is valid for `size` bytes.
-        let Some(data) = (unsafe { buffer("MQ_send", plugin, buf.cast(), size) }) else {
-            return 0;
-        };
-        let taken = conn.send(data);
-        if taken < data.len() {
-            output_cut(data.len() - taken, conn.send_limit.get());
-        }
-        taken
     }
 }
 

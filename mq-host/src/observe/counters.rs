@@ -116,6 +116,11 @@ counters! {
     auth_lines_too_long,
     /// `MQ_send` calls cut at the session's output limit (`max_output_buffer`).
     plugin_output_cut,
+    /// `AUTH` refused with `538` on a connection that is not secure (see `--auth-insecure`).
+    auth_needs_tls,
+    /// `MQ_send` calls that returned 0 because no client could get the bytes
+    /// (`smtp_in_close`, a delivery connection, no hook running).
+    plugin_send_undeliverable,
     /// Log records whose text was cut at the record bound (`--log-record-max`).
     log_records_cut,
     /// Log records dropped from the in-memory log, oldest first, to stay within its

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) next_connection: AtomicU64,
     /// The misuses already logged: `(plugin, function, kind)`.
     pub(crate) misuse_reported: Mutex<HashSet<(Option<usize>, &'static str, Misuse)>>,
+    /// The `MQ_send` calls that returned 0 already logged: `(plugin, hook)`.
+    pub(crate) send_undeliverable_reported: Mutex<HashSet<(usize, &'static str)>>,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
             log,
             next_connection: AtomicU64::new(1),
             misuse_reported: Mutex::new(HashSet::new()),
+            send_undeliverable_reported: Mutex::new(HashSet::new()),
         }
     }
 

@@ -300,20 +300,32 @@ fn command(w: &Worker, s: &Shared, cmd: Cmd) {
 fn ehlo(w: &Worker, s: &Shared, host: String) {
     s.borrow_mut().helo = Some(host);
     reset(s);
-    let (name, max, offers_tls) = {
+    let (name, max, offers_tls, offers_auth) = {
         let sess = s.borrow();
         (
             sess.config.hostname.clone(),
             sess.config.max_message_size,
             sess.config.tls.is_some() && sess.tls.is_none(),
+            auth_allowed(&sess),
         )
     };
     let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
+    let auth = if offers_auth {
+        "250-AUTH PLAIN LOGIN\r\n"
+    } else {
+        ""
+    };
     reply(
         w,
         s,
-        &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n{starttls}250-AUTH PLAIN LOGIN\r\n250 SIZE {max}"),
+        &format!("250-{name} greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n{starttls}{auth}250 SIZE {max}"),
     );
+}
+
+/// Whether AUTH is offered and accepted now: on a secure (TLS)
+/// connection, or anywhere with [`ServeConfig::auth_insecure`](super::ServeConfig::auth_insecure).
+fn auth_allowed(sess: &super::session::Session) -> bool {
+    sess.conn.secure.get() || sess.config.auth_insecure
 }
 
 /// `MAIL FROM`: `smtp_in_mailfrom`, then the envelope is set (unless a
@@ -428,6 +440,14 @@ fn auth(w: &Worker, s: &Shared, mechanism: u64, initial: String) {
     if s.borrow().conn.auth.get().authenticated {
         return reply(w, s, "503 5.5.1 already authenticated");
     }
+    if !auth_allowed(&s.borrow()) {
+        crate::observe::Counters::bump(&w.shared.counters.auth_needs_tls);
+        return reply(
+            w,
+            s,
+            "538 5.7.11 Encryption required for requested authentication mechanism",
+        );
+    }
     match mechanism {
         smtp_proto::AUTH_PLAIN if initial.is_empty() => {
             s.borrow_mut().phase = Phase::AuthPlain;
@@ -501,13 +521,17 @@ fn plain(w: &Worker, s: &Shared, response: &[u8]) {
 /// and none refused (the connection's auth state, reset per attempt).
 fn authenticate(w: &Worker, s: &Shared, login: Vec<u8>, password: Vec<u8>) {
     s.borrow().conn.auth.set(Default::default());
+    // A login that is not UTF-8 is shown with replacement characters in
+    // the JSON (a JSON string cannot hold it); plugins get it byte for byte.
+    let user = String::from_utf8_lossy(&login).into_owned();
     step(
         w,
         s,
         HookId::SmtpInAuthenticate,
         ChainArgs::Authenticate(Rc::new(Credentials { login, password })),
-        |w, s, sent| {
+        move |w, s, sent| {
             let ok = s.borrow().conn.auth.get().authenticated;
+            s.borrow_mut().user = ok.then_some(user);
             match (ok, sent.is_empty()) {
                 (_, false) => reply_raw(w, s, &sent),
                 (true, true) => reply(w, s, "235 2.7.0 authentication succeeded"),

@@ -9,11 +9,16 @@
 //! it never blocks other sessions.
 //!
 //! A reply a plugin writes with `MQ_send` during a step replaces the host's
-//! own reply to that command; a 4xx/5xx reply refuses the command.
+//! own reply to that command; a 4xx/5xx reply refuses the command. This is
+//! mq-host's reading of `MQ_send` writing raw bytes straight onto the SMTP
+//! connection: a plugin that sends its reply and then completes has
+//! answered the command. In `smtp_in_close` no client gets anything more
+//! (`MQ_send` returns 0 there; see `capi`'s `MQ_send`).
 //!
 //! It speaks ESMTP with pipelining: EHLO/HELO, STARTTLS (rustls;
 //! `smtp_in_secure` after the handshake), AUTH PLAIN and LOGIN
-//! (`smtp_in_authenticate`), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET, NOOP,
+//! (`smtp_in_authenticate`; on a secure connection only, unless
+//! [`ServeConfig::auth_insecure`]), MAIL, RCPT, DATA, BDAT (CHUNKING), RSET, NOOP,
 //! QUIT. A panic in a session's handling (a host bug) ends that session,
 //! never the worker. An accepted
 //! message is written durably (fsync, atomic rename) under the data
@@ -21,14 +26,17 @@
 
 //!
 //! The files: this one the server (configuration, acceptor, shutdown);
-//! `session` a session's socket, life and steps; `commands` what each
-//! command does; `transaction` the end of DATA through the message hooks to
-//! durable storage.
+//! `session` a session's socket, life and steps (`tls` its STARTTLS,
+//! `deadline` its deadlines); `commands` what each command does;
+//! `transaction` the end of DATA through the message hooks to durable
+//! storage, and the incoming JSON.
 
 mod accept;
 mod commands;
+mod deadline;
 mod input;
 mod session;
+mod tls;
 mod transaction;
 
 use crate::runtime::dispatch;
@@ -77,6 +85,15 @@ pub struct ServeConfig {
     pub max_output_buffer: usize,
     /// TLS for STARTTLS; `None` does not offer it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer and accept AUTH on a connection that is not secure (no
+    /// STARTTLS yet). Off by default, as in MailerQ, whose documentation
+    /// makes authentication depend on secure connections: on a plain
+    /// connection EHLO does not list AUTH and `AUTH` gets
+    /// `538 5.7.11 Encryption required for requested authentication
+    /// mechanism` (RFC 4954). MailerQ has no key for this; it is an mq-host
+    /// addition for development and tests (`mq-host serve
+    /// --auth-insecure`).
+    pub auth_insecure: bool,
     /// Where messages stored in `inbox/` are queued for delivery (an
     /// [`Outbox`](crate::delivery::Outbox) opened on the same data
     /// directory); `None`: they wait in `inbox/`.
@@ -132,6 +149,7 @@ impl Default for ServeConfig {
             max_input_buffer: 256 * 1024,
             max_output_buffer: 1024 * 1024,
             tls: None,
+            auth_insecure: false,
             outbox: None,
         }
     }

@@ -3,7 +3,10 @@
 //! next), and its end — however it ends, `smtp_in_close` runs exactly
 //! once, after a held step is over, then the socket goes.
 
+pub(super) use super::deadline::update_deadline;
 use super::input::InputBuffer;
+use super::tls::SendOnly;
+pub(super) use super::tls::{receive, start_tls};
 use super::{Admission, ServeConfig};
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
@@ -22,7 +25,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 
 pub(super) enum Phase {
     /// Waiting for `smtp_in_connect` before the greeting.
@@ -102,6 +104,9 @@ pub(super) struct Session {
     pub(super) data: Vec<u8>,
     pub(super) too_big: bool,
     pub(super) helo: Option<String>,
+    /// The login of the last successful AUTH (the incoming JSON's
+    /// `connection.user`).
+    pub(super) user: Option<String>,
 }
 
 pub(super) type Shared = Rc<RefCell<Session>>;
@@ -228,6 +233,7 @@ pub(super) fn start_session(
         data: Vec::new(),
         too_big: false,
         helo: None,
+        user: None,
     }));
     SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
     watch(w, &session, false);
@@ -395,144 +401,6 @@ pub(super) fn read(w: &Worker, s: &Shared) {
     go_on(w, s);
 }
 
-/// Bytes from the socket: plaintext, or TLS records to decrypt.
-pub(super) fn receive(s: &Shared, bytes: &[u8]) -> Result<(), rustls::Error> {
-    let mut sess = s.borrow_mut();
-    let sess = &mut *sess;
-    let Some(tls) = sess.tls.as_mut() else {
-        sess.input.extend(bytes);
-        return Ok(());
-    };
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match tls.read_tls(&mut rest) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Err(rustls::Error::General(e.to_string())),
-        }
-        tls.process_new_packets()?;
-    }
-    let mut plain = [0u8; 16 * 1024];
-    loop {
-        match tls.reader().read(&mut plain) {
-            Ok(0) => break,
-            Ok(n) => sess.input.extend(&plain[..n]),
-            Err(_) => break,
-        }
-    }
-    Ok(())
-}
-
-/// STARTTLS: the `220` goes out in plaintext, then TLS takes the socket.
-/// Pipelined plaintext after the command is discarded and the session
-/// starts over (RFC 3207).
-pub(super) fn start_tls(w: &Worker, s: &Shared) {
-    let config = {
-        let sess = s.borrow();
-        match (&sess.tls, &sess.config.tls) {
-            (Some(_), _) => Err("503 5.5.1 TLS is already active"),
-            (None, None) => Err("502 5.5.1 TLS is not available"),
-            (None, Some(c)) => Ok(Arc::clone(c)),
-        }
-    };
-    // The borrow ends before replying.
-    let config = match config {
-        Ok(c) => c,
-        Err(line) => return reply(w, s, line),
-    };
-    let conn = match rustls::ServerConnection::new(config) {
-        Ok(c) => c,
-        Err(e) => return reply(w, s, &format!("454 4.7.0 TLS not available now: {e}")),
-    };
-    reply(w, s, "220 2.0.0 ready to start TLS");
-    // The 220 goes out in plaintext now, whatever batch it ends.
-    flush(w, s);
-    if !s.borrow().output.is_empty() {
-        w.log(
-            Priority::Warning,
-            "smtp: a client that does not read its replies asked for STARTTLS; closing".to_owned(),
-        );
-        return fail(w, s);
-    }
-    let mut sess = s.borrow_mut();
-    sess.tls = Some(conn);
-    sess.secure_pending = true;
-    sess.input.clear();
-    sess.helo = None;
-    sess.envelope = None;
-    sess.recipients.clear();
-    sess.data.clear();
-}
-
-/// Arms, keeps or stops the session's deadline for what it waits for from
-/// the client now: a line being received, or a message's data.
-pub(super) fn update_deadline(w: &Worker, s: &Shared) {
-    let (want, current, config) = {
-        let sess = s.borrow();
-        let waiting_for_client = sess.ending == Ending::No && !sess.busy && !sess.finishing_data;
-        let want = match sess.phase {
-            _ if !waiting_for_client => None,
-            Phase::Data(_) | Phase::Bdat(_) | Phase::SkipBdat(..) => Some(Deadline::Data),
-            Phase::Commands => (sess.partial_line || sess.skipping_line).then_some(Deadline::Line),
-            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword(_) => {
-                (!sess.input.is_empty()).then_some(Deadline::Line)
-            }
-            Phase::Connecting => None,
-        };
-        (want, sess.deadline.map(|(d, _)| d), Rc::clone(&sess.config))
-    };
-    if want == current {
-        return;
-    }
-    if let Some((_, timer)) = s.borrow_mut().deadline.take() {
-        w.ev.stop_timer(timer);
-    }
-    let Some(kind) = want else { return };
-    let after = match kind {
-        Deadline::Line => config.command_timeout,
-        Deadline::Data => config.data_timeout,
-    };
-    let weak = Rc::downgrade(s);
-    let timer = w.start_timer(after, move |w| {
-        let Some(s) = weak.upgrade() else { return };
-        s.borrow_mut().deadline = None;
-        guarded(w, &s, || too_slow(w, &s, kind, after));
-    });
-    s.borrow_mut().deadline = Some((kind, timer));
-}
-
-/// A deadline passed: the client trickles its input. `421`, and the
-/// session ends.
-fn too_slow(w: &Worker, s: &Shared, kind: Deadline, after: std::time::Duration) {
-    crate::observe::Counters::bump(&w.shared.counters.sessions_too_slow);
-    let what = match kind {
-        Deadline::Line => "a command line",
-        Deadline::Data => "the message data",
-    };
-    let peer = s
-        .borrow()
-        .stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    w.log(
-        Priority::Info,
-        format!(
-            "smtp: {peer} did not send {what} within {} s; closing",
-            after.as_secs_f64()
-        ),
-    );
-    reply(
-        w,
-        s,
-        &format!(
-            "421 4.4.2 {what} took longer than {} s, closing",
-            after.as_secs_f64()
-        ),
-    );
-    close(w, s);
-}
-
 /// Runs `hook`'s chain; `then` gets the bytes plugins sent.
 pub(super) fn step(
     w: &Worker,
@@ -694,22 +562,6 @@ pub(super) fn flush(w: &Worker, s: &Shared) {
         // The replies are out: input held back behind them goes on.
         let s = Rc::clone(s);
         w.defer(move |w| go_on(w, &s));
-    }
-}
-
-/// Writes to a socket with `send(2)` only: rustls writes its records with
-/// `write_vectored`, which on a `TcpStream` is `writev(2)`, and that raises
-/// SIGPIPE on a reset connection (std's `write` passes `MSG_NOSIGNAL`). A
-/// program embedding the host under a C `main` does not ignore SIGPIPE.
-struct SendOnly<'a>(&'a mut TcpStream);
-
-impl Write for SendOnly<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 

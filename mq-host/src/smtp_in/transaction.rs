@@ -1,9 +1,17 @@
 //! The end of DATA: `smtp_in_data`, then `smtp_in_message` once per
 //! recipient, then durable storage of the transaction — all messages or
-//! none — and only then the reply.
+//! none — and only then the reply: MailerQ's `250` naming each stored
+//! message's `message-id` and recipient, unless a plugin answered DATA
+//! itself with `MQ_send` (see [`Done::reply`]).
+//!
+//! Each recipient's message is built as MailerQ's `json-incoming` says
+//! ([`incoming_json`]). mq-host keeps none of its own properties there
+//! (the client's HELO name is not recorded); `spool`, `cli` and `checks`
+//! are not produced, as mq-host has no spool directory, no injecting
+//! command line and runs no SPF/DKIM/DMARC checks.
 
-use super::session::Recipient;
 use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared};
+use super::session::{Recipient, Session};
 use crate::clock::now_mailerq;
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
@@ -28,6 +36,17 @@ pub(super) struct Decided {
     local: bool,
     /// A plugin's 4xx/5xx reply that refused it.
     refusal: Option<String>,
+}
+
+/// The messages of a transaction decided so far, and the reply a plugin
+/// gave instead of the host's.
+struct Done {
+    decided: Vec<Decided>,
+    /// The bytes a plugin sent (`MQ_send`) at `smtp_in_data`, else the
+    /// first sent at `smtp_in_message`, that do not refuse: they replace
+    /// the host's `250` if a message is stored (one reply per command,
+    /// however many recipients).
+    reply: Option<Vec<u8>>,
 }
 
 /// The end of DATA: `smtp_in_data`, then `smtp_in_message` per recipient,
@@ -55,7 +74,11 @@ pub(super) fn end_of_data(w: &Worker, s: &Shared) {
                 return reply_raw(w, s, &sent);
             }
             let recipients = s.borrow().recipients.clone();
-            message_for(w, s, mime, recipients, 0, Vec::new());
+            let done = Done {
+                decided: Vec::new(),
+                reply: (!sent.is_empty()).then_some(sent),
+            };
+            message_for(w, s, mime, recipients, 0, done);
         },
     );
 }
@@ -67,7 +90,7 @@ fn message_for(
     mime: Rc<[u8]>,
     recipients: Vec<Recipient>,
     i: usize,
-    mut done: Vec<Decided>,
+    mut done: Done,
 ) {
     if s.borrow().ending != Ending::No {
         // The client went away before the reply: nothing was accepted.
@@ -76,25 +99,7 @@ fn message_for(
     if i == recipients.len() {
         return store_all(w, s, done);
     }
-    let json = {
-        let sess = s.borrow();
-        let peer = sess
-            .stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        json!({
-            "envelope": sess.envelope.clone().unwrap_or_default(),
-            "recipient": recipients[i].address,
-            "hostname": sess.config.hostname,
-            "received": now_mailerq(),
-            "message-id": message_id(&sess.config.hostname),
-            "connection": {"peer": peer, "helo": sess.helo.clone().unwrap_or_default()},
-        })
-    };
-    let Value::Object(map) = json else {
-        unreachable!("an object")
-    };
+    let map = incoming_json(&s.borrow(), &recipients[i].address);
     let message = MessageObj::with_mime(Direction::Incoming, map, Some(Rc::clone(&mime)));
     message.local.set(recipients[i].local);
     step_with(
@@ -106,8 +111,11 @@ fn message_for(
             if let ChainArgs::Message(m) = &args {
                 let reason =
                     refused(&sent).then(|| String::from_utf8_lossy(&sent).trim_end().to_owned());
+                if reason.is_none() && !sent.is_empty() && done.reply.is_none() {
+                    done.reply = Some(sent);
+                }
                 let (json, mime) = m.parts();
-                done.push(Decided {
+                done.decided.push(Decided {
                     json,
                     mime,
                     local: m.local.get(),
@@ -132,17 +140,31 @@ pub(super) fn data_done(w: &Worker, s: &Shared) {
 /// cannot be stored, those already written are removed again and the
 /// client is told 451, so its retry does not duplicate them. Only then are
 /// the outbox's ones queued for delivery.
-fn store_all(w: &Worker, s: &Shared, done: Vec<Decided>) {
+fn store_all(w: &Worker, s: &Shared, done: Done) {
     data_done(w, s);
+    let Done {
+        decided: done,
+        reply: plugin_reply,
+    } = done;
     let dir = DataDir::new(s.borrow().config.data_dir.clone());
     let mut batch = Batch::new(&dir, done.iter().filter_map(|d| d.mime.as_ref()));
     let mut stored: Vec<(PathBuf, Queue)> = Vec::new();
+    let mut stored_ids: Vec<(String, String)> = Vec::new();
     let mut refusals = Vec::new();
     for decided in done {
         if let Some(reason) = &decided.refusal {
             refusals.push((reason.clone(), decided));
             continue;
         }
+        let text = |key: &str| {
+            decided
+                .json
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        stored_ids.push((text("message-id"), text("recipient")));
         let queue = if decided.local {
             Queue::Local
         } else {
@@ -186,13 +208,32 @@ fn store_all(w: &Worker, s: &Shared, done: Vec<Decided>) {
             .map(|(reason, _)| reason)
             .unwrap_or_else(|| "554 5.7.1 refused".into());
         reply(w, s, &reason);
+    } else if let Some(sent) = plugin_reply {
+        reply_raw(w, s, &sent);
     } else {
-        reply(
-            w,
-            s,
-            &format!("250 2.0.0 queued for {} recipient(s)", stored.len()),
-        );
+        reply(w, s, &queued_reply(&stored_ids));
     }
+}
+
+/// The `250` after DATA: MailerQ's form, one line per stored message
+/// with its `message-id` and recipient, so that the client can track each
+/// (`<id> for <recipient>`); every line carries the enhanced status code,
+/// as ENHANCEDSTATUSCODES (which the EHLO reply lists) requires.
+/// Control characters a plugin may have put in a message's id or recipient
+/// are shown as `?`, so that they cannot break the reply's lines.
+fn queued_reply(ids: &[(String, String)]) -> String {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    let mut reply = String::from("250-2.0.0 queued with these identifiers:");
+    for (n, (id, recipient)) in ids.iter().enumerate() {
+        let sep = if n + 1 == ids.len() { ' ' } else { '-' };
+        let (id, recipient) = (clean(id), clean(recipient));
+        reply.push_str(&format!("\r\n250{sep}2.0.0 {id} for {recipient}"));
+    }
+    reply
 }
 
 fn log_store_error(w: &Worker, text: &str) {
@@ -203,6 +244,113 @@ fn count(w: &Worker, counter: impl FnOnce(&crate::observe::Counters) -> &AtomicU
     crate::observe::Counters::bump(counter(&w.shared.counters));
 }
 
-fn message_id(host: &str) -> String {
-    format!("<{}@{host}>", crate::store::new_name().replace('-', "."))
+/// The JSON of an incoming message for `recipient`, as MailerQ's
+/// `json-incoming` describes it: `envelope`, `recipient`, `hostname`,
+/// `received` (`YYYY-MM-DD HH:MM:SS`, UTC), a `message-id` of its own, and
+/// the `connection` it came in on. Its MIME is kept apart, byte for byte.
+pub(super) fn incoming_json(sess: &Session, recipient: &str) -> Map<String, Value> {
+    let json = json!({
+        "envelope": sess.envelope.clone().unwrap_or_default(),
+        "recipient": recipient,
+        "hostname": sess.config.hostname,
+        "received": now_mailerq(),
+        "message-id": message_id(),
+        "connection": connection_json(sess),
+    });
+    let Value::Object(map) = json else {
+        unreachable!("an object")
+    };
+    map
+}
+
+/// The `connection` object: both ends' addresses and ports (ports as
+/// numbers), `secure` (TLS, after STARTTLS), and `user`, the AUTH login,
+/// only when the client authenticated (as MailerQ leaves it out).
+fn connection_json(sess: &Session) -> Value {
+    let local = sess.stream.local_addr().ok();
+    let remote = sess.stream.peer_addr().ok();
+    let mut connection = json!({
+        "local-ip": local.map(|a| a.ip().to_string()),
+        "local-port": local.map(|a| a.port()),
+        "remote-ip": remote.map(|a| a.ip().to_string()),
+        "remote-port": remote.map(|a| a.port()),
+        "secure": sess.conn.secure.get(),
+    });
+    if let (Some(user), true) = (&sess.user, sess.conn.auth.get().authenticated) {
+        connection["user"] = Value::String(user.clone());
+    }
+    connection
+}
+
+/// A new message id, unique per recipient: like MailerQ's, a short token
+/// of lowercase letters and digits (the time in nanoseconds, the process
+/// and a sequence number, each in base 36; the first two of fixed width,
+/// so that no two ids run together).
+fn message_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{}{}{}",
+        base36(nanos, 13),
+        base36(u128::from(std::process::id()), 5),
+        base36(u128::from(seq), 1)
+    )
+}
+
+/// `n` in base 36 (digits, lowercase letters), zero-padded to `width`.
+fn base36(mut n: u128, width: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    while n > 0 || out.is_empty() {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+    }
+    while out.len() < width {
+        out.push(b'0');
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_distinct_tokens() {
+        let ids: Vec<String> = (0..1000).map(|_| message_id()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{id}"
+            );
+        }
+        assert_eq!(base36(0, 3), "000");
+        assert_eq!(base36(35, 1), "z");
+        assert_eq!(base36(36, 1), "10");
+    }
+
+    #[test]
+    fn the_reply_lists_each_id_with_its_recipient() {
+        let ids = [
+            ("aa1".to_owned(), "a@x.example".to_owned()),
+            ("bb2".to_owned(), "b@x.example".to_owned()),
+        ];
+        assert_eq!(
+            queued_reply(&ids),
+            "250-2.0.0 queued with these identifiers:\r\n250-2.0.0 aa1 for a@x.example\r\n250 2.0.0 bb2 for b@x.example"
+        );
+        let injected = [("id\r\n250 x".to_owned(), "c@x.example\n".to_owned())];
+        assert_eq!(
+            queued_reply(&injected),
+            "250-2.0.0 queued with these identifiers:\r\n250 2.0.0 id??250 x for c@x.example?"
+        );
+    }
 }

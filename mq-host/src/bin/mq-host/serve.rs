@@ -35,6 +35,11 @@ pub(crate) struct SessionLimits {
     /// them; a plugin's MQ_send beyond it is cut.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_output_buffer: usize,
+    /// Offer and accept AUTH on connections without TLS. By default, as in
+    /// MailerQ, AUTH needs a secure connection (STARTTLS first): a plain
+    /// connection gets 538 (an mq-host option; MailerQ has no such key).
+    #[arg(long)]
+    auth_insecure: bool,
 }
 
 impl SessionLimits {
@@ -47,6 +52,7 @@ impl SessionLimits {
         config.max_connections_per_ip = self.max_connections_per_ip;
         config.max_input_buffer = self.max_input_buffer;
         config.max_output_buffer = self.max_output_buffer;
+        config.auth_insecure = self.auth_insecure;
     }
 }
 
