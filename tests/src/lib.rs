@@ -17,6 +17,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-hostile",
     "mq-test-c-hostile",
     "mq-test-c-misuse",
+    "mq-test-c-fastjson",
+    "mq-test-json-props",
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",
