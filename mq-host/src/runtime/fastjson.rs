@@ -43,6 +43,8 @@ extern "C" {
     fn fjson_object_new_string_len(text: *const c_char, len: c_int) -> *mut FjsonObject;
     fn fjson_object_get_string(obj: *mut FjsonObject) -> *const c_char;
     fn fjson_object_get_string_len(obj: *mut FjsonObject) -> c_int;
+    #[cfg(test)]
+    fn fjson_object_new_double(value: f64) -> *mut FjsonObject;
 }
 
 /// One counted reference to a libfastjson object: dropped with
@@ -75,6 +77,13 @@ impl Obj {
     pub(crate) unsafe fn from_borrowed(ptr: *mut FjsonObject) -> Obj {
         // SAFETY: the caller's promise; the result is the same pointer.
         Obj(NonNull::new(unsafe { fjson_object_get(ptr) }).expect("a live object"))
+    }
+
+    /// A new number object (what a plugin's `fjson_object_new_double` makes).
+    #[cfg(test)]
+    pub(crate) fn double(value: f64) -> Obj {
+        // SAFETY: makes a new object, our reference.
+        Obj(NonNull::new(unsafe { fjson_object_new_double(value) }).expect("allocated"))
     }
 
     /// The object's address, as handed to plugins.

@@ -19,6 +19,7 @@
 //! memory. The `MQ_json` object itself never moves; it is freed with the
 //! message.
 
+use crate::observe::Priority;
 use crate::runtime::fastjson::{FjsonObject, Obj};
 use crate::runtime::handles::{Handle, Kind, Registration};
 use serde_json::{Map, Value};
@@ -184,8 +185,8 @@ struct Live {
     /// `mime` through libfastjson.
     mime: Option<Obj>,
     /// The JSON as it was when the object was made: what the message keeps
-    /// in the unlikely case that libfastjson writes a text that does not
-    /// parse (a NaN number a plugin set).
+    /// (and says so in the log) in the unlikely case that libfastjson
+    /// writes a text that does not parse (a NaN number a plugin set).
     base: Map<String, Value>,
 }
 
@@ -481,14 +482,27 @@ impl MessageObj {
             Json::Map(map) => map.clone(),
             Json::Live(live) => {
                 // The MIME travels as bytes: out of the text, then back.
-                if let Some(member) = &live.mime {
-                    live.obj.del(MIME);
-                    let text = live.obj.to_text();
-                    live.obj.add(MIME, member.clone());
-                    map_of(&text).unwrap_or_else(|| live.base.clone())
-                } else {
-                    map_of(&live.obj.to_text()).unwrap_or_else(|| live.base.clone())
-                }
+                let text = match &live.mime {
+                    Some(member) => {
+                        live.obj.del(MIME);
+                        let text = live.obj.to_text();
+                        live.obj.add(MIME, member.clone());
+                        text
+                    }
+                    None => live.obj.to_text(),
+                };
+                map_of(&text).unwrap_or_else(|why| {
+                    crate::runtime::worker::with_current(|w| {
+                        w.log(
+                            Priority::Critical,
+                            format!(
+                                "a message's JSON as plugins left it through MQ_json does not parse \
+                                 ({why}); the JSON as it was before MQ_json is kept"
+                            ),
+                        )
+                    });
+                    live.base.clone()
+                })
             }
         };
         (map, mime)
@@ -516,8 +530,8 @@ const ENVELOPE: &CStr = c"envelope";
 
 /// The object of a JSON text libfastjson wrote (bytes that are not UTF-8,
 /// which only a plugin can have put there, replaced).
-fn map_of(text: &[u8]) -> Option<Map<String, Value>> {
-    serde_json::from_str(&String::from_utf8_lossy(text)).ok()
+fn map_of(text: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
+    serde_json::from_str(&String::from_utf8_lossy(text))
 }
 
 impl AddressObj {
@@ -732,6 +746,21 @@ mod tests {
             (json!(true), json!("b@y"))
         );
         assert_eq!(&*mime.unwrap(), b"from json", "published: the JSON's mime");
+    }
+
+    #[test]
+    fn json_that_does_not_parse_back_keeps_the_json_from_before() {
+        let m = message(Direction::Incoming);
+        let root = live(&m);
+        root.add(c"added", Obj::string(b"x").unwrap());
+        root.add(c"bad", Obj::double(f64::NAN));
+        let (json, mime) = m.parts();
+        assert!(
+            json.get("added").is_none() && json.get("bad").is_none(),
+            "{json:?}"
+        );
+        assert_eq!(json["recipient"], "b@y");
+        assert!(mime.is_some(), "the MIME is kept");
     }
 
     #[test]
