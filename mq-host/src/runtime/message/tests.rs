@@ -135,10 +135,8 @@ fn mime_changed_through_the_live_object_is_the_mime() {
     assert_eq!(&*m.mime().unwrap(), b"other \xe9\0tail");
     let (ptr, len) = m.mime_slice().unwrap();
     // SAFETY: the message's MIME buffer, valid until the next change.
-    assert_eq!(
-        unsafe { std::slice::from_raw_parts(ptr, len) },
-        b"other \xe9\0tail"
-    );
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    assert_eq!(bytes, b"other \xe9\0tail");
     // SAFETY: a NUL-terminated string of the message.
     let c = unsafe { std::ffi::CStr::from_ptr(m.mime_ptr()) };
     assert_eq!(
@@ -177,10 +175,8 @@ fn outgoing_mime_is_null_until_set_and_the_json_stays() {
         "JSON unchanged"
     );
     // SAFETY: a NUL-terminated string of the message.
-    assert_eq!(
-        unsafe { std::ffi::CStr::from_ptr(m.mime_ptr()) }.to_bytes(),
-        b"set"
-    );
+    let set = unsafe { std::ffi::CStr::from_ptr(m.mime_ptr()) };
+    assert_eq!(set.to_bytes(), b"set");
     let view = m.smtp_view();
     assert_eq!(
         (view.recipient.as_str(), view.mime.as_deref()),
