@@ -54,7 +54,7 @@ impl Message {
     ///     let recipient: Option<String> = msg.property("recipient").unwrap_or(None);
     ///     let seen = serde_json::json!({ "by": "tag", "recipient": recipient });
     ///     if let Err(e) = msg.set_property("x-tag", &seen) {
-    ///         mq_plugin::log::write(mq_plugin::log::Priority::Error, &e.to_string());
+    ///         mq_plugin::log::write(mq_plugin::log::Priority::Warning, &e.to_string());
     ///     }
     ///     Flow::Continue
     /// }
