@@ -77,7 +77,7 @@
  *   plugin hands control back. An MQ_Connection of an incoming connection
  *   stays valid from mq_smtp_in_connect until mq_smtp_in_close has been
  *   handled. Strings returned by the host (MQ_email, MQ_recipient,
- *   MQ_mime, MQ_json) are owned by the host and valid until the object is
+ *   MQ_mime) are owned by the host and valid until the object is
  *   next changed or control is handed back; copy them to keep them longer.
  *   Every pointer a plugin receives is meant for that plugin only.
  */
@@ -378,11 +378,28 @@ void MQ_retry(MQ_Connection *connection);
  * Host functions: message (a wrapper over MailerQ's JSON object)
  * -------------------------------------------------------------------- */
 
-/** The message's JSON. In mq-host: its JSON text, a NUL-terminated
- *  `const char *`, valid until the message is next changed. In MailerQ: a
- *  libfastjson `json_object *`. Hence `const void *`: cast for the host you
- *  target. */
-const void *MQ_json(MQ_Message *message);
+/** libfastjson's JSON value (`#include <libfastjson/json.h>`). */
+struct fjson_object;
+
+/** The message's JSON: a live libfastjson object, in MailerQ and in
+ *  mq-host alike. Read and change it with libfastjson's functions
+ *  (fjson_object_object_get_ex, fjson_object_object_add, ..._del, ...);
+ *  the host links libfastjson, so a plugin may use the host's copy.
+ *  The object belongs to the message: the same object on every call,
+ *  freed with the message; never fjson_object_put() it. Changes are kept:
+ *  on an incoming message they are what is stored (published), on an
+ *  outgoing one what the result carries. On an incoming message
+ *  MQ_setRecipient/MQ_setEnvelope/MQ_setMime change the object's
+ *  `recipient`/`envelope`/`mime`, and changing those members changes
+ *  what MQ_recipient/MQ_envelope/MQ_mime return; on an outgoing message
+ *  the setters change only what goes over SMTP, never the object.
+ *  mq-host: the `mime` member is a string of the MIME's exact bytes
+ *  (fjson_object_get_string_len() for its length); replacing it replaces
+ *  the MIME (outgoing: the MIME sent, unless a plugin called MQ_setMime),
+ *  removing it removes the MIME. A value a plugin got from the object
+ *  (fjson_object_object_get_ex) is owned by the object: take a reference
+ *  (fjson_object_get) to keep it past a change. */
+struct fjson_object *MQ_json(MQ_Message *message);
 
 /** The envelope (MAIL FROM) address; read it with MQ_email() (NULL or ""
  *  for a bounce). */

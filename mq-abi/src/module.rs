@@ -184,7 +184,7 @@ pub struct HostApi {
     pub continue_: unsafe extern "C" fn(*mut MQ_Connection),
     pub complete: unsafe extern "C" fn(*mut MQ_Connection),
     pub retry: unsafe extern "C" fn(*mut MQ_Connection),
-    /// `MQ_json`: in `mq-host`, the message's JSON text (NUL-terminated).
+    /// `MQ_json`: the message's live libfastjson object (`struct fjson_object *`).
     pub json: unsafe extern "C" fn(*mut MQ_Message) -> *const c_void,
     pub envelope: unsafe extern "C" fn(*mut MQ_Message) -> *mut MQ_Address,
     pub set_envelope: unsafe extern "C" fn(*mut MQ_Message, *const c_char, usize),

@@ -10,7 +10,7 @@
 //! This module holds every pointer cast between C objects and handles.
 
 use crate::data::DataStore;
-use crate::host::{host, json_text};
+use crate::host::host;
 use crate::sys::*;
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::{PhantomData, PhantomPinned};
@@ -330,7 +330,9 @@ impl Address {
 ///
 /// Hooks get it as `&mut Message`, since setters change it: for incoming
 /// messages they change the JSON that will be published, for outgoing ones
-/// what goes over SMTP.
+/// what goes over SMTP. The JSON itself is read and changed with
+/// [`Message::property`], [`Message::set_property`],
+/// [`Message::remove_property`] and [`Message::json`].
 pub struct Message {
     _opaque: [u8; 0],
     _not_send_sync: PhantomData<(*mut u8, PhantomPinned)>,
@@ -352,18 +354,6 @@ impl Message {
     /// The raw pointer, for calling `MQ_*` functions directly.
     pub fn as_raw(&self) -> *mut MQ_Message {
         self as *const Self as *mut MQ_Message
-    }
-
-    /// The message's JSON text.
-    pub fn json_text(&self) -> Option<String> {
-        // SAFETY: live message.
-        json_text(unsafe { host().api.json(self.as_raw()) })
-    }
-
-    /// The message's JSON object, parsed.
-    pub fn json(&self) -> Result<serde_json::Value, JsonError> {
-        let text = self.json_text().ok_or(JsonError::Missing)?;
-        serde_json::from_str(&text).map_err(JsonError::Invalid)
     }
 
     /// The envelope (`MAIL FROM`) address, if the message has one.
@@ -402,7 +392,13 @@ impl Message {
         }
     }
 
-    /// The full MIME message, byte for byte, if it is loaded.
+    /// The full MIME message, byte for byte: `MQ_mime`.
+    ///
+    /// On an incoming message, the JSON's `mime`. On an outgoing message
+    /// `None` until a plugin set the MIME with [`Message::set_mime`] (as in
+    /// MailerQ, where an outgoing message's MIME is often made by a plugin
+    /// from other properties); read what the message was loaded with from
+    /// its JSON: `msg.property::<String>("mime")`.
     ///
     /// In `mq-host` every byte, NUL bytes included. MailerQ offers the MIME
     /// only as a C string (`MQ_mime`), so there (and in `mq-host`'s
@@ -449,26 +445,6 @@ impl std::fmt::Debug for Message {
         write!(f, "Message({:p})", self.as_raw())
     }
 }
-
-/// Why [`Message::json`] failed.
-#[derive(Debug)]
-pub enum JsonError {
-    /// The host returned no JSON for the message.
-    Missing,
-    /// The host's JSON text did not parse.
-    Invalid(serde_json::Error),
-}
-
-impl std::fmt::Display for JsonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JsonError::Missing => f.write_str("the host returned no JSON for the message"),
-            JsonError::Invalid(e) => write!(f, "the message's JSON does not parse: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for JsonError {}
 
 /// The credentials a client sent with `AUTH` (`smtp_in_authenticate`).
 pub struct Credentials {

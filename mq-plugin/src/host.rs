@@ -8,25 +8,20 @@
 //! failing for lack of a host symbol. A function a host does not offer is
 //! reported once through `MQ_log` (or stderr) and answers with a neutral
 //! value.
+//!
+//! `MQ_json` returns a live libfastjson object in every host (MailerQ and
+//! `mq-host` both link libfastjson): the runtime reaches libfastjson's
+//! functions the same way, from the process's global scope ([`fastjson`]),
+//! so a plugin's JSON code runs the same path in both.
 
 use crate::sys::*;
 use mq_abi::{HostApiRef, IoCallbackParam, TimerCallbackParam};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
-/// How `MQ_json` answers in this host.
-#[derive(Clone, Copy)]
-pub(crate) enum JsonRepr {
-    /// A NUL-terminated JSON text (`mq-host`).
-    Text,
-    /// A libfastjson object (MailerQ); the function turns it into text.
-    FastJson(unsafe extern "C" fn(*mut c_void) -> *const c_char),
-}
-
 /// The host functions in use by this plugin, whichever way they were found.
 pub(crate) struct HostFns {
     pub(crate) api: HostApiShim,
-    pub(crate) json_repr: JsonRepr,
     /// True when the functions came from `mq-host`'s table.
     pub(crate) from_table: bool,
     /// `mq-host`'s extension for a failed `mq_initialize`, when offered.
@@ -52,7 +47,6 @@ pub(crate) fn host() -> &'static HostFns {
 pub(crate) fn attach(api: HostApiRef) {
     let _ = HOST.set(HostFns {
         api: HostApiShim::from_table(api),
-        json_repr: JsonRepr::Text,
         from_table: true,
         refuse_start: api.refuse_start(),
         panicked: api.plugin_panicked(),
@@ -155,25 +149,8 @@ mq_abi::for_each_host_function!(host_fns);
 
 impl HostFns {
     fn from_globals() -> HostFns {
-        let fastjson = [
-            "fjson_object_to_json_string\0",
-            "json_object_to_json_string\0",
-        ]
-        .iter()
-        .map(|name| global_symbol(name))
-        .find(|p| !p.is_null());
-        let json_repr = match fastjson {
-            // SAFETY: libfastjson's `const char *fjson_object_to_json_string(fjson_object*)`.
-            Some(f) => JsonRepr::FastJson(unsafe {
-                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void) -> *const c_char>(
-                    f,
-                )
-            }),
-            None => JsonRepr::Text,
-        };
         HostFns {
             api: HostApiShim::from_globals_fns(),
-            json_repr,
             from_table: false,
             refuse_start: None,
             panicked: None,
@@ -212,24 +189,91 @@ fn report_missing(c_name: &str) {
     }
 }
 
-/// Turns whatever `MQ_json` returned into JSON text.
-pub(crate) fn json_text(raw: *const c_void) -> Option<String> {
-    if raw.is_null() {
-        return None;
-    }
-    let text = match host().json_repr {
-        JsonRepr::Text => raw.cast::<c_char>(),
-        // SAFETY: in MailerQ, MQ_json returns a live libfastjson object.
-        JsonRepr::FastJson(to_string) => unsafe { to_string(raw as *mut c_void) },
+/// libfastjson's `struct fjson_object`, opaque.
+pub(crate) type FjsonObject = c_void;
+
+macro_rules! fastjson_fns {
+    ($( $field:ident : $c_name:literal => fn($($ty:ty),*) $(-> $ret:ty)?; )*) => {
+        /// The libfastjson functions the runtime uses, from the process's
+        /// global scope (the host's libfastjson).
+        pub(crate) struct FastJson {
+            $( pub(crate) $field: unsafe extern "C" fn($($ty),*) $(-> $ret)?, )*
+        }
+
+        impl FastJson {
+            fn resolve() -> Result<FastJson, &'static str> {
+                Ok(FastJson {
+                    $( $field: {
+                        let symbol = global_symbol(concat!($c_name, "\0"));
+                        if symbol.is_null() {
+                            return Err($c_name);
+                        }
+                        // SAFETY: libfastjson's function of this exact C
+                        // signature (libfastjson/json_object.h, json_tokener.h).
+                        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) $(-> $ret)?>(symbol) }
+                    }, )*
+                })
+            }
+        }
     };
-    if text.is_null() {
-        return None;
-    }
-    // SAFETY: both representations end in a NUL-terminated string that lives
-    // at least until the message changes; we copy it at once.
-    Some(
+}
+
+fastjson_fns! {
+    tokener_parse: "fjson_tokener_parse" => fn(*const c_char) -> *mut FjsonObject;
+    object_get_ex: "fjson_object_object_get_ex" => fn(*mut FjsonObject, *const c_char, *mut *mut FjsonObject) -> c_int;
+    object_add: "fjson_object_object_add" => fn(*mut FjsonObject, *const c_char, *mut FjsonObject);
+    object_del: "fjson_object_object_del" => fn(*mut FjsonObject, *const c_char);
+    to_json_string_ext: "fjson_object_to_json_string_ext" => fn(*mut FjsonObject, c_int) -> *const c_char;
+    is_type: "fjson_object_is_type" => fn(*mut FjsonObject, c_int) -> c_int;
+    get_string: "fjson_object_get_string" => fn(*mut FjsonObject) -> *const c_char;
+    get_string_len: "fjson_object_get_string_len" => fn(*mut FjsonObject) -> c_int;
+}
+
+/// `fjson_type_string` of libfastjson's `enum fjson_type`.
+pub(crate) const FJSON_TYPE_STRING: c_int = 6;
+
+/// `FJSON_TO_STRING_PLAIN`.
+pub(crate) const FJSON_TO_STRING_PLAIN: c_int = 0;
+
+/// libfastjson's functions, or `None` (reported once) in a process
+/// without libfastjson in its global scope.
+pub(crate) fn fastjson() -> Option<&'static FastJson> {
+    static FASTJSON: OnceLock<Option<FastJson>> = OnceLock::new();
+    FASTJSON
+        .get_or_init(|| match FastJson::resolve() {
+            Ok(f) => Some(f),
+            Err(missing) => {
+                crate::log::log_text(
+                    MQ_CRIT,
+                    &format!(
+                        "mq-plugin: the host offers no libfastjson (`{missing}` not found in the process); \
+                         a message's JSON cannot be read or changed"
+                    ),
+                );
+                None
+            }
+        })
+        .as_ref()
+}
+
+impl FastJson {
+    /// The JSON text of `obj`, copied.
+    ///
+    /// # Safety
+    /// `obj` is a live libfastjson object (or NULL, the JSON null).
+    pub(crate) unsafe fn text(&self, obj: *mut FjsonObject) -> String {
+        if obj.is_null() {
+            return "null".to_owned();
+        }
+        // SAFETY: the caller's promise; the text lives until the object
+        // changes and is copied at once.
+        let text = unsafe { (self.to_json_string_ext)(obj, FJSON_TO_STRING_PLAIN) };
+        if text.is_null() {
+            return "null".to_owned();
+        }
+        // SAFETY: libfastjson returns a NUL-terminated string.
         unsafe { CStr::from_ptr(text) }
             .to_string_lossy()
-            .into_owned(),
-    )
+            .into_owned()
+    }
 }

@@ -101,6 +101,7 @@ mod host;
 pub mod io;
 pub mod log;
 pub mod mailbox;
+mod message_json;
 pub mod net;
 pub mod raw;
 pub mod task;
@@ -118,9 +119,10 @@ pub mod __private {
 
 pub use fd::{FdWatcher, Interest};
 pub use flow::{Flow, HookReturn, LifecycleReturn};
-pub use handles::{Address, Connection, Context, Credentials, JsonError, Message};
+pub use handles::{Address, Connection, Context, Credentials, Message};
 pub use host::uses_host_table;
 pub use mailbox::{Mailbox, MailboxError};
+pub use message_json::JsonError;
 /// Raw C declarations of the MailerQ plugin API, as in `mailerq.h` (for
 /// calling `MQ_*` functions directly; see [`raw`]).
 pub use mq_abi::sys;

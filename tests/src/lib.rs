@@ -18,6 +18,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-test-c-hostile",
     "mq-test-c-misuse",
     "mq-test-c-out-socket",
+    "mq-test-c-fastjson",
+    "mq-test-json-props",
     "mq-example-stamp",
     "mq-example-allowlist",
     "mq-example-c-allowlist",

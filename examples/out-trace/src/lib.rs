@@ -12,7 +12,9 @@
 //! - `smtp_out_sent` (the data is sent, the relay's answer is not in yet)
 //!   logs what went out.
 //!
-//! A message without MIME data is left alone.
+//! The MIME traced is the one an earlier plugin set, else the message's
+//! own (its JSON's `mime`: `MQ_mime` shows an outgoing message's MIME only
+//! once a plugin set one). A message without MIME data is left alone.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +24,14 @@ mq_plugin::declare_plugin!();
 
 #[mq_hook(smtp_out_data)]
 fn trace(msg: &mut Message) -> Flow {
-    let Some(mime) = msg.mime() else {
+    let mime = match msg.mime() {
+        Some(set) => Some(set.to_vec()),
+        None => msg.property_bytes("mime").unwrap_or_else(|e| {
+            log::warn!("cannot read the message's `mime`: {e}");
+            None
+        }),
+    };
+    let Some(mime) = mime else {
         log::warn!(
             "outgoing message for {:?} has no MIME data",
             msg.recipient()
@@ -42,7 +51,7 @@ fn trace(msg: &mut Message) -> Flow {
         env!("CARGO_PKG_VERSION"),
     )
     .into_bytes();
-    traced.extend_from_slice(mime);
+    traced.extend_from_slice(&mime);
     msg.set_mime(&traced);
     Flow::Continue
 }

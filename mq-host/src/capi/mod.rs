@@ -481,9 +481,13 @@ host_fn! {
 // ---- message -------------------------------------------------------------------
 
 host_fn! {
-    /// `MQ_json(MQ_Message*)`: in mq-host, the JSON text (valid until the message changes).
+    /// `struct fjson_object *MQ_json(MQ_Message*)`: the message's live
+    /// libfastjson object, as in MailerQ. The same object on every call,
+    /// owned by the message (a plugin must not `fjson_object_put` it) and
+    /// freed with it; a plugin's changes are kept (incoming: in what is
+    /// stored; outgoing: in what the delivery's result carries).
     fn MQ_json(msg: *mut MQ_Message) -> *const c_void = std::ptr::null(); {
-        message("MQ_json", msg).map_or(std::ptr::null(), |(m, _)| m.json_ptr().cast())
+        message("MQ_json", msg).map_or(std::ptr::null(), |(m, _)| m.json_object().cast_const().cast())
     }
 }
 
@@ -533,6 +537,8 @@ host_fn! {
 
 host_fn! {
     /// `const char *MQ_mime(MQ_Message*)`: NULL when the message has no MIME.
+    /// On an incoming message the JSON's `mime`; on an outgoing one NULL
+    /// until a plugin set the MIME with `MQ_setMime`, as in MailerQ.
     fn MQ_mime(msg: *mut MQ_Message) -> *const c_char = std::ptr::null(); {
         message("MQ_mime", msg).map_or(std::ptr::null(), |(m, _)| m.mime_ptr())
     }

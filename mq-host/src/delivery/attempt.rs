@@ -128,6 +128,9 @@ pub(super) struct Attempt {
     /// The header of the MIME sent, or else of the message's MIME, for
     /// the result's `extracted`.
     pub(super) mime_head: Option<Vec<u8>>,
+    /// The message's JSON as the `smtp_out_data` hooks left it (changed
+    /// through `MQ_json`), when they ran: what the result carries.
+    pub(super) message: Option<Box<Map<String, Value>>>,
 }
 
 impl Attempt {
@@ -141,6 +144,7 @@ impl Attempt {
             error: Some(text),
             connected: None,
             mime_head: None,
+            message: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl Attempt {
             error: None,
             connected: None,
             mime_head: None,
+            message: None,
         }
     }
 
@@ -261,13 +266,17 @@ fn converse(
     if let Err(stop) = open_data(config, relay, envelope, recipient) {
         return stop;
     }
-    if let Err(stop) = send_message(host, relay, message, mime) {
+    let mut changed = None;
+    if let Err(mut stop) = send_message(host, relay, message, mime, &mut changed) {
+        stop.message = changed;
         return stop;
     }
-    match relay.read_reply("the relay's reply to the message's data") {
+    let mut attempt = match relay.read_reply("the relay's reply to the message's data") {
         Ok(reply) => Attempt::from_reply(Step::Message, reply),
         Err(e) => Attempt::error(Status::Retry, Step::Message, e),
-    }
+    };
+    attempt.message = changed;
+    attempt
 }
 
 /// The reply to `step`, if its class is `want` (2 for 2xx, 3 for 3xx);
@@ -332,11 +341,16 @@ fn open_data(
 /// In the DATA state: `smtp_out_data` (which may set the MIME), the data
 /// sent, then `smtp_out_sent`. The hooks' connection has the relay's
 /// socket as its descriptor (`MQ_fileDescriptor`).
+///
+/// `changed` gets the message's JSON as the `smtp_out_data` hooks left
+/// it, for the result — with the message's own `mime`/`key`: a MIME a
+/// plugin set changes what is sent in this attempt, not what is stored.
 fn send_message(
     host: &Host,
     relay: &mut Relay,
     message: &Map<String, Value>,
     mime: Option<Vec<u8>>,
+    changed: &mut Option<Box<Map<String, Value>>>,
 ) -> Result<(), Attempt> {
     let cannot_run = |e| {
         Attempt::error(
@@ -355,7 +369,18 @@ fn send_message(
         None => Event::OutData(json),
     };
     let mime = match session.run(event) {
-        Ok(out) => out.smtp.and_then(|smtp| smtp.mime),
+        Ok(out) => {
+            if let Some(Value::Object(mut json)) = out.message {
+                for stored in ["mime", "key"] {
+                    match message.get(stored) {
+                        Some(value) => json.insert(stored.to_owned(), value.clone()),
+                        None => json.remove(stored),
+                    };
+                }
+                *changed = Some(Box::new(json));
+            }
+            out.smtp.and_then(|smtp| smtp.mime)
+        }
         Err(e) => return Err(cannot_run(e)),
     };
     let Some(mime) = mime else {

@@ -406,7 +406,7 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
     if let Some(why) = expired(&message, config, deadline) {
         return expire(host, outbox, file, &name, message, &why);
     }
-    let (attempt, relay) = match properties::plan(host, outbox, config, &message) {
+    let (mut attempt, relay) = match properties::plan(host, outbox, config, &message) {
         Ok(plan) => attempt(host, outbox, config, &message, &plan),
         Err(refused) => (refused, None),
     };
@@ -421,6 +421,11 @@ fn deliver_file(host: &Host, outbox: &Outbox, config: &DeliveryConfig, file: &Pa
     if attempt.timed_out() {
         Counters::bump(&host.counters_live().relay_timeouts);
     }
+    // The result carries the message as the out hooks left it.
+    let message = match attempt.message.take() {
+        Some(changed) => *changed,
+        None => message,
+    };
     let turn = match record(outbox, config, file, &name, message, &attempt) {
         Ok((outcome, again, expired)) => {
             if expired {

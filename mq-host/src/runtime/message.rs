@@ -2,17 +2,29 @@
 //! message (`MQ_Message`, a wrapper over the MailerQ JSON object), its
 //! addresses (`MQ_Address`), credentials and MIME data.
 //!
+//! A message's JSON is, as in MailerQ, a live libfastjson object once a
+//! plugin asked for it (`MQ_json`): the same object for every plugin of
+//! every hook the message goes through, kept in sync with the setters
+//! (on an incoming message; on an outgoing one the setters change only
+//! what goes over SMTP), and read back whenever the host reads the
+//! message, so that what plugins changed through libfastjson is what is
+//! stored (incoming) or carried by the delivery's result (outgoing).
+//!
 //! What a held hook can reach stays alive and unchanged until its hold is
 //! over: a chain's arguments are shared ([`ChainArgs`] holds `Rc`s), and
 //! while an expired hold still uses a message (it is *pinned*), the buffers
-//! that `MQ_mime`, `MQ_json`, `MQ_recipient` and `MQ_email` returned are
-//! kept when another plugin replaces them, so the late plugin never reads
-//! freed memory.
+//! that `MQ_mime`, `MQ_recipient` and `MQ_email` returned, and the
+//! libfastjson values a setter replaced in the `MQ_json` object, are kept
+//! when another plugin replaces them, so the late plugin never reads freed
+//! memory. The `MQ_json` object itself never moves; it is freed with the
+//! message.
 
+use crate::observe::Priority;
+use crate::runtime::fastjson::{FjsonObject, Obj};
 use crate::runtime::handles::{Handle, Kind, Registration};
 use serde_json::{Map, Value};
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -53,6 +65,7 @@ struct Retired {
     pins: Cell<u32>,
     kept: RefCell<Vec<CString>>,
     kept_bytes: RefCell<Vec<Rc<[u8]>>>,
+    kept_json: RefCell<Vec<Obj>>,
 }
 
 impl Retired {
@@ -74,6 +87,15 @@ impl Retired {
         }
     }
 
+    /// Like [`Retired::retire`], for a libfastjson value (our reference).
+    fn retire_json(&self, old: Option<Obj>) {
+        if let Some(old) = old {
+            if self.pins.get() > 0 {
+                self.kept_json.borrow_mut().push(old);
+            }
+        }
+    }
+
     fn pin(&self) {
         self.pins.set(self.pins.get() + 1);
     }
@@ -84,6 +106,7 @@ impl Retired {
         if pins == 0 {
             self.kept.borrow_mut().clear();
             self.kept_bytes.borrow_mut().clear();
+            self.kept_json.borrow_mut().clear();
         }
     }
 }
@@ -139,26 +162,59 @@ pub struct SmtpView {
     pub envelope: String,
     /// `RCPT TO`.
     pub recipient: String,
-    /// The MIME data, if loaded.
+    /// The MIME data: the one a plugin set with `MQ_setMime`, else the
+    /// JSON's `mime` (as a plugin may have changed it through `MQ_json`).
     pub mime: Option<Vec<u8>>,
 }
 
+/// A message's JSON: a map until a plugin asks for it with `MQ_json`, from
+/// then on the live libfastjson object that plugin and every later one
+/// read and change.
+enum Json {
+    Map(Map<String, Value>),
+    Live(Live),
+}
+
+/// The live libfastjson object of a message.
+struct Live {
+    obj: Obj,
+    /// The string object of the JSON's `mime` member when last looked at
+    /// (our own reference, so its address is never reused while held).
+    /// While the member is still this object the MIME is
+    /// [`MessageObj::mime`]'s bytes; another value means a plugin changed
+    /// `mime` through libfastjson.
+    mime: Option<Obj>,
+    /// The JSON as it was when the object was made: what the message keeps
+    /// (and says so in the log) in the unlikely case that libfastjson
+    /// writes a text that does not parse (a NaN number a plugin set).
+    base: Map<String, Value>,
+}
+
 /// `MQ_Message`: a message and its JSON object.
+///
+/// The JSON's `mime` string is kept apart, as bytes ([`MessageObj::mime`]):
+/// one buffer shared by the messages of a transaction, bytes that are not
+/// UTF-8 kept exactly. When a plugin asks for the live object (`MQ_json`),
+/// the object gets a `mime` string member holding those bytes (libfastjson
+/// strings hold any bytes), as in MailerQ, whose incoming JSON has `mime`;
+/// a plugin that replaces or removes that member through libfastjson
+/// replaces or removes the message's MIME, exactly as `MQ_setMime` would
+/// (incoming) or as the JSON's `mime` (outgoing: what is published, and
+/// what is sent unless a plugin called `MQ_setMime`).
 pub(crate) struct MessageObj {
     pub(crate) direction: Direction,
-    json: RefCell<Map<String, Value>>,
+    json: RefCell<Json>,
     envelope: Rc<AddressObj>,
     recipient: RefCell<Option<CString>>,
-    /// The MIME data, byte for byte; shared (not copied) by the messages
-    /// of one transaction until a plugin replaces it. Not in `json`: the
-    /// JSON views add it as a `mime` string.
+    /// The JSON's `mime` string, byte for byte; shared (not copied) by the
+    /// messages of one transaction until it is replaced.
     mime: RefCell<Option<Rc<[u8]>>>,
-    /// An outgoing message's MIME as it came (its JSON stays as it came).
-    published_mime: Option<Rc<[u8]>>,
+    /// An outgoing message's MIME as a plugin set it with `MQ_setMime`
+    /// (what `MQ_mime` returns on an outgoing message: NULL until set).
+    sent_mime: RefCell<Option<Rc<[u8]>>>,
     pub(crate) local: Cell<bool>,
-    /// Caches for pointers returned to plugins: valid until the next change
-    /// (or, while pinned, until the message is freed).
-    json_text: RefCell<Option<CString>>,
+    /// Cache for the pointer `MQ_mime` returned: valid until the next
+    /// change (or, while pinned, until the message is unpinned).
     mime_c: RefCell<Option<CString>>,
     retired: Retired,
     pub(crate) registration: Registration,
@@ -196,14 +252,10 @@ impl MessageObj {
             direction,
             envelope: Rc::new(AddressObj::new(envelope.as_deref())),
             recipient: RefCell::new(recipient.map(|r| c_string(r.as_bytes()))),
-            published_mime: match direction {
-                Direction::Outgoing => mime.clone(),
-                Direction::Incoming => None,
-            },
             mime: RefCell::new(mime),
+            sent_mime: RefCell::new(None),
             local: Cell::new(false),
-            json: RefCell::new(json),
-            json_text: RefCell::new(None),
+            json: RefCell::new(Json::Map(json)),
             mime_c: RefCell::new(None),
             retired: Retired::default(),
             registration: Registration::default(),
@@ -222,47 +274,125 @@ impl MessageObj {
         self.envelope.retired.unpin();
     }
 
-    fn changed(&self, key: &str, value: Value) {
-        self.retired.retire(self.json_text.borrow_mut().take());
-        if self.direction == Direction::Incoming {
-            self.json.borrow_mut().insert(key.to_owned(), value);
+    /// `MQ_json`: the message's live libfastjson object, made on the first
+    /// call and the same object on every later one, freed with the message.
+    /// NULL only if libfastjson refuses the JSON (it does not for a JSON
+    /// object that serde wrote).
+    pub(crate) fn json_object(&self) -> *mut FjsonObject {
+        let mut json = self.json.borrow_mut();
+        if let Json::Live(live) = &*json {
+            return live.obj.as_ptr();
+        }
+        let Json::Map(map) = &*json else {
+            unreachable!("not live")
+        };
+        let text = serde_json::to_string(map).unwrap_or_default();
+        let Some(obj) = Obj::parse(&text).filter(Obj::is_object) else {
+            return std::ptr::null_mut();
+        };
+        let mime = self.mime.borrow().as_deref().and_then(Obj::string);
+        if let Some(mime) = &mime {
+            obj.add(MIME, mime.clone());
+        }
+        let ptr = obj.as_ptr();
+        let base = match std::mem::replace(&mut *json, Json::Map(Map::new())) {
+            Json::Map(map) => map,
+            Json::Live(_) => unreachable!("not live"),
+        };
+        *json = Json::Live(Live { obj, mime, base });
+        ptr
+    }
+
+    /// Reads back what plugins did to the live object's `mime` member.
+    fn sync_mime(&self) {
+        let mut json = self.json.borrow_mut();
+        let Json::Live(live) = &mut *json else { return };
+        let current = live.obj.get(MIME);
+        let unchanged = match (&current, &live.mime) {
+            (Some(now), Some(known)) => now.same(known),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        let bytes = current.as_ref().and_then(Obj::string_bytes);
+        let old_member = std::mem::replace(&mut live.mime, current.filter(|_| bytes.is_some()));
+        self.retired.retire_json(old_member);
+        let old = std::mem::replace(&mut *self.mime.borrow_mut(), bytes.map(Rc::from));
+        if old.is_some() || self.mime.borrow().is_some() {
+            self.retired.retire_bytes(old);
+            if self.direction == Direction::Incoming {
+                self.retired.retire(self.mime_c.borrow_mut().take());
+            }
         }
     }
 
-    pub(crate) fn json_ptr(&self) -> *const c_char {
-        let mut cache = self.json_text.borrow_mut();
-        let text = cache.get_or_insert_with(|| {
-            c_string(
-                serde_json::to_string(&self.json())
-                    .unwrap_or_default()
-                    .as_bytes(),
-            )
-        });
-        text.as_ptr()
-    }
-
-    /// The MIME the JSON views show: an incoming message's current one, an
-    /// outgoing message's as it came.
-    fn json_mime(&self) -> Option<Rc<[u8]>> {
-        match self.direction {
-            Direction::Incoming => self.mime(),
-            Direction::Outgoing => self.published_mime.clone(),
+    /// The live object's string member `key`, if the JSON is live.
+    fn live_string(&self, key: &CStr) -> Option<Option<Vec<u8>>> {
+        match &*self.json.borrow() {
+            Json::Live(live) => Some(live.obj.get(key).and_then(|v| v.string_bytes())),
+            Json::Map(_) => None,
         }
     }
 
+    /// A setter's change of an incoming message's JSON.
+    fn changed(&self, key: &CStr, value: &[u8]) {
+        if self.direction != Direction::Incoming {
+            return;
+        }
+        match &mut *self.json.borrow_mut() {
+            Json::Map(map) => {
+                let text = String::from_utf8_lossy(value).into_owned();
+                map.insert(key.to_string_lossy().into_owned(), Value::String(text));
+            }
+            Json::Live(live) => {
+                // A late plugin may still hold the old value's pointer.
+                self.retired.retire_json(live.obj.get(key));
+                if let Some(new) = Obj::string(value) {
+                    live.obj.add(key, new);
+                }
+            }
+        }
+    }
+
+    /// The envelope address; for an incoming message also one a plugin
+    /// set through `MQ_json` (the JSON's `envelope`, as in MailerQ).
     pub(crate) fn envelope(&self) -> &Rc<AddressObj> {
+        if self.direction == Direction::Incoming {
+            if let Some(now) = self.live_string(ENVELOPE) {
+                let now = now.unwrap_or_default();
+                let known = self
+                    .envelope
+                    .email
+                    .borrow()
+                    .as_ref()
+                    .map(|s| s.as_bytes().to_vec());
+                if known.unwrap_or_default() != c_string(&now).as_bytes() {
+                    self.envelope.set_email(&now);
+                }
+            }
+        }
         &self.envelope
     }
 
     pub(crate) fn set_envelope(&self, email: &[u8]) {
         self.envelope.set_email(email);
-        self.changed(
-            "envelope",
-            Value::String(String::from_utf8_lossy(email).into_owned()),
-        );
+        self.changed(ENVELOPE, email);
     }
 
+    /// `MQ_recipient`; for an incoming message also one a plugin set
+    /// through `MQ_json` (the JSON's `recipient`, as in MailerQ).
     pub(crate) fn recipient_ptr(&self) -> *const c_char {
+        if self.direction == Direction::Incoming {
+            if let Some(now) = self.live_string(RECIPIENT) {
+                let now = now.map(|b| c_string(&b));
+                if *self.recipient.borrow() != now {
+                    let old = std::mem::replace(&mut *self.recipient.borrow_mut(), now);
+                    self.retired.retire(old);
+                }
+            }
+        }
         self.recipient
             .borrow()
             .as_ref()
@@ -272,62 +402,115 @@ impl MessageObj {
     pub(crate) fn set_recipient(&self, email: &[u8]) {
         let old = self.recipient.borrow_mut().replace(c_string(email));
         self.retired.retire(old);
-        self.changed(
-            "recipient",
-            Value::String(String::from_utf8_lossy(email).into_owned()),
-        );
+        self.changed(RECIPIENT, email);
+    }
+
+    /// What `MQ_mime` shows: an incoming message's MIME (the JSON's
+    /// `mime`), an outgoing message's only once a plugin set it.
+    fn plugin_mime(&self) -> Option<Rc<[u8]>> {
+        match self.direction {
+            Direction::Incoming => self.mime(),
+            Direction::Outgoing => self.sent_mime.borrow().clone(),
+        }
     }
 
     pub(crate) fn mime_ptr(&self) -> *const c_char {
-        let mime = self.mime.borrow();
-        let Some(bytes) = mime.as_ref() else {
+        let Some(bytes) = self.plugin_mime() else {
             return std::ptr::null();
         };
         let mut cache = self.mime_c.borrow_mut();
-        cache.get_or_insert_with(|| c_string(bytes)).as_ptr()
+        cache.get_or_insert_with(|| c_string(&bytes)).as_ptr()
     }
 
-    /// The MIME data's address and length, for a plugin (NUL bytes
+    /// `MQ_mime`'s data with its length, for a plugin (NUL bytes
     /// included). Valid as long as [`MessageObj::mime_ptr`]'s pointer:
-    /// until the next `set_mime`, or while the message is pinned, until it
-    /// is unpinned (the replaced buffer is kept).
+    /// until the next change of the MIME, or while the message is pinned,
+    /// until it is unpinned (the replaced buffer is kept).
     pub(crate) fn mime_slice(&self) -> Option<(*const u8, usize)> {
-        self.mime.borrow().as_ref().map(|m| (m.as_ptr(), m.len()))
+        // The buffer stays referenced by the message (or kept retired).
+        self.plugin_mime().map(|m| (m.as_ptr(), m.len()))
     }
 
-    /// The MIME data, byte for byte (NUL bytes included).
+    /// The JSON's `mime`, byte for byte (NUL bytes included), with what
+    /// plugins did to it through `MQ_json`.
     pub(crate) fn mime(&self) -> Option<Rc<[u8]>> {
+        self.sync_mime();
         self.mime.borrow().clone()
     }
 
     pub(crate) fn set_mime(&self, mime: &[u8]) {
-        let old = self.mime.borrow_mut().replace(Rc::from(mime));
-        self.retired.retire_bytes(old);
+        let mime: Rc<[u8]> = Rc::from(mime);
         self.retired.retire(self.mime_c.borrow_mut().take());
-        if self.direction == Direction::Incoming {
-            self.retired.retire(self.json_text.borrow_mut().take());
+        if self.direction == Direction::Outgoing {
+            let old = self.sent_mime.borrow_mut().replace(mime);
+            self.retired.retire_bytes(old);
+            return;
         }
+        self.sync_mime();
+        if let Json::Live(live) = &mut *self.json.borrow_mut() {
+            let member = Obj::string(&mime);
+            if let Some(member) = &member {
+                live.obj.add(MIME, member.clone());
+            } else {
+                live.obj.del(MIME);
+            }
+            let old = std::mem::replace(&mut live.mime, member);
+            self.retired.retire_json(old);
+        }
+        let old = self.mime.borrow_mut().replace(mime);
+        self.retired.retire_bytes(old);
     }
 
     /// The message's JSON object, with its MIME as a `mime` string (bytes
     /// that are not UTF-8 are replaced: [`MessageObj::parts`] has them).
     pub(crate) fn json(&self) -> Value {
-        let mut json = self.json.borrow().clone();
-        if let Some(mime) = self.json_mime() {
+        let (mut json, mime) = self.parts();
+        if let Some(mime) = mime {
             let text = String::from_utf8_lossy(&mime).into_owned();
             json.insert("mime".to_owned(), Value::String(text));
         }
         Value::Object(json)
     }
 
-    /// The message's JSON object without its MIME, and its MIME data byte
-    /// for byte (shared, not copied).
+    /// The message's JSON object without its `mime` string, and its MIME
+    /// data byte for byte (shared, not copied), with every change plugins
+    /// made through `MQ_json`.
     pub(crate) fn parts(&self) -> (Map<String, Value>, Option<Rc<[u8]>>) {
-        (self.json.borrow().clone(), self.json_mime())
+        let mime = self.mime();
+        let json = self.json.borrow();
+        let map = match &*json {
+            Json::Map(map) => map.clone(),
+            Json::Live(live) => {
+                // The MIME travels as bytes: out of the text, then back.
+                let text = match &live.mime {
+                    Some(member) => {
+                        live.obj.del(MIME);
+                        let text = live.obj.to_text();
+                        live.obj.add(MIME, member.clone());
+                        text
+                    }
+                    None => live.obj.to_text(),
+                };
+                map_of(&text).unwrap_or_else(|why| {
+                    crate::runtime::worker::with_current(|w| {
+                        w.log(
+                            Priority::Critical,
+                            format!(
+                                "a message's JSON as plugins left it through MQ_json does not parse \
+                                 ({why}); the JSON as it was before MQ_json is kept"
+                            ),
+                        )
+                    });
+                    live.base.clone()
+                })
+            }
+        };
+        (map, mime)
     }
 
     /// What would go over SMTP.
     pub(crate) fn smtp_view(&self) -> SmtpView {
+        let sent = self.sent_mime.borrow().clone();
         SmtpView {
             envelope: self.envelope.email().unwrap_or_default(),
             recipient: self
@@ -336,9 +519,19 @@ impl MessageObj {
                 .as_ref()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            mime: self.mime().as_deref().map(<[u8]>::to_vec),
+            mime: sent.or_else(|| self.mime()).as_deref().map(<[u8]>::to_vec),
         }
     }
+}
+
+const MIME: &CStr = c"mime";
+const RECIPIENT: &CStr = c"recipient";
+const ENVELOPE: &CStr = c"envelope";
+
+/// The object of a JSON text libfastjson wrote (bytes that are not UTF-8,
+/// which only a plugin can have put there, replaced).
+fn map_of(text: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
+    serde_json::from_str(&String::from_utf8_lossy(text))
 }
 
 impl AddressObj {
@@ -362,104 +555,4 @@ pub(crate) fn c_string(bytes: &[u8]) -> CString {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn message(direction: Direction) -> Rc<MessageObj> {
-        let Value::Object(map) = json!({"envelope": "a@x", "recipient": "b@y", "mime": "Subject: hi\r\n\r\nbody", "key": 1})
-        else {
-            unreachable!()
-        };
-        MessageObj::new(direction, map)
-    }
-
-    #[test]
-    fn incoming_setters_change_the_json() {
-        let m = message(Direction::Incoming);
-        m.set_recipient(b"c@z");
-        m.set_mime(b"new");
-        m.set_envelope(b"");
-        let json = m.json();
-        assert_eq!(json["recipient"], "c@z");
-        assert_eq!(json["mime"], "new");
-        assert_eq!(json["envelope"], "");
-        assert_eq!(json["key"], 1, "other properties are kept");
-        assert!(
-            m.envelope().email_ptr().is_null(),
-            "empty envelope reads as NULL"
-        );
-    }
-
-    #[test]
-    fn outgoing_setters_change_only_the_smtp_view() {
-        let m = message(Direction::Outgoing);
-        m.set_recipient(b"c@z");
-        assert_eq!(m.json()["recipient"], "b@y");
-        assert_eq!(m.smtp_view().recipient, "c@z");
-    }
-
-    #[test]
-    fn a_pinned_message_keeps_the_buffers_it_handed_out() {
-        let m = message(Direction::Incoming);
-        m.pin();
-        let mime = m.mime_ptr();
-        let json = m.json_ptr();
-        let recipient = m.recipient_ptr();
-        let envelope = m.envelope().email_ptr();
-        m.set_mime(b"replaced");
-        m.set_recipient(b"other@z");
-        m.set_envelope(b"other@x");
-        // SAFETY: kept alive by the pin; this is what the test checks.
-        unsafe {
-            assert_eq!(
-                std::ffi::CStr::from_ptr(mime).to_bytes(),
-                b"Subject: hi\r\n\r\nbody"
-            );
-            assert!(std::ffi::CStr::from_ptr(json).to_bytes().starts_with(b"{"));
-            assert_eq!(std::ffi::CStr::from_ptr(recipient).to_bytes(), b"b@y");
-            assert_eq!(std::ffi::CStr::from_ptr(envelope).to_bytes(), b"a@x");
-        }
-        assert_eq!(
-            m.retired.kept.borrow().len(),
-            3,
-            "mime, json text, recipient"
-        );
-        assert_eq!(m.envelope.retired.kept.borrow().len(), 1);
-        m.unpin();
-        assert!(m.retired.kept.borrow().is_empty(), "freed once unpinned");
-        assert!(m.envelope.retired.kept.borrow().is_empty());
-        m.set_mime(b"again");
-        assert!(m.retired.kept.borrow().is_empty(), "not kept unpinned");
-    }
-
-    #[test]
-    fn mime_bytes_are_kept_byte_for_byte_and_shared() {
-        let mime: Rc<[u8]> = Rc::from(&b"Subject: \xe9t\xe9\r\n\r\na\0b"[..]);
-        let Value::Object(map) = json!({"recipient": "b@y"}) else {
-            unreachable!()
-        };
-        let first = MessageObj::with_mime(Direction::Incoming, map.clone(), Some(Rc::clone(&mime)));
-        let second = MessageObj::with_mime(Direction::Incoming, map, Some(Rc::clone(&mime)));
-        let (json, bytes) = first.parts();
-        assert!(json.get("mime").is_none());
-        assert!(Rc::ptr_eq(&bytes.unwrap(), &mime), "shared, not copied");
-        assert_eq!(Rc::strong_count(&mime), 3);
-        second.set_mime(b"own");
-        assert_eq!(&*second.parts().1.unwrap(), b"own");
-        assert_eq!(
-            &*first.mime().unwrap(),
-            &*mime,
-            "the other keeps the original"
-        );
-        assert!(first.json()["mime"]
-            .as_str()
-            .unwrap()
-            .starts_with("Subject: \u{fffd}t"));
-    }
-
-    #[test]
-    fn c_strings_stop_at_nul() {
-        assert_eq!(c_string(b"ab\0cd").as_bytes(), b"ab");
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@ pub(crate) mod chain;
 pub(crate) mod connection;
 pub(crate) mod dispatch;
 pub mod event_loop;
+pub(crate) mod fastjson;
 pub(crate) mod handles;
 pub(crate) mod hold;
 pub(crate) mod message;

@@ -44,6 +44,7 @@
 #include <mailerq.h>
 
 #include <dlfcn.h>
+#include <libfastjson/json.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -466,7 +467,9 @@ static void check_text(const char *what, const char *expected, const char *got)
 static void exercise_message(const struct call *c)
 {
     MQ_Message *message = c->message;
-    plog(MQ_INFO, "json %s", or_null(MQ_json(message)));
+    struct fjson_object *json = MQ_json(message);
+    plog(MQ_INFO, "json %s",
+         json ? fjson_object_to_json_string_ext(json, FJSON_TO_STRING_PLAIN) : "(null)");
     plog(MQ_INFO, "envelope %s", or_null(envelope_email(message)));
     plog(MQ_INFO, "recipient %s", or_null(MQ_recipient(message)));
     const char *mime = MQ_mime(message);
