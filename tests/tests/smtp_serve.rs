@@ -135,6 +135,8 @@ fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
     let mut slow = Client::connect(server.local_addr());
     assert!(slow.reply().starts_with("220 "));
     // All at once (PIPELINING): the tarpit holds the 2nd and 3rd RCPT.
+    // (The holds cannot start before the bytes are sent.)
+    let sent = Instant::now();
     slow.send("EHLO client\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x1@example.org>\r\nRCPT TO:<x2@example.org>\r\nRCPT TO:<x3@example.org>\r\nDATA\r\n");
     let started = Instant::now();
     assert!(slow.reply().contains("PIPELINING"));
@@ -152,7 +154,7 @@ fn pipelined_commands_wait_for_held_chains_without_blocking_others() {
     assert!(slow.reply().starts_with("250 2.1.5"));
     assert!(slow.reply().starts_with("250 2.1.5"));
     assert!(
-        started.elapsed() >= Duration::from_millis(300),
+        sent.elapsed() >= Duration::from_millis(300),
         "0 + 100 + 200 ms of tarpit"
     );
     assert!(slow.reply().starts_with("354"));
