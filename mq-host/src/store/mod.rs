@@ -135,9 +135,12 @@ pub(crate) fn store_as(dir: &Path, name: &str, message: &Value) -> std::io::Resu
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     {
+        // Serialized in memory first: serde writes a few bytes at a time,
+        // and straight into the file that was a system call each (every
+        // escaped `\r\n` of a MIME one).
+        let bytes = serde_json::to_vec(message)?;
         let mut file = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut file, message)?;
-        file.flush()?;
+        file.write_all(&bytes)?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
