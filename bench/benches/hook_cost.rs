@@ -25,10 +25,10 @@
 //! stay in `target/hook-cost/`; `callgrind_annotate --inclusive=yes` on
 //! `<case>-rust-plugin-<N+M>.out-02` shows where the Rust path spends.
 
-use mq_bench::{build_plugins, memory_in_use, open_sessions, run_batch, Case, Lang, PluginDir};
+use mq_bench::{
+    build_plugins, callgrind, memory_in_use, open_sessions, run_batch, Case, Lang, PluginDir,
+};
 use mq_host::{Direction, Event, Host};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ struct Plan {
     valgrind_batches: (usize, usize),
     /// Cases measured under valgrind.
     valgrind_cases: &'static [Case],
+    /// Repeats of each worker-view measurement (the median is shown).
+    worker_repeats: usize,
     /// Async hooks held at once for the memory figure.
     holds: usize,
 }
@@ -51,6 +53,7 @@ const FULL: Plan = Plan {
     timed_runs: 20_000,
     valgrind_batches: (2, 12),
     valgrind_cases: &Case::ALL,
+    worker_repeats: 3,
     holds: 10_000,
 };
 
@@ -59,6 +62,7 @@ const QUICK: Plan = Plan {
     timed_runs: 300,
     valgrind_batches: (1, 3),
     valgrind_cases: &[Case::Nothing],
+    worker_repeats: 1,
     holds: 500,
 };
 
@@ -77,21 +81,14 @@ const PLUGIN_ENTRIES: &[&str] = &[
     "mq_plugin::timer::fire",
 ];
 
-/// What the allocation columns count.
-const ALLOCATORS: &[&str] = &[
-    "malloc",
-    "calloc",
-    "realloc",
-    "posix_memalign",
-    "aligned_alloc",
-];
-
 /// Per chain run, from callgrind. Allocations are counted only without
 /// `--toggle-collect`: callgrind counts calls even while collection is off.
 #[derive(Clone, Copy, Default)]
 struct Counts {
     instructions: f64,
     allocations: f64,
+    /// Instructions: the largest minus the smallest of the repeats.
+    spread: f64,
 }
 
 /// One case's figures; the arrays are indexed like [`LANGS`].
@@ -136,6 +133,9 @@ fn main() {
             }),
         })
         .collect();
+    if std::ptr::eq(plan, &QUICK) {
+        println!("--quick: small counts, a smoke run; compare the numbers of a full run");
+    }
     print_tables(&rows);
     if !valgrind {
         println!("(valgrind not found: no instruction or allocation counts)");
@@ -208,14 +208,38 @@ enum View {
 
 /// Instructions and allocations per chain run: the difference between a
 /// long and a short run of the child.
+///
+/// The worker view is repeated [`Plan::worker_repeats`] times and the
+/// median taken: how the worker's loop turns interleave with the main
+/// thread's submissions varies from run to run (the plugin view does not
+/// see the loop and varies by well under 1%).
 fn per_run(case: Case, lang: Lang, plan: &Plan, view: View) -> Counts {
     let (short, long) = plan.valgrind_batches;
-    let a = counted(case, lang, short, plan.sessions, view);
-    let b = counted(case, lang, long, plan.sessions, view);
     let runs = ((long - short) * plan.sessions) as f64;
+    let repeats = match view {
+        View::Plugin => 1,
+        View::Worker => plan.worker_repeats,
+    };
+    let mut samples: Vec<(f64, f64)> = (0..repeats)
+        .map(|_| {
+            let a = counted(case, lang, short, plan.sessions, view);
+            let b = counted(case, lang, long, plan.sessions, view);
+            (
+                (b.instructions - a.instructions) / runs,
+                (b.allocations - a.allocations) / runs,
+            )
+        })
+        .collect();
+    let spread = samples.iter().map(|s| s.0).fold(f64::MIN, f64::max)
+        - samples.iter().map(|s| s.0).fold(f64::MAX, f64::min);
+    let median = |samples: &mut Vec<(f64, f64)>, key: fn(&(f64, f64)) -> f64| {
+        samples.sort_by(|x, y| key(x).total_cmp(&key(y)));
+        key(&samples[samples.len() / 2])
+    };
     Counts {
-        instructions: (b.instructions - a.instructions) / runs,
-        allocations: (b.allocations - a.allocations) / runs,
+        instructions: median(&mut samples, |s| s.0),
+        allocations: median(&mut samples, |s| s.1),
+        spread,
     }
 }
 
@@ -259,80 +283,20 @@ fn counted(case: Case, lang: Lang, batches: usize, sessions: usize, view: View) 
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    let files = callgrind::thread_files(&out_dir, &stem);
+    assert!(!files.is_empty(), "callgrind wrote no {stem}-NN file");
     let mut total = Counts::default();
-    for file in thread_files(&out_dir, &stem) {
-        if view == View::Worker && file.to_string_lossy().ends_with("-01") {
-            continue;
-        }
-        let counts = callgrind_counts(&file);
-        total.instructions += counts.instructions;
-        total.allocations += counts.allocations;
+    // Thread 1 is this bench's main thread, which submits and waits.
+    let skip = usize::from(view == View::Worker);
+    for file in &files[skip..] {
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let totals = callgrind::parse(&text)
+            .unwrap_or_else(|| panic!("no summary line in {}", file.display()));
+        total.instructions += totals.instructions as f64;
+        total.allocations += totals.allocations as f64;
     }
     total
-}
-
-/// The per-thread files (`<stem>-01`, `<stem>-02`, ...) of one run.
-fn thread_files(dir: &Path, stem: &str) -> Vec<PathBuf> {
-    let prefix = format!("{stem}-");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read target/hook-cost")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(&prefix))
-                .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "callgrind wrote no {prefix}NN file");
-    files
-}
-
-/// A callgrind file's instruction total (its `summary:` line) and the
-/// number of calls it recorded to the [`ALLOCATORS`].
-fn callgrind_counts(file: &Path) -> Counts {
-    let text =
-        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-    let instructions = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in {}", file.display()));
-    // Names are compressed: `cfn=(7) malloc` the first time, `cfn=(7)` after.
-    let mut names: HashMap<&str, &str> = HashMap::new();
-    let mut callee_allocates = false;
-    let mut allocations = 0.0;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("cfn=") {
-            let (id, name) = rest.split_once(' ').unwrap_or((rest, ""));
-            if !name.is_empty() {
-                names.insert(id, name);
-            }
-            callee_allocates = names.get(id).is_some_and(|n| ALLOCATORS.contains(n));
-        } else if let Some(rest) = line.strip_prefix("fn=") {
-            if let Some((id, name)) = rest.split_once(' ') {
-                names.insert(id, name);
-            }
-        } else if let Some(rest) = line.strip_prefix("calls=") {
-            if callee_allocates {
-                let n: f64 = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0.0);
-                allocations += n;
-            }
-            callee_allocates = false;
-        }
-    }
-    Counts {
-        instructions,
-        allocations,
-    }
 }
 
 fn ratio(c: f64, rust: f64) -> String {
@@ -385,7 +349,19 @@ fn print_tables(rows: &[Row]) {
     }
     println!();
     println!("C, Rust: in the plugin's calls (its hook and callbacks, with the host functions they call)");
-    println!("wkr: the worker thread's whole count minus the empty chain's (dispatch, loop and timers too)");
+    println!("wkr: the worker thread's whole count minus the empty chain's (dispatch, loop and timers too),");
+    println!("     the median of repeated runs; spread (largest minus smallest) per run, baseline / C / Rust:");
+    for row in rows {
+        if let Some((_, worker)) = &row.counted {
+            println!(
+                "     {:<10} {:.0} / {:.0} / {:.0}",
+                row.case.name(),
+                worker[0].spread,
+                worker[1].spread,
+                worker[2].spread
+            );
+        }
+    }
     println!();
     println!("allocations and time per chain run");
     println!();

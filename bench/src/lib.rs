@@ -6,6 +6,8 @@
 //! `bench/plugins/rust-hooks` (Rust), implement the same hooks doing the
 //! same work; [`Case`] names which hook a run drives.
 
+pub mod callgrind;
+
 use mq_host::{Direction, Event, Host, PendingEvent};
 use std::path::{Path, PathBuf};
 use std::process::Command;
