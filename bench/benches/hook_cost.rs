@@ -7,11 +7,12 @@
 //!
 //! - instructions and `malloc` calls from `valgrind --tool=callgrind`, the
 //!   process run with `N` and with `N + M` chain runs and the difference
-//!   divided by `M`, so start-up cancels out (deterministic). Two views:
-//!   *in the plugin's calls* (collection on only inside the hook and the
-//!   plugin's timer and fd callbacks, with the host functions they call)
-//!   and *on the worker* (the worker thread's whole count minus the same
-//!   run on a host without plugins: dispatch, loop turns and timers too);
+//!   divided by `M`, so start-up cancels out. Two views: *in the plugin's
+//!   calls* (collection on only inside the hook and the plugin's timer and
+//!   fd callbacks, with the host functions they call; repeatable to well
+//!   under 1%) and *on the worker* (the worker thread's whole count minus
+//!   the same run on a host without plugins: dispatch, loop turns and
+//!   timers too; the median of three runs, whose spread is printed);
 //! - nanoseconds: the chain's duration as the worker measures it (from its
 //!   start to its end), median of many runs, minus the empty chain's; the
 //!   three hosts run in turn so that they see the same machine;
