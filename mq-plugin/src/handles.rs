@@ -398,7 +398,7 @@ impl Message {
     /// `None` until a plugin set the MIME with [`Message::set_mime`] (as in
     /// MailerQ, where an outgoing message's MIME is often made by a plugin
     /// from other properties); read what the message was loaded with from
-    /// its JSON: `msg.property::<String>("mime")`.
+    /// its JSON, byte for byte: `msg.property_bytes("mime")`.
     ///
     /// In `mq-host` every byte, NUL bytes included. MailerQ offers the MIME
     /// only as a C string (`MQ_mime`), so there (and in `mq-host`'s

@@ -33,7 +33,9 @@ impl Message {
         Some(unsafe { fastjson.text(obj) })
     }
 
-    /// The message's whole JSON object, parsed (a copy). To read one
+    /// The message's whole JSON object, parsed (a copy), as libfastjson
+    /// writes it: a string ends at a NUL byte there, so read the MIME with
+    /// [`Message::mime`] or [`Message::property_bytes`]. To read one
     /// property, [`Message::property`] is cheaper: it does not copy the
     /// MIME.
     pub fn json(&self) -> Result<serde_json::Value, JsonError> {
@@ -68,18 +70,31 @@ impl Message {
         // SAFETY: the message's live object, a NUL-terminated key, a
         // writable out pointer; `value` is borrowed from the object and
         // used before anything can change it.
-        let text = unsafe {
+        let parsed = unsafe {
             if (fastjson.object_get_ex)(obj, c_key.as_ptr(), &mut value) == 0 {
                 return Ok(None);
             }
-            fastjson.text(value)
+            if !value.is_null() && (fastjson.is_type)(value, FJSON_TYPE_STRING) != 0 {
+                // A string is read by its length, not through libfastjson's
+                // writer (which ends a string at a NUL byte); bytes that
+                // are not UTF-8 are replaced (`property_bytes` has them).
+                let text = (fastjson.get_string)(value);
+                let len = usize::try_from((fastjson.get_string_len)(value)).unwrap_or(0);
+                let bytes = if text.is_null() {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(text.cast::<u8>(), len)
+                };
+                let string = String::from_utf8_lossy(bytes).into_owned();
+                serde_json::from_value(serde_json::Value::String(string))
+            } else {
+                serde_json::from_str(&fastjson.text(value))
+            }
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| JsonError::Property {
-                key: key.to_owned(),
-                source,
-            })
+        parsed.map(Some).map_err(|source| JsonError::Property {
+            key: key.to_owned(),
+            source,
+        })
     }
 
     /// The string property `key`, byte for byte (bytes that are not UTF-8

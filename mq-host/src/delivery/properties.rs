@@ -125,7 +125,17 @@ pub(super) fn plan(
     }
     let headers = match message.get("headers") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(edits)) => Some(edits.clone()),
+        Some(Value::Object(edits)) => {
+            if let Err(e) = check_headers(edits) {
+                let e = format!("`headers`: {e}");
+                return Err(Attempt::error(
+                    Status::Failure,
+                    Step::Process,
+                    Broken::invalid(e),
+                ));
+            }
+            Some(edits.clone())
+        }
         Some(_) => {
             let e =
                 "`headers` must be an object of edits (remove, prepend, append, replace, update)";
@@ -182,6 +192,58 @@ pub(super) struct Field {
     pub(super) text: Vec<u8>,
 }
 
+/// Refuses `headers` edits that cannot be applied as written: an unknown
+/// edit, a name that is no header field name (RFC 5322: printable ASCII
+/// without `:` — so no name can carry a line end or end the header), a
+/// value that is no string (or array of strings).
+fn check_headers(edits: &Map<String, Value>) -> Result<(), String> {
+    let field_name =
+        |name: &str| !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    let bad_name = |name: &str| format!("{name:?} is not a header field name");
+    for (edit, value) in edits {
+        match (edit.as_str(), value) {
+            ("remove", Value::String(name)) if field_name(name) => {}
+            ("remove", Value::String(name)) => return Err(bad_name(name)),
+            ("remove", Value::Array(names)) => {
+                for name in names {
+                    match name.as_str() {
+                        Some(n) if field_name(n) => {}
+                        Some(n) => return Err(bad_name(n)),
+                        None => return Err(format!("`remove` holds {name}, not a name")),
+                    }
+                }
+            }
+            ("remove", other) => return Err(format!("`remove` is {other}, not a name or names")),
+            ("replace" | "update" | "prepend" | "append" | "add", Value::Object(fields)) => {
+                for (name, value) in fields {
+                    if !field_name(name) {
+                        return Err(bad_name(name));
+                    }
+                    let strings = match value {
+                        Value::String(_) => true,
+                        Value::Array(values) => values.iter().all(Value::is_string),
+                        _ => false,
+                    };
+                    if !strings {
+                        return Err(format!(
+                            "`{edit}` gives {name:?} the value {value}, not a string or strings"
+                        ));
+                    }
+                }
+            }
+            ("replace" | "update" | "prepend" | "append" | "add", other) => {
+                return Err(format!("`{edit}` is {other}, not an object of fields"))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown edit `{other}` (remove, prepend, append, add, replace, update)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `mime` with the `headers` edits applied: `remove` (a name or names),
 /// then `replace` (the first field of each name gets the new value, the
 /// others go; appended if there was none), `update` (like `replace`,
@@ -235,7 +297,15 @@ fn edit_headers(mime: &[u8], edits: &Map<String, Value>) -> Vec<u8> {
             fields.push(new_field(name, value));
         }
     }
-    let mut out: Vec<u8> = fields.into_iter().flat_map(|f| f.text).collect();
+    // A header without an empty line after it may end without a line end:
+    // each field gets one before another follows it.
+    let mut out: Vec<u8> = Vec::with_capacity(mime.len() + 256);
+    for field in fields {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(&field.text);
+    }
     out.extend_from_slice(body);
     out
 }
@@ -292,6 +362,40 @@ mod tests {
             unreachable!()
         };
         String::from_utf8(edit_headers(mime.as_bytes(), &edits)).unwrap()
+    }
+
+    #[test]
+    fn edits_that_would_inject_or_cannot_apply_are_refused() {
+        let check = |edits: Value| {
+            let Value::Object(edits) = edits else {
+                unreachable!()
+            };
+            check_headers(&edits)
+        };
+        assert!(
+            check(json!({"append": {"X-A": "1", "X-B": ["2", "3"]}, "remove": ["Bcc"]})).is_ok()
+        );
+        for bad in [
+            json!({"append": {"X-A: 1\r\nBcc": "victim@x"}}),
+            json!({"prepend": {"\r\n": "x"}}),
+            json!({"replace": {"": "x"}}),
+            json!({"append": {"X-A": 5}}),
+            json!({"append": {"X-A": ["ok", 5]}}),
+            json!({"remove": ["Bcc", 5]}),
+            json!({"remove": "Bad Name"}),
+            json!({"append": "X-A: 1"}),
+            json!({"delete": {"X-A": "1"}}),
+        ] {
+            assert!(check(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_field_appended_after_a_last_line_without_line_end_gets_its_own_line() {
+        assert_eq!(
+            edited("Subject: s", json!({"append": {"X-A": "v"}})),
+            "Subject: s\nX-A: v\n"
+        );
     }
 
     #[test]

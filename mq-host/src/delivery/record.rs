@@ -38,8 +38,8 @@ pub(super) fn max_attempts(message: &Map<String, Value>, config: &DeliveryConfig
 }
 
 /// When the message's delivery time ends: its `maxdelivertime`
-/// (`YYYY-MM-DD HH:MM:SS`, UTC), else its first attempt (the `time` of its
-/// first result; now, if it has none) plus
+/// (`YYYY-MM-DD HH:MM:SS`, UTC), else its first attempt (the earliest
+/// `time` of its results; now, if it has none) plus
 /// [`DeliveryConfig::max_deliver_time`]. The text of a `maxdelivertime`
 /// that cannot be read comes back too, for a warning.
 pub(super) fn deadline(
@@ -55,12 +55,17 @@ pub(super) fn deadline(
         },
         Some(other) => unreadable = Some(other.to_string()),
     }
+    // The earliest result time that can be read: stable from the first
+    // attempt on, also when an entry from elsewhere has a time in another
+    // form (mq-host's own entries always have one).
     let first = message
         .get("results")
-        .and_then(|r| r.get(0))
-        .and_then(|r| r.get("time"))
-        .and_then(Value::as_str)
-        .and_then(|t| clock::parse_mailerq_time(t).or_else(|| clock::parse_rfc3339(t)))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("time")?.as_str())
+        .filter_map(|t| clock::parse_mailerq_time(t).or_else(|| clock::parse_rfc3339(t)))
+        .min()
         .unwrap_or_else(SystemTime::now);
     let end = first
         .checked_add(config.max_deliver_time)

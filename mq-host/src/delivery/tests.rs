@@ -185,6 +185,10 @@ fn delivery_time_ends_at_maxdelivertime_or_a_day_after_the_first_attempt() {
     assert!(expired(&tried, &config, deadline(&tried, &config).0)
         .unwrap()
         .contains("delivery time ended at 2026-01-02 10:00:00"));
+    // A first entry whose time cannot be read (from elsewhere): the
+    // earliest readable one counts, so the limit does not move on.
+    let odd = message(json!({"results": [{"time": 1767261600}, {"time": "2026-01-01 11:00:00"}]}));
+    assert_eq!(deadline(&odd, &config).0, at("2026-01-02 11:00:00"));
     // Unreadable: the default, and the text for a warning.
     let bad = message(json!({"maxdelivertime": "2030-02-10T00:00:00Z"}));
     let (end, unreadable) = deadline(&bad, &config);

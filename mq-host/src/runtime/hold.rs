@@ -67,7 +67,11 @@ fn arm(
     let conn = Rc::clone(conn);
     // Counted from the hold's start, so that a late turn of the loop does
     // not push every later report (and the deadline) back.
-    let after = (started + at).saturating_duration_since(Instant::now());
+    // (A time past what `Instant` holds is never: the loop saturates it.)
+    let after = match started.checked_add(at) {
+        Some(due) => due.saturating_duration_since(Instant::now()),
+        None => at,
+    };
     Some(w.start_timer(after, move |w| match due {
         Due::Deadline => dispatch::expire(w, &conn, takeover),
         Due::Report => report(w, &conn, takeover, started, at),

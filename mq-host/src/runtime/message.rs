@@ -184,9 +184,16 @@ struct Live {
     /// [`MessageObj::mime`]'s bytes; another value means a plugin changed
     /// `mime` through libfastjson.
     mime: Option<Obj>,
+    /// The JSON's `envelope` and `recipient` members when last looked at
+    /// (our references, as for `mime`): only a plugin that replaced one
+    /// through libfastjson makes the host re-read it into the address it
+    /// hands out — never a mere read, so that a buffer a plugin may be
+    /// reading is never freed by another read.
+    envelope: Option<Obj>,
+    recipient: Option<Obj>,
     /// The JSON as it was when the object was made: what the message keeps
-    /// (and says so in the log) in the unlikely case that libfastjson
-    /// writes a text that does not parse (a NaN number a plugin set).
+    /// (and says so in the log) in the unlikely case that plugins left a
+    /// value JSON cannot hold (a NaN number).
     base: Map<String, Value>,
 }
 
@@ -276,8 +283,8 @@ impl MessageObj {
 
     /// `MQ_json`: the message's live libfastjson object, made on the first
     /// call and the same object on every later one, freed with the message.
-    /// NULL only if libfastjson refuses the JSON (it does not for a JSON
-    /// object that serde wrote).
+    /// NULL, logged, only for JSON libfastjson cannot hold (a key with a NUL
+    /// byte, nesting past 512 levels).
     pub(crate) fn json_object(&self) -> *mut FjsonObject {
         let mut json = self.json.borrow_mut();
         if let Json::Live(live) = &*json {
@@ -286,9 +293,14 @@ impl MessageObj {
         let Json::Map(map) = &*json else {
             unreachable!("not live")
         };
-        let text = serde_json::to_string(map).unwrap_or_default();
-        let Some(obj) = Obj::parse(&text).filter(Obj::is_object) else {
-            return std::ptr::null_mut();
+        let obj = match Obj::from_map(map) {
+            Ok(obj) => obj,
+            Err(why) => {
+                log_critical(format!(
+                    "MQ_json returns NULL: the message's JSON cannot be a libfastjson object ({why})"
+                ));
+                return std::ptr::null_mut();
+            }
         };
         let mime = self.mime.borrow().as_deref().and_then(Obj::string);
         if let Some(mime) = &mime {
@@ -299,7 +311,13 @@ impl MessageObj {
             Json::Map(map) => map,
             Json::Live(_) => unreachable!("not live"),
         };
-        *json = Json::Live(Live { obj, mime, base });
+        *json = Json::Live(Live {
+            envelope: obj.get(ENVELOPE),
+            recipient: obj.get(RECIPIENT),
+            obj,
+            mime,
+            base,
+        });
         ptr
     }
 
@@ -328,12 +346,34 @@ impl MessageObj {
         }
     }
 
-    /// The live object's string member `key`, if the JSON is live.
-    fn live_string(&self, key: &CStr) -> Option<Option<Vec<u8>>> {
-        match &*self.json.borrow() {
-            Json::Live(live) => Some(live.obj.get(key).and_then(|v| v.string_bytes())),
-            Json::Map(_) => None,
+    /// The live object's member `key` (`envelope` or `recipient`) if a
+    /// plugin replaced it through libfastjson since the host last looked:
+    /// `Some` with its string bytes (`None` inside for a removed or
+    /// non-string member). `None` if nothing changed, or the JSON is not
+    /// live.
+    fn replaced_member(&self, key: &CStr) -> Option<Option<Vec<u8>>> {
+        let mut json = self.json.borrow_mut();
+        let Json::Live(live) = &mut *json else {
+            return None;
+        };
+        let known = if key == ENVELOPE {
+            &mut live.envelope
+        } else {
+            &mut live.recipient
+        };
+        let current = live.obj.get(key);
+        let unchanged = match (&current, &*known) {
+            (Some(now), Some(known)) => now.same(known),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return None;
         }
+        let bytes = current.as_ref().and_then(Obj::string_bytes);
+        let old = std::mem::replace(known, current);
+        self.retired.retire_json(old);
+        Some(bytes)
     }
 
     /// A setter's change of an incoming message's JSON.
@@ -348,10 +388,24 @@ impl MessageObj {
             }
             Json::Live(live) => {
                 // A late plugin may still hold the old value's pointer.
-                self.retired.retire_json(live.obj.get(key));
-                if let Some(new) = Obj::string(value) {
-                    live.obj.add(key, new);
+                let old_member = live.obj.get(key);
+                let new = Obj::string(value);
+                match &new {
+                    Some(new) => live.obj.add(key, new.clone()),
+                    None => live.obj.del(key),
                 }
+                // The host's own change: not one to re-read.
+                let known = if key == ENVELOPE {
+                    &mut live.envelope
+                } else {
+                    &mut live.recipient
+                };
+                let old_known = std::mem::replace(known, new);
+                let same = matches!((&old_known, &old_member), (Some(a), Some(b)) if a.same(b));
+                if !same {
+                    self.retired.retire_json(old_known);
+                }
+                self.retired.retire_json(old_member);
             }
         }
     }
@@ -360,17 +414,8 @@ impl MessageObj {
     /// set through `MQ_json` (the JSON's `envelope`, as in MailerQ).
     pub(crate) fn envelope(&self) -> &Rc<AddressObj> {
         if self.direction == Direction::Incoming {
-            if let Some(now) = self.live_string(ENVELOPE) {
-                let now = now.unwrap_or_default();
-                let known = self
-                    .envelope
-                    .email
-                    .borrow()
-                    .as_ref()
-                    .map(|s| s.as_bytes().to_vec());
-                if known.unwrap_or_default() != c_string(&now).as_bytes() {
-                    self.envelope.set_email(&now);
-                }
+            if let Some(now) = self.replaced_member(ENVELOPE) {
+                self.envelope.set_email(&now.unwrap_or_default());
             }
         }
         &self.envelope
@@ -385,12 +430,10 @@ impl MessageObj {
     /// through `MQ_json` (the JSON's `recipient`, as in MailerQ).
     pub(crate) fn recipient_ptr(&self) -> *const c_char {
         if self.direction == Direction::Incoming {
-            if let Some(now) = self.live_string(RECIPIENT) {
+            if let Some(now) = self.replaced_member(RECIPIENT) {
                 let now = now.map(|b| c_string(&b));
-                if *self.recipient.borrow() != now {
-                    let old = std::mem::replace(&mut *self.recipient.borrow_mut(), now);
-                    self.retired.retire(old);
-                }
+                let old = std::mem::replace(&mut *self.recipient.borrow_mut(), now);
+                self.retired.retire(old);
             }
         }
         self.recipient
@@ -481,26 +524,15 @@ impl MessageObj {
         let map = match &*json {
             Json::Map(map) => map.clone(),
             Json::Live(live) => {
-                // The MIME travels as bytes: out of the text, then back.
-                let text = match &live.mime {
-                    Some(member) => {
-                        live.obj.del(MIME);
-                        let text = live.obj.to_text();
-                        live.obj.add(MIME, member.clone());
-                        text
-                    }
-                    None => live.obj.to_text(),
-                };
-                map_of(&text).unwrap_or_else(|why| {
-                    crate::runtime::worker::with_current(|w| {
-                        w.log(
-                            Priority::Critical,
-                            format!(
-                                "a message's JSON as plugins left it through MQ_json does not parse \
-                                 ({why}); the JSON as it was before MQ_json is kept"
-                            ),
-                        )
-                    });
+                // Read member by member, the object left as it is (a late
+                // plugin may hold pointers into it); the MIME travels as
+                // bytes, apart.
+                let skip = live.mime.as_ref().map(|_| MIME);
+                live.obj.to_map(skip).unwrap_or_else(|why| {
+                    log_critical(format!(
+                        "a message's JSON as plugins left it through MQ_json is not JSON \
+                         ({why}); the JSON as it was before MQ_json is kept"
+                    ));
                     live.base.clone()
                 })
             }
@@ -528,10 +560,9 @@ const MIME: &CStr = c"mime";
 const RECIPIENT: &CStr = c"recipient";
 const ENVELOPE: &CStr = c"envelope";
 
-/// The object of a JSON text libfastjson wrote (bytes that are not UTF-8,
-/// which only a plugin can have put there, replaced).
-fn map_of(text: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
-    serde_json::from_str(&String::from_utf8_lossy(text))
+/// Logs `text` as critical on this worker's log.
+fn log_critical(text: String) {
+    crate::runtime::worker::with_current(|w| w.log(Priority::Critical, text));
 }
 
 impl AddressObj {

@@ -287,12 +287,18 @@ fn main() -> ExitCode {
         let given =
             |id: &str| serve.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
         let file = file.clone();
-        let read = config::read(
-            &file,
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        )
-        .and_then(|(settings, warnings)| {
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            match (key.into_string(), value.into_string()) {
+                (Ok(key), Ok(value)) => env.push((key, value)),
+                (Ok(key), Err(_)) if key.starts_with("MAILERQ_") => eprintln!(
+                    "mq-host: config: {}: its value is not UTF-8; ignored",
+                    mq_host::escape_controls(&key)
+                ),
+                _ => {}
+            }
+        }
+        let read = config::read(&file, env.into_iter()).and_then(|(settings, warnings)| {
             Ok((config::check(&settings, &file)?, settings, warnings))
         });
         match read {
@@ -305,6 +311,17 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("mq-host: config: {}", mq_host::escape_controls(&e));
                 return ExitCode::FAILURE;
+            }
+        }
+    } else if let Command::Serve { .. } = &cli.command {
+        // MailerQ's variables go with its config file: say so, not nothing.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("MAILERQ_") {
+                eprintln!(
+                    "mq-host: {}: MailerQ's settings are read with --config FILE only; ignored",
+                    mq_host::escape_controls(&key)
+                );
             }
         }
     }

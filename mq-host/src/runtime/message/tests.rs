@@ -263,3 +263,53 @@ fn mime_bytes_are_kept_byte_for_byte_and_shared() {
 fn c_strings_stop_at_nul() {
     assert_eq!(c_string(b"ab\0cd").as_bytes(), b"ab");
 }
+
+#[test]
+fn reads_never_replace_what_a_plugin_may_be_reading() {
+    // A setter's bytes that are not UTF-8, before the object is live: the
+    // JSON has them lossily, the address exactly. Reading afterwards (also
+    // once the object is live) must not swap the address's buffer, which a
+    // plugin may be reading through a borrow.
+    let m = message(Direction::Incoming);
+    m.set_envelope(b"caf\xe9@x");
+    m.set_recipient(b"r\xe9@y");
+    let envelope = m.envelope().email_ptr();
+    let recipient = m.recipient_ptr();
+    let root = live(&m);
+    for _ in 0..3 {
+        assert_eq!(m.envelope().email_ptr(), envelope, "the envelope's buffer");
+        assert_eq!(m.recipient_ptr(), recipient, "the recipient's buffer");
+        let _ = m.parts();
+    }
+    // SAFETY: still the message's buffer (the pointer did not change).
+    let bytes = unsafe { CStr::from_ptr(envelope) }.to_bytes().to_vec();
+    assert_eq!(bytes, b"caf\xe9@x");
+    // A plugin that replaces the member through libfastjson is followed.
+    root.add(c"envelope", Obj::string(b"new@x").unwrap());
+    root.add(c"recipient", Obj::string(b"other@y").unwrap());
+    assert_eq!(m.envelope().email().as_deref(), Some("new@x"));
+    // SAFETY: the pointer the host just returned.
+    let now = unsafe { CStr::from_ptr(m.recipient_ptr()) };
+    assert_eq!(now.to_bytes(), b"other@y");
+    // And a setter afterwards is the host's own change, not re-read.
+    m.set_recipient(b"set@y");
+    let set = m.recipient_ptr();
+    assert_eq!(m.recipient_ptr(), set);
+}
+
+#[test]
+fn json_deeper_than_libfastjsons_parser_allows_is_live_all_the_same() {
+    let mut deep = json!("leaf");
+    for _ in 0..40 {
+        deep = json!({ "d": deep });
+    }
+    let Value::Object(mut map) = json!({"recipient": "b@y", "big": 18446744073709551615u64}) else {
+        unreachable!()
+    };
+    map.insert("deep".into(), deep.clone());
+    let m = MessageObj::new(Direction::Outgoing, map);
+    assert!(!m.json_object().is_null());
+    let (json, _) = m.parts();
+    assert_eq!(json["deep"], deep);
+    assert_eq!(json["big"], json!(18446744073709551615u64), "kept exactly");
+}
