@@ -21,9 +21,15 @@
 //!
 //! Not a test: the numbers depend on the machine. `--quick` sends a few
 //! hundred messages per load (a smoke run that checks that everything
-//! works); `--messages N` sets the messages per load (default 5,000 for
-//! the new-connection loads, 1,000 per connection for the third);
-//! `--only sink|tmpfs|disk` runs one server.
+//! works). Options:
+//!
+//! - `--messages N`: messages per new-connection load (default 10,000;
+//!   the third load always sends 1,000 per connection);
+//! - `--rounds N`: runs per load and server (default 3); the table shows
+//!   the median round by messages per CPU-second;
+//! - `--only sink|tmpfs|disk`: one server only;
+//! - `--mq-host PATH`: this `mq-host` binary instead of building one (to
+//!   compare two builds; the plugins still come from `target/release`).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -95,6 +101,8 @@ struct Paths {
     workspace: PathBuf,
     target: PathBuf,
     tools: PathBuf,
+    /// The `mq-host` binary under test.
+    host: PathBuf,
 }
 
 impl Paths {
@@ -107,10 +115,12 @@ impl Paths {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
         let tools = target.join("postfix-tools");
+        let host = target.join("release/mq-host");
         Paths {
             workspace,
             target,
             tools,
+            host,
         }
     }
 
@@ -246,7 +256,7 @@ fn start(paths: &Paths, server: Server, addr: SocketAddr, data_dir: &Path) -> Ch
             cmd
         }
         Server::MqHostTmpfs | Server::MqHostDisk => {
-            let mut cmd = Command::new(paths.release("mq-host"));
+            let mut cmd = Command::new(&paths.host);
             cmd.arg("serve")
                 .arg("--plugin")
                 .arg(paths.release("libmq_example_allowlist.so"))
@@ -374,7 +384,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let per_load: u32 = arg_value(&args, "--messages")
         .map(|n| n.parse().expect("--messages N"))
-        .unwrap_or(if quick { 200 } else { 5_000 });
+        .unwrap_or(if quick { 200 } else { 10_000 });
     let per_connection: u32 = if quick { 20 } else { 1_000 };
     let only = arg_value(&args, "--only");
     let servers: Vec<Server> = Server::ALL
@@ -403,25 +413,42 @@ fn main() {
         },
     ];
 
-    let paths = Paths::find();
+    let rounds: usize = arg_value(&args, "--rounds")
+        .map(|n| n.parse().expect("--rounds N"))
+        .unwrap_or(if quick { 1 } else { 3 });
+    assert!(rounds > 0, "--rounds takes at least 1");
+
+    let mut paths = Paths::find();
     postfix_tools(&paths);
-    if servers != [Server::Sink] {
-        build_host(&paths);
+    match arg_value(&args, "--mq-host") {
+        Some(host) => paths.host = PathBuf::from(host),
+        None if servers != [Server::Sink] => build_host(&paths),
+        None => {}
     }
 
     let mut results = Vec::new();
     for load in loads {
         for &server in &servers {
-            let m = measure(&paths, server, load);
-            eprintln!(
-                "{:<42} {:<16} {:>6} msgs in {:>7.3} s wall, {:>7.3} s server CPU",
-                load.name,
-                server.name(),
-                m.messages,
-                m.wall.as_secs_f64(),
-                m.cpu.as_secs_f64()
-            );
-            results.push((load, server, m));
+            let mut runs: Vec<Measured> = (0..rounds)
+                .map(|_| {
+                    let m = measure(&paths, server, load);
+                    eprintln!(
+                        "{:<42} {:<16} {:>6} msgs in {:>7.3} s wall, {:>7.3} s server CPU",
+                        load.name,
+                        server.name(),
+                        m.messages,
+                        m.wall.as_secs_f64(),
+                        m.cpu.as_secs_f64()
+                    );
+                    m
+                })
+                .collect();
+            // The median round by messages per CPU-second.
+            runs.sort_by(|a, b| {
+                let key = |m: &Measured| m.per_cpu_second().unwrap_or(0.0);
+                key(a).total_cmp(&key(b))
+            });
+            results.push((load, server, runs[runs.len() / 2]));
         }
     }
     print_table(&loads, &servers, &results, per_connection);
