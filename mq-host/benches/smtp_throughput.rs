@@ -457,8 +457,9 @@ fn main() {
     }
 }
 
-fn show(value: Option<f64>, decimals: usize) -> String {
-    value.map_or_else(|| "n/a".into(), |v| format!("{v:.decimals$}"))
+/// `value` with `decimals` and its unit, or `n/a`.
+fn show(value: Option<(f64, &str)>, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".into(), |(v, unit)| format!("{v:.decimals$}{unit}"))
 }
 
 fn print_table(
@@ -507,7 +508,7 @@ fn print_table(
             let m = find(load, s).expect("measured");
             print!(
                 " {} ({:.0}/s) |",
-                show(m.per_cpu_second(), 0),
+                show(m.per_cpu_second().map(|v| (v, "")), 0),
                 m.per_second()
             );
         }
@@ -518,7 +519,7 @@ fn print_table(
                     .per_cpu_second()
                     .zip(sink.per_cpu_second())
                     .map(|(m, sink)| m / sink);
-                print!(" {}× |", show(ratio, 2));
+                print!(" {} |", show(ratio.map(|r| (r, "×")), 2));
             }
         }
         println!();
