@@ -285,6 +285,23 @@ fn an_outgoing_message_outlives_a_late_plugin() {
     }
 }
 
+/// Reads through `&Message` (the addresses, a JSON property that makes the
+/// JSON a live libfastjson object, the addresses again) never free what an
+/// earlier read returned, also when the JSON's address and the address's
+/// C string differ (a NUL byte). Before, the second read re-synced the
+/// address from the JSON and freed the buffer the plugin still borrowed.
+#[test]
+fn reads_of_a_message_keep_earlier_borrows_valid() {
+    for mode in MODES {
+        let o = run(&alone("json-borrows", 200), mode);
+        assert_accepted(&o);
+        o.assert_log(
+            "json-borrows: envelope Some(\"sender\"), recipient Some(\"rcpt\"), property Some(25), \
+             again (Some(\"sender\"), Some(\"rcpt\"))",
+        );
+    }
+}
+
 /// A plugin keeps `msg.mime()` across the deadline while the next plugin
 /// replaces the MIME: the slice stays valid (the old buffer is kept while
 /// the late plugin may read it), or the future is gone (cancelled at the

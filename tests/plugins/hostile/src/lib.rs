@@ -22,6 +22,7 @@
 //! | `watch-host-fds` | watches every fd number 0..1024 and drops the watchers |
 //! | `timer-at-cleanup` | starts an hour-long timer and forgets it |
 //! | `send-flood` | `smtp_in_rcptto` sends 20 MB to the client, then a `250` line |
+//! | `json-borrows` | `smtp_in_message` sets envelope and recipient with a NUL byte (the JSON keeps it, the C string ends there), borrows both, makes the JSON live through `property`, reads the addresses again, then reads the borrows |
 
 #![forbid(unsafe_code)]
 
@@ -269,8 +270,31 @@ async fn message(msg: &mut Message) -> Flow {
         sleep(Duration::from_millis(5)).await;
         std::panic::panic_any(Bomb);
     }
+    if is("json-borrows") {
+        json_borrows(msg);
+    }
     mime_scenarios(msg).await;
     Flow::Continue
+}
+
+/// `json-borrows`: reads that only take `&Message` keep what earlier reads
+/// returned valid, also when the JSON becomes a live libfastjson object
+/// between them and the JSON's address differs from the C string's.
+fn json_borrows(msg: &mut Message) {
+    msg.set_envelope("sender\0hidden@example.com");
+    msg.set_recipient("rcpt\0hidden@example.org");
+    let msg: &Message = msg;
+    let envelope = msg.envelope().and_then(Address::email_bytes);
+    let recipient = msg.recipient();
+    let property: Result<Option<String>, _> = msg.property("envelope");
+    let again = (msg.envelope().and_then(Address::email), msg.recipient());
+    say(&format!(
+        "json-borrows: envelope {:?}, recipient {:?}, property {:?}, again {:?}",
+        envelope.map(String::from_utf8_lossy),
+        recipient,
+        property.ok().flatten().map(|p| p.len()),
+        again
+    ));
 }
 
 #[mq_hook(smtp_out_data)]
