@@ -106,6 +106,22 @@ pub fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process
     }
 }
 
+/// Runs a Python script (a real smtplib client) with the SMTP port as its
+/// argument; its stdout, after checking that it succeeded.
+pub fn python_client(script: &str, port: u16) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The `mq-host` binary.
 pub fn host_binary() -> PathBuf {
     let path = built().join("mq-host");

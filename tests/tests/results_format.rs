@@ -54,26 +54,16 @@ fn assert_mailerq_time(text: &Value) {
     assert_eq!(shape, "DDDD-DD-DD DD:DD:DD", "{text}");
 }
 
-/// `time` in MailerQ's form (UTC), computed here independently of the host.
+/// `time` in MailerQ's form (UTC), computed independently of the host:
+/// by `date -u`.
 fn mailerq_time(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    let secs = time.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M:%S"])
+        .output()
+        .expect("date runs");
+    assert!(out.status.success(), "date -u failed");
+    String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
 }
 
 fn names(dir: &Path) -> Vec<String> {

@@ -10,17 +10,7 @@ use std::time::{Duration, Instant};
 /// Runs a Python script (a real smtplib client) against `server`; its
 /// stdout, after checking it succeeded.
 fn python(script: &str, server: &mq_host::smtp_in::Listener) -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &server.local_addr().port().to_string()])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    mq_e2e::python_client(script, server.local_addr().port())
 }
 
 /// Serves SMTP from `host` on a free loopback port, storing under `data`.
