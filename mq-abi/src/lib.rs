@@ -158,7 +158,14 @@ mod tests {
         assert_eq!(fields[..listed.len()], listed[..]);
         assert_eq!(
             fields[listed.len()..],
-            ["refuse_start", "plugin_panicked", "mime_bytes"]
+            [
+                "refuse_start",
+                "plugin_panicked",
+                "mime_bytes",
+                "clock_offset",
+                "hold_clock",
+                "release_clock"
+            ]
         );
         assert_eq!(HOST_FUNCTIONS.len(), 29);
     }

@@ -217,6 +217,21 @@ pub struct HostApi {
     /// to `MQ_mime`).
     #[sabi(missing_field(option))]
     pub mime_bytes: unsafe extern "C" fn(*mut MQ_Message, *mut usize) -> *const c_char,
+    /// Not in MailerQ's API: how far the clock of the context's worker is
+    /// ahead of the real clock, in nanoseconds (0 on the real clock; a test
+    /// host's virtual clock jumps ahead). `time::Interval` adds it to
+    /// `Instant::now()`. `None` in hosts without it (and MailerQ): 0.
+    #[sabi(missing_field(option))]
+    pub clock_offset: unsafe extern "C" fn(*mut MQ_Context) -> u64,
+    /// Not in MailerQ's API: keeps the virtual clock of the context's worker
+    /// from jumping while work on another thread runs (`spawn_blocking`),
+    /// until the returned hold is passed to `release_clock` (once, from any
+    /// thread). NULL on the real clock.
+    #[sabi(missing_field(option))]
+    pub hold_clock: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+    /// Not in MailerQ's API: releases a hold of `hold_clock` (NULL: nothing).
+    #[sabi(missing_field(option))]
+    pub release_clock: unsafe extern "C" fn(*mut c_void),
 }
 
 /// The C type of [`HostApi::mime_bytes`].
@@ -327,6 +342,12 @@ mod tests {
                     $(
                         #[sabi(missing_field(option))]
                         pub mime_bytes: unsafe extern "C" fn(*mut MQ_Message, *mut usize) -> *const c_char,
+                        #[sabi(missing_field(option))]
+                        pub clock_offset: unsafe extern "C" fn(*mut MQ_Context) -> u64,
+                        #[sabi(missing_field(option))]
+                        pub hold_clock: unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void,
+                        #[sabi(missing_field(option))]
+                        pub release_clock: unsafe extern "C" fn(*mut c_void),
                         #[sabi(missing_field(option))]
                         pub $next: unsafe extern "C" fn(),
                     )?

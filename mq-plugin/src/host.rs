@@ -31,6 +31,10 @@ pub(crate) struct HostFns {
     /// `mq-host`'s length-aware `MQ_mime`, when offered; without it the
     /// MIME is read with `MQ_mime`, which a NUL byte ends.
     pub(crate) mime_bytes: Option<mq_abi::MimeBytesFn>,
+    /// `mq-host`'s clock extensions (`clock.rs`), when offered.
+    pub(crate) clock_offset: Option<unsafe extern "C" fn(*mut MQ_Context) -> u64>,
+    pub(crate) hold_clock: Option<unsafe extern "C" fn(*mut MQ_Context) -> *mut c_void>,
+    pub(crate) release_clock: Option<unsafe extern "C" fn(*mut c_void)>,
 }
 
 static HOST: OnceLock<HostFns> = OnceLock::new();
@@ -51,6 +55,9 @@ pub(crate) fn attach(api: HostApiRef) {
         refuse_start: api.refuse_start(),
         panicked: api.plugin_panicked(),
         mime_bytes: api.mime_bytes(),
+        clock_offset: api.clock_offset(),
+        hold_clock: api.hold_clock(),
+        release_clock: api.release_clock(),
     });
 }
 
@@ -155,6 +162,9 @@ impl HostFns {
             refuse_start: None,
             panicked: None,
             mime_bytes: None,
+            clock_offset: None,
+            hold_clock: None,
+            release_clock: None,
         }
     }
 }

@@ -91,6 +91,7 @@
 #![warn(missing_docs)]
 
 mod boundary;
+mod clock;
 pub mod control_flow;
 mod data;
 mod executor;

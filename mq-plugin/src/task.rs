@@ -52,6 +52,8 @@ struct Slot<T> {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Blocking<T> {
     slot: Arc<Mutex<Slot<T>>>,
+    /// Holds a test host's virtual clock until the result is taken.
+    clock: Option<crate::clock::ClockHold>,
 }
 
 /// The closure of [`spawn_blocking`] panicked.
@@ -86,6 +88,7 @@ where
         waker: None,
     }));
     let done = Arc::clone(&slot);
+    let clock = Some(crate::clock::ClockHold::take());
     let job: Job = Box::new(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         let waker = {
@@ -101,21 +104,29 @@ where
         // No pool thread is left: run it here rather than never.
         job();
     }
-    Blocking { slot }
+    Blocking { slot, clock }
 }
 
 impl<T> Future for Blocking<T> {
     type Output = Result<T, JoinError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.result.take() {
-            Some(Ok(value)) => Poll::Ready(Ok(value)),
-            Some(Err(panic)) => Poll::Ready(Err(JoinError(crate::boundary::panic_message(panic)))),
-            None => {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let result = {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            let result = slot.result.take();
+            if result.is_none() {
                 slot.waker = Some(cx.waker().clone());
-                Poll::Pending
             }
+            result
+        };
+        let result = match result {
+            Some(result) => result,
+            None => return Poll::Pending,
+        };
+        self.clock = None;
+        match result {
+            Ok(value) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(JoinError(crate::boundary::panic_message(panic)))),
         }
     }
 }

@@ -150,12 +150,14 @@ pub struct Interval {
 }
 
 /// A ticker: the first [`Interval::tick`] completes at once, then one per
-/// `period` (late ticks are not made up).
+/// `period` (late ticks are not made up). Ticks follow the worker's clock:
+/// on a test host's virtual clock (`mq-host`'s `virtual_time`) the returned
+/// `Instant`s are that clock's.
 /// A period too long for the clock (`Duration::MAX`) never ticks again.
 pub fn interval(period: Duration) -> Interval {
     Interval {
         period,
-        next: Some(Instant::now()),
+        next: Some(crate::clock::now()),
     }
 }
 
@@ -165,7 +167,7 @@ impl Interval {
         let Some(next) = self.next else {
             return std::future::pending().await;
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         if next > now {
             sleep(next - now).await;
         }

@@ -9,7 +9,7 @@ pub use session::{Event, EventResult, PendingEvent, RunError, Session};
 use crate::observe::{CounterSnapshot, Counters};
 use crate::observe::{HostLog, LogEcho, LogLimits, LogRecord, Priority, Source};
 use crate::plugins::{self, HostMode, LoadError, PluginInfo};
-use crate::runtime::event_loop::LoopRemote;
+use crate::runtime::event_loop::{ClockMode, LoopRemote};
 use crate::runtime::message::Direction;
 use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{self, Limits, Shared, WorkerHandle};
@@ -36,6 +36,7 @@ pub struct HostBuilder {
     echo: LogEcho,
     log_limits: LogLimits,
     stall_report: Option<Duration>,
+    clock: ClockMode,
 }
 
 impl Default for HostBuilder {
@@ -52,6 +53,7 @@ impl Default for HostBuilder {
             echo: LogEcho::None,
             log_limits: LogLimits::default(),
             stall_report: Some(Duration::from_secs(1)),
+            clock: ClockMode::Real,
         }
     }
 }
@@ -134,6 +136,31 @@ impl HostBuilder {
         self
     }
 
+    /// Runs the workers' loops on a virtual clock (default `false`: the real
+    /// clock, which `serve` and `deliver` always use). For tests: a worker
+    /// with nothing to do but wait for a timer jumps its clock to that
+    /// timer instead, so a hook that sleeps 30 s or times out after 5 s
+    /// completes at once, its timers firing in order. The clock waits for
+    /// real while the worker watches an fd an outside peer may make ready
+    /// (a plugin's socket) or a plugin's `spawn_blocking` job runs; see
+    /// [`event_loop`](crate::event_loop) (`clock`) for the exact rule. Hold
+    /// reports and the hold deadline follow the worker's clock.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), mq_host::StartError> {
+    /// let host = mq_host::Host::builder().virtual_time(true).start()?;
+    /// # host.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn virtual_time(mut self, on: bool) -> Self {
+        self.clock = if on {
+            ClockMode::Virtual
+        } else {
+            ClockMode::Real
+        };
+        self
+    }
+
     /// Whether log records are also printed to stderr (default: no).
     pub fn log_echo(mut self, echo: LogEcho) -> Self {
         self.echo = echo;
@@ -197,6 +224,7 @@ impl HostBuilder {
             hold_deadline: self.hold_deadline,
             hold_report: self.hold_report,
             retry_limit: self.retry_limit,
+            clock: self.clock,
         };
         let shared = Arc::new(Shared::new(plugins, limits, log));
         if let Err((plugin, reason)) = initialize(&shared) {

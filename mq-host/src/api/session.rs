@@ -106,7 +106,8 @@ pub struct EventResult {
     pub sent: Vec<u8>,
     /// The log records written on the worker during the chain.
     pub log: Vec<LogRecord>,
-    /// How long the chain took.
+    /// How long the chain took, by the worker's clock (virtual time with
+    /// [`HostBuilder::virtual_time`](crate::HostBuilder::virtual_time)).
     pub elapsed: Duration,
 }
 
@@ -368,6 +369,7 @@ fn start_event(
     };
     conn.take_sent();
     let mark = w.shared.log.mark();
+    let started = w.ev.now();
     let log = Arc::clone(&w.shared.log);
     let worker_id = w.id;
     dispatch::start(
@@ -377,7 +379,9 @@ fn start_event(
         args,
         Box::new(move |w, conn, report: ChainReport| {
             let calls = dispatch::named_calls(&w.shared, &report.calls);
-            let result = event_result(hook, conn, report, calls, log.since(mark, Some(worker_id)));
+            let mut result =
+                event_result(hook, conn, report, calls, log.since(mark, Some(worker_id)));
+            result.elapsed = w.ev.now().saturating_duration_since(started);
             if hook.id == HookId::SmtpInClose {
                 w.close_connection(conn.id);
             }

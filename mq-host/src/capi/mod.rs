@@ -48,6 +48,7 @@ macro_rules! host_fn {
     };
 }
 
+mod clock;
 mod event_loop;
 mod send;
 
@@ -92,6 +93,9 @@ pub(crate) fn host_api() -> HostApiRef {
             refuse_start,
             plugin_panicked,
             mime_bytes,
+            clock_offset: clock::clock_offset,
+            hold_clock: clock::hold_clock,
+            release_clock: clock::release_clock,
         }
         .leak_into_prefix()
     })

@@ -52,7 +52,7 @@ fn next_due(limits: &Limits, age: Duration) -> Option<(Duration, Due)> {
 /// Starts watching the hold `takeover` of the chain on `conn`, which
 /// begins now; returns the timer for the chain to keep.
 pub(crate) fn watch(w: &Worker, conn: &Rc<ConnectionState>, takeover: u64) -> Option<TimerHandle> {
-    arm(w, conn, takeover, Instant::now(), Duration::ZERO)
+    arm(w, conn, takeover, w.ev.now(), Duration::ZERO)
 }
 
 /// Starts the timer for the next event after `age` of holding.
@@ -69,7 +69,7 @@ fn arm(
     // not push every later report (and the deadline) back.
     // (A time past what `Instant` holds is never: the loop saturates it.)
     let after = match started.checked_add(at) {
-        Some(due) => due.saturating_duration_since(Instant::now()),
+        Some(due) => due.saturating_duration_since(w.ev.now()),
         None => at,
     };
     Some(w.start_timer(after, move |w| match due {
@@ -100,7 +100,7 @@ fn report(w: &Worker, conn: &Rc<ConnectionState>, takeover: u64, started: Instan
             "plugin {} has held control of {} for {:.1} s without resuming; {deadline}",
             w.shared.plugin_name(plugin),
             hook.symbol,
-            started.elapsed().as_secs_f64()
+            w.ev.now().saturating_duration_since(started).as_secs_f64()
         ),
     );
     let Some(next) = arm(w, conn, takeover, started, age) else {
@@ -123,6 +123,7 @@ mod tests {
             hold_deadline: deadline.map(Duration::from_secs),
             hold_report: report.map(Duration::from_secs),
             retry_limit: 1,
+            clock: Default::default(),
         }
     }
 

@@ -496,6 +496,7 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         let limits = Limits {
+            clock: Default::default(),
             hold_deadline: None,
             hold_report: None,
             retry_limit: 1,

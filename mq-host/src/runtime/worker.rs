@@ -32,6 +32,8 @@ pub(crate) struct Limits {
     /// How often a long hold is reported; `None`: never.
     pub(crate) hold_report: Option<Duration>,
     pub(crate) retry_limit: u32,
+    /// The workers' loops run on this clock (virtual in tests).
+    pub(crate) clock: crate::runtime::event_loop::ClockMode,
 }
 
 /// What all workers share.
@@ -388,7 +390,7 @@ fn worker_main(
     ready: mpsc::Sender<Result<LoopRemote, String>>,
 ) {
     let loop_id = u16::try_from(id + 1).unwrap_or(u16::MAX);
-    let ev = match EventLoop::new(loop_id) {
+    let ev = match EventLoop::with_clock(loop_id, shared.limits.clock) {
         Ok(ev) => ev,
         Err(e) => {
             let _ = ready.send(Err(format!(
@@ -483,6 +485,7 @@ mod tests {
             hold_deadline: None,
             hold_report: None,
             retry_limit: 1,
+            clock: Default::default(),
         };
         Arc::new(Shared::new(
             Vec::new(),

@@ -64,14 +64,17 @@
 //! a callback panics and the caller of `run_once` catches the panic: the
 //! work not done in that turn is done in the next one.
 
+mod clock;
 mod fds;
 mod interest;
 mod remote;
 mod slab;
 
+pub use clock::{ClockHolds, ClockMode};
 pub use interest::{Interest, IoCallback, Task, TimerCallback, TimerHandle, WatcherHandle};
 pub use remote::LoopRemote;
 
+use clock::LoopClock;
 use fds::{FdEntry, Watcher};
 use interest::{decode, encode};
 use remote::{OwnFd, RemoteQueue, Shared, WakeFd};
@@ -170,9 +173,8 @@ impl Inner {
     }
 }
 
-/// Now + `after`, saturating far in the future.
-fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
+/// `now` + `after`, saturating far in the future.
+fn deadline_after(now: Instant, after: Duration) -> Instant {
     now.checked_add(after)
         .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
         .unwrap_or(now)
@@ -235,6 +237,7 @@ pub struct EventLoop {
     shared: Arc<Shared>,
     /// True while `run_once` runs (it is not re-entrant).
     running: Cell<bool>,
+    clock: LoopClock,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -291,6 +294,11 @@ impl EventLoop {
     /// Creates a loop. `loop_id` goes into every handle of this loop, so a
     /// handle of another loop is recognised; give each loop its own id.
     pub fn new(loop_id: u16) -> io::Result<Self> {
+        Self::with_clock(loop_id, ClockMode::Real)
+    }
+
+    /// Creates a loop on the given clock (see [`ClockMode`]).
+    pub fn with_clock(loop_id: u16, clock: ClockMode) -> io::Result<Self> {
         let poll = Poll::new()?;
         // The only registration outside `fds` (mio's `Poll` makes none).
         let wake_fd = WakeFd::new()?;
@@ -325,6 +333,7 @@ impl EventLoop {
                 wake_pending: AtomicBool::new(false),
             }),
             running: Cell::new(false),
+            clock: LoopClock::new(clock),
             _not_send: PhantomData,
         })
     }
@@ -364,6 +373,9 @@ impl EventLoop {
             .add_watcher(fd, interest, cb, &mut discarded);
         // Callbacks are dropped outside the borrow.
         drop(discarded);
+        if result.is_ok() {
+            self.clock.classify(fd);
+        }
         result
             .map(|(slot, generation)| WatcherHandle(encode(self.loop_id, generation, slot)))
             .map_err(|(e, _cb)| e)
@@ -407,7 +419,7 @@ impl EventLoop {
     /// Starts a one-shot timer that runs `cb` on this loop once `after` has
     /// passed (never earlier).
     pub fn start_timer(&self, after: Duration, cb: TimerCallback) -> TimerHandle {
-        self.start_timer_at(deadline_after(after), cb)
+        self.start_timer_at(deadline_after(self.clock.now(), after), cb)
     }
 
     fn start_timer_at(&self, deadline: Instant, cb: TimerCallback) -> TimerHandle {
@@ -463,7 +475,7 @@ impl EventLoop {
         inner.next_seq += 1;
         // The entry of the old deadline is dead from now on.
         timer.seq = seq;
-        inner.push_timer_entry(deadline_after(after), seq, slot);
+        inner.push_timer_entry(deadline_after(self.clock.now(), after), seq, slot);
         Ok(())
     }
 
@@ -499,7 +511,7 @@ impl EventLoop {
         self.rearm_leftovers();
         self.run_deferred();
         let timeout = self.poll_timeout(max_wait);
-        self.poll(timeout)?;
+        self.poll_or_jump(timeout)?;
         self.dispatch_io();
         self.run_timers();
         self.run_remote();
@@ -553,7 +565,7 @@ impl EventLoop {
         }
         let to_timer = inner
             .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+            .map(|d| d.saturating_duration_since(self.clock.now()));
         match (to_timer, max_wait) {
             (Some(a), Some(b)) => Some(ceil_ms(a.min(b))),
             (a, b) => a.or(b).map(ceil_ms),
@@ -645,7 +657,7 @@ impl EventLoop {
     /// Fires the timers that expired by now and were started before this
     /// batch (a zero-delay timer started by a timer callback waits a turn).
     fn run_timers(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let seq_limit = self.inner.borrow().next_seq;
         loop {
             let cb = {
