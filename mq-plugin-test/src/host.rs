@@ -258,9 +258,8 @@ impl TempDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("mq-plugin-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
-            panic!("mq-plugin-test: cannot create {}: {e}", dir.display())
-        });
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("mq-plugin-test: cannot create {}: {e}", dir.display()));
         TempDir(dir)
     }
 }

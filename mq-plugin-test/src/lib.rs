@@ -66,5 +66,8 @@ mod step;
 pub use host::{TestHost, TestHostBuilder, DEFAULT_STEP_LIMIT};
 pub use locate::Plugin;
 pub use mq_host::{ChainEnd, CounterSnapshot, Flow, HookCall, Resume};
+/// serde_json, for messages (`serde_json::json!`), so that a plugin's tests
+/// need no dependency but this crate.
+pub use serde_json;
 pub use session::{message, Delivery, Smtp};
 pub use step::{Reply, Step};

@@ -14,13 +14,16 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// The plugin of the crate whose tests run: its `cdylib`, which cargo
-    /// builds before the crate's integration tests (`tests/*.rs`) and puts
-    /// next to the test binary. Its name comes from the crate's
-    /// `Cargo.toml` (`[lib] name`, else the package name with `-` as `_`).
+    /// The plugin of the crate whose tests run: its `cdylib`. Cargo does
+    /// not build a `cdylib`-only library for the crate's integration tests
+    /// (they cannot link it), so this runs `cargo build --lib` for the
+    /// crate once per test process, into the test binary's target
+    /// directory and profile (a no-op when it is fresh). Its name comes
+    /// from the crate's `Cargo.toml` (`[lib] name`, else the package name
+    /// with `-` as `_`).
     ///
     /// Panics, saying what to do, when the tests do not run under cargo
-    /// or the `.so` is missing (a crate without `crate-type = ["cdylib"]`).
+    /// or no `.so` is built (a crate without `crate-type = ["cdylib"]`).
     ///
     /// ```no_run
     /// let plugin = mq_plugin_test::Plugin::this_crate();
@@ -34,9 +37,11 @@ impl Plugin {
             )
         });
         let manifest = PathBuf::from(manifest_dir).join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
-            panic!("mq-plugin-test: cannot read {}: {e}", manifest.display())
+        build(&manifest.display().to_string(), |cmd| {
+            cmd.arg("--lib").arg("--manifest-path").arg(&manifest);
         });
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("mq-plugin-test: cannot read {}: {e}", manifest.display()));
         let name = lib_name(&text).unwrap_or_else(|| {
             panic!(
                 "mq-plugin-test: {} names no package (`[package] name`)",
@@ -45,18 +50,17 @@ impl Plugin {
         });
         let file = format!("lib{name}.so");
         let profile = profile_dir();
-        let candidates = [profile.join(&file), profile.join("deps").join(&file)];
-        match candidates.iter().find(|p| p.is_file()) {
-            Some(path) => Plugin::file(path),
-            None => panic!(
-                "mq-plugin-test: `{file}` is not next to this test binary (looked for {} and {}). \
-                 The crate under test must build a shared object: put `[lib] crate-type = \
-                 [\"cdylib\"]` in {} and run the tests with `cargo test`, which builds it first",
-                candidates[0].display(),
-                candidates[1].display(),
+        let path = profile.join(&file);
+        if !path.is_file() {
+            panic!(
+                "mq-plugin-test: `{file}` is not next to this test binary (looked for {}). The \
+                 crate under test must build a shared object: put `[lib] crate-type = \
+                 [\"cdylib\"]` in {}",
+                path.display(),
                 manifest.display()
-            ),
+            );
         }
+        Plugin::file(path)
     }
 
     /// The plugin built by package `package` of the workspace of the
@@ -70,7 +74,12 @@ impl Plugin {
     /// let stamp = mq_plugin_test::Plugin::package("mq-example-stamp");
     /// ```
     pub fn package(package: &str) -> Plugin {
-        build_package(package);
+        build(package, |cmd| {
+            cmd.args(["-p", package]);
+            if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+                cmd.current_dir(dir);
+            }
+        });
         let file = format!("lib{}.so", package.replace('-', "_"));
         let path = profile_dir().join(&file);
         assert!(
@@ -133,38 +142,36 @@ fn profile_dir() -> PathBuf {
         })
 }
 
-/// Runs `cargo build -p package` once per process, into this test
-/// binary's target directory and profile.
-fn build_package(package: &str) {
+/// Runs `cargo build` (with the arguments `what` adds) once per process
+/// for each `key`, into this test binary's target directory and profile.
+fn build(key: &str, what: impl FnOnce(&mut Command)) {
     static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if built.contains(package) {
+    if built.contains(key) {
         return;
     }
     let profile = profile_dir();
     let target = profile.parent().expect("a target directory").to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package])
+    cmd.args(["build", "--quiet"])
         .arg("--target-dir")
         .arg(&target);
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
-    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        cmd.current_dir(dir);
-    }
+    what(&mut cmd);
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("mq-plugin-test: cannot run cargo to build {package}: {e}"));
+        .unwrap_or_else(|e| panic!("mq-plugin-test: cannot run cargo to build {key}: {e}"));
     assert!(
         status.success(),
-        "mq-plugin-test: `cargo build -p {package}` failed ({status})"
+        "mq-plugin-test: building {key} failed ({status}): {cmd:?}"
     );
-    built.insert(package.to_owned());
+    built.insert(key.to_owned());
 }
 
 /// The library name in a `Cargo.toml`: `[lib] name`, else `[package]

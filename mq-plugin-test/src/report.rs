@@ -53,7 +53,9 @@ pub(crate) fn log_dump(records: &[LogRecord]) -> String {
             Priority::Warning => "WARN",
             Priority::Info => "INFO",
         };
-        let worker = r.worker.map_or_else(|| "main".to_owned(), |w| format!("worker {w}"));
+        let worker = r
+            .worker
+            .map_or_else(|| "main".to_owned(), |w| format!("worker {w}"));
         let _ = write!(out, "\n  [{priority}] [{worker}] [{who}] {}", r.text);
     }
     out

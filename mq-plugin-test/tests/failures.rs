@@ -17,7 +17,9 @@ fn a_wrong_refusal_code_fails() {
     let host = TestHost::builder()
         .plugin(Plugin::package("mq-example-allowlist"))
         .start();
-    host.smtp().rcpt_to("victim@evil.example").assert_refused(451);
+    host.smtp()
+        .rcpt_to("victim@evil.example")
+        .assert_refused(451);
 }
 
 #[test]
@@ -36,6 +38,9 @@ fn a_plugin_that_never_resumes_fails_the_step_instead_of_hanging() {
         .plugin(Plugin::package("mq-test-async-probe"))
         .step_limit(std::time::Duration::from_millis(200))
         .start();
-    host.delivery()
-        .data(mq_plugin_test::message("a@example.com", "b@example.org", "x"));
+    host.delivery().data(mq_plugin_test::message(
+        "a@example.com",
+        "b@example.org",
+        "x",
+    ));
 }

@@ -92,7 +92,11 @@ fn a_spawn_blocking_job_holds_the_virtual_clock() {
         step.plugin_log()
     );
     assert_eq!(host.counters().hold_reports, 0);
-    assert!(step.elapsed() < Duration::from_secs(60), "{:?}", step.elapsed());
+    assert!(
+        step.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        step.elapsed()
+    );
 }
 
 #[test]
@@ -100,5 +104,9 @@ fn the_real_clock_is_kept_when_asked() {
     let host = probe().virtual_time(false).start();
     let step = host.smtp().message(delayed(30));
     assert!(step.elapsed() >= Duration::from_millis(30));
-    assert!(step.elapsed() < Duration::from_secs(30), "{:?}", step.elapsed());
+    assert!(
+        step.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        step.elapsed()
+    );
 }

@@ -210,6 +210,14 @@ unsafe extern "C" fn plugin_panicked() {
 unsafe extern "C" fn mime_bytes(_: *mut MQ_Message, _: *mut usize) -> *const c_char {
     std::ptr::null()
 }
+/// The mock host runs on the real clock: no offset, no holds.
+unsafe extern "C" fn clock_offset(_: *mut MQ_Context) -> u64 {
+    0
+}
+unsafe extern "C" fn hold_clock(_: *mut MQ_Context) -> *mut c_void {
+    std::ptr::null_mut()
+}
+unsafe extern "C" fn release_clock(_: *mut c_void) {}
 
 fn attach_mock_host() {
     static ONCE: Once = Once::new();
@@ -247,6 +255,9 @@ fn attach_mock_host() {
             refuse_start,
             plugin_panicked,
             mime_bytes,
+            clock_offset,
+            hold_clock,
+            release_clock,
         }
         .leak_into_prefix();
         let module = rt::root_module("executor-test", "0", "", 0);

@@ -37,7 +37,9 @@ pub(super) unsafe extern "C" fn hold_clock(ctx: *mut MQ_Context) -> *mut c_void 
         let holds = w.ev.clock_holds();
         holds.take();
         let remote = w.ev.remote();
-        Arc::into_raw(Arc::new(Hold { holds, remote })).cast_mut().cast()
+        Arc::into_raw(Arc::new(Hold { holds, remote }))
+            .cast_mut()
+            .cast()
     })
 }
 

@@ -213,9 +213,11 @@ mod tests {
     use crate::runtime::event_loop::{EventLoop, Interest};
     use std::rc::Rc;
 
+    type Fired = Rc<RefCell<Vec<(&'static str, Duration)>>>;
+
     /// A loop on the virtual clock with timers of 30 s and 5 s that log
     /// their names with the loop's time since the start.
-    fn two_timers() -> (Rc<EventLoop>, Rc<RefCell<Vec<(&'static str, Duration)>>>, Instant) {
+    fn two_timers() -> (Rc<EventLoop>, Fired) {
         let ev = Rc::new(EventLoop::with_clock(1, ClockMode::Virtual).unwrap());
         let fired = Rc::new(RefCell::new(Vec::new()));
         let start = ev.now();
@@ -229,35 +231,42 @@ mod tests {
                 }),
             );
         }
-        (ev, fired, start)
+        (ev, fired)
     }
 
     #[test]
     fn an_idle_virtual_loop_jumps_to_each_timer_in_order() {
-        let (ev, fired, _) = two_timers();
+        let (ev, fired) = two_timers();
         // `None`: no limit on the wait; on the real clock this blocks 5 s.
         ev.run_once(None).unwrap();
         ev.run_once(None).unwrap();
         let fired = fired.borrow();
-        assert_eq!(fired.iter().map(|f| f.0).collect::<Vec<_>>(), ["five", "thirty"]);
+        assert_eq!(
+            fired.iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["five", "thirty"]
+        );
         assert!(fired[0].1 >= Duration::from_secs(5) && fired[0].1 < Duration::from_secs(6));
         assert!(fired[1].1 >= Duration::from_secs(30) && fired[1].1 < Duration::from_secs(31));
     }
 
     #[test]
     fn a_watched_socket_keeps_the_clock_real() {
-        let (ev, fired, _) = two_timers();
+        let (ev, fired) = two_timers();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
-        ev.watch_io(fd, Interest::READ, Box::new(|_, _, _| {})).unwrap();
+        ev.watch_io(fd, Interest::READ, Box::new(|_, _, _| {}))
+            .unwrap();
         ev.run_once(Some(Duration::from_millis(1))).unwrap();
-        assert!(fired.borrow().is_empty(), "a peer may still answer: no jump");
+        assert!(
+            fired.borrow().is_empty(),
+            "a peer may still answer: no jump"
+        );
         assert!(ev.clock_offset() < Duration::from_secs(1));
     }
 
     #[test]
     fn a_clock_hold_keeps_the_clock_real_until_released() {
-        let (ev, fired, _) = two_timers();
+        let (ev, fired) = two_timers();
         let holds = ev.clock_holds();
         holds.take();
         ev.run_once(Some(Duration::from_millis(1))).unwrap();
