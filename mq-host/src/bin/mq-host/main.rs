@@ -4,6 +4,7 @@ mod batch;
 mod config;
 mod deliver;
 mod inspect;
+mod new;
 mod serve;
 
 use clap::parser::ValueSource;
@@ -119,6 +120,20 @@ enum Command {
         /// Output file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Create a new plugin crate in PATH (outside this repository): a
+    /// cdylib depending on this checkout's mq-plugin, a hook, a passing
+    /// test with mq-plugin-test, and a README. Then: `cd PATH && cargo test`.
+    New {
+        /// The new crate's folder (must not exist, or be empty).
+        path: PathBuf,
+        /// The crate's name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The mq-plugin checkout to depend on (default: the one this
+        /// mq-host was built from).
+        #[arg(long, value_name = "DIR")]
+        checkout: Option<PathBuf>,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
     /// and the hooks each defines. Runs nothing but `mq_version`; fails for
@@ -338,6 +353,11 @@ fn main() -> ExitCode {
             verbose,
             api_version,
         } => return inspect::inspect(&files, verbose, api_version),
+        Command::New {
+            path,
+            name,
+            checkout,
+        } => new::new(&path, name, checkout),
         Command::Deliver {
             host,
             relay,
