@@ -143,8 +143,9 @@ impl HostBuilder {
     /// completes at once, its timers firing in order. The clock waits for
     /// real while the worker watches an fd an outside peer may make ready
     /// (a plugin's socket) or a plugin's `spawn_blocking` job runs; see
-    /// [`event_loop`](crate::event_loop) (`clock`) for the exact rule. Hold
-    /// reports and the hold deadline follow the worker's clock.
+    /// [`event_loop::clock`](crate::event_loop::clock) for the exact rule.
+    /// Hold reports, the hold deadline and [`EventResult::elapsed`] follow
+    /// the worker's clock; the stall watchdog keeps the real one.
     ///
     /// ```
     /// # fn main() -> Result<(), mq_host::StartError> {

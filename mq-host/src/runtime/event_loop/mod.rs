@@ -64,7 +64,7 @@
 //! a callback panics and the caller of `run_once` catches the panic: the
 //! work not done in that turn is done in the next one.
 
-mod clock;
+pub mod clock;
 mod fds;
 mod interest;
 mod remote;
