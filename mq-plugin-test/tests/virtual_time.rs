@@ -100,6 +100,21 @@ fn a_spawn_blocking_job_holds_the_virtual_clock() {
 }
 
 #[test]
+fn an_interval_ticks_on_the_workers_clock() {
+    // `mq-test-ticker`: an interval of 10 s around a 35 s sleep.
+    let host = TestHost::builder()
+        .plugin(Plugin::package("mq-test-ticker"))
+        .start();
+    let step = host.smtp().message(delayed(0));
+    assert_eq!(step.plugin_log(), ["[mq-test-ticker] ticks at 0, 35, 45 s"]);
+    assert!(
+        step.elapsed() >= Duration::from_secs(45) && step.elapsed() < Duration::from_secs(46),
+        "{:?}",
+        step.elapsed()
+    );
+}
+
+#[test]
 fn the_real_clock_is_kept_when_asked() {
     let host = probe().virtual_time(false).start();
     let step = host.smtp().message(delayed(30));

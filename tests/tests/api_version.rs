@@ -12,7 +12,12 @@ fn build_script() -> PathBuf {
     std::fs::read_dir(&build)
         .expect("target/<profile>/build")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("mq-plugin-"))
+        // `mq-plugin-<hash>`, not another package's (`mq-plugin-test-<hash>`).
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("mq-plugin-")
+                .is_some_and(|hash| hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
         .map(|e| e.path().join("build-script-build"))
         .filter(|p| p.is_file())
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())

@@ -59,8 +59,9 @@
 //!
 //! A turn ([`EventLoop::run_once`]) runs: deferred functions, poll (not
 //! blocking when deferred or remote work is pending; otherwise blocking at
-//! most until the next timer or `max_wait`), io callbacks, expired timers,
-//! remote tasks, and deferred functions again. The loop stays consistent if
+//! most until the next timer or `max_wait`; on the virtual [`clock`] of a
+//! test host, jumping to the next timer instead when the loop is idle), io
+//! callbacks, expired timers, remote tasks, and deferred functions again. The loop stays consistent if
 //! a callback panics and the caller of `run_once` catches the panic: the
 //! work not done in that turn is done in the next one.
 
