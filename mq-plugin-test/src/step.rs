@@ -57,8 +57,8 @@ impl Step {
         self.result.hook.name
     }
 
-    /// The reply a plugin sent, if any (else the host gives its own, a
-    /// 250 for every step but `smtp_in_connect`'s 220).
+    /// The reply a plugin sent, if any; `None`: the client gets the host's
+    /// own reply for the command.
     pub fn reply(&self) -> Option<Reply> {
         self.result.reply().map(|line| Reply::parse(&line))
     }
