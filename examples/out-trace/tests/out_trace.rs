@@ -44,3 +44,14 @@ fn a_retry_counts_the_earlier_attempts() {
         "{sent}"
     );
 }
+
+#[test]
+fn eight_bit_mime_is_traced_byte_for_byte() {
+    let host = TestHost::new();
+    let mime = b"Subject: caf\xe9\r\n\r\n\xff\xfe body\r\n";
+    let json = json!({"envelope": "shop@example.com", "recipient": "alice@example.org"});
+    let data = host.delivery().data_with_mime(json, mime);
+    let sent = data.smtp().mime.clone().expect("a MIME was set");
+    let trace = b"X-Out-Trace: mq-example-out-trace 0.1.0; attempt 1\r\n";
+    assert_eq!(sent, [&trace[..], &mime[..]].concat());
+}
