@@ -1,7 +1,7 @@
 //! The Redis allow-list against a real redis-server, on the test host's
 //! virtual clock: while the plugin's socket is watched the clock runs at
-//! the real rate, so Redis answers before the plugin's 500 ms timeout;
-//! a server that never answers runs into it (451).
+//! the real rate, so a slow server still answers before the plugin's
+//! 500 ms timeout; a server that never answers runs into it (451).
 //!
 //! Needs `redis-server` (`scripts/test-deps.sh` installs it). The plugin
 //! reads `MQ_REDIS_ADDR` once per loaded copy, so one test sets it before
@@ -89,6 +89,35 @@ fn members_go_on_strangers_are_refused_and_a_silent_redis_defers() {
     smtp.rcpt_to("victim@evil.net\n@example.com")
         .assert_reply(553, "recipient is not a valid mailbox");
     drop(smtp);
+    drop(host);
+
+    // A slow "Redis" that answers 50 ms (real time) after the request:
+    // while the plugin's socket is watched the virtual clock does not jump
+    // to the 500 ms timeout, so the answer arrives in time.
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    std::env::set_var("MQ_REDIS_ADDR", slow.local_addr().unwrap().to_string());
+    let server = std::thread::spawn(move || {
+        let (mut peer, _) = slow.accept().unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 512];
+        while request.windows(9).filter(|w| w == b"SISMEMBER").count() < 2 {
+            let n = peer.read(&mut chunk).unwrap();
+            assert!(n > 0, "the plugin closed the connection");
+            request.extend_from_slice(&chunk[..n]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        peer.write_all(b":0\r\n:1\r\n").unwrap();
+        peer
+    });
+    let host = TestHost::new();
+    let step = host.smtp().rcpt_to("carol@example.net");
+    step.assert_accepted()
+        .assert_flow("mq-example-redis-allowlist", Flow::Continue);
+    assert!(
+        step.took_control("mq-example-redis-allowlist"),
+        "it waited for the answer"
+    );
+    drop(server.join().unwrap());
     drop(host);
 
     // A "Redis" that accepts the connection and never answers.
