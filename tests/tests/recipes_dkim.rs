@@ -86,7 +86,15 @@ impl Keys {
                 "rsa"
             }
             "rsa" => {
-                openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", p]);
+                openssl(&[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    p,
+                ]);
                 "rsa"
             }
             "ed25519" => {
@@ -95,7 +103,16 @@ impl Keys {
             }
             _ => unreachable!("{form}"),
         };
-        openssl(&["pkey", "-in", p, "-pubout", "-outform", "DER", "-out", public.to_str().unwrap()]);
+        openssl(&[
+            "pkey",
+            "-in",
+            p,
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
         Keys {
             private,
             public,
@@ -121,9 +138,16 @@ impl Keys {
             .expect("run python3");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "the verifier failed: {stdout}{stderr}");
+        assert!(
+            out.status.success(),
+            "the verifier failed: {stdout}{stderr}"
+        );
         let words: Vec<&str> = stdout.split_whitespace().collect();
-        assert_eq!(words.get(1..), Some(&[expected.as_str()][..]), "{stdout}{stderr}");
+        assert_eq!(
+            words.get(1..),
+            Some(&[expected.as_str()][..]),
+            "{stdout}{stderr}"
+        );
         match words[0] {
             "pass" => true,
             "fail" => false,
@@ -145,7 +169,14 @@ fn deliver(
     let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
     std::fs::write(&input, lines).unwrap();
     let mut child = Command::new(host_binary())
-        .args(["deliver", "--max-attempts", "1", "--relay", &sink.relay(), "--plugins"])
+        .args([
+            "deliver",
+            "--max-attempts",
+            "1",
+            "--relay",
+            &sink.relay(),
+            "--plugins",
+        ])
         .arg(plugins)
         .arg(&input)
         .env("MQ_DKIM_DOMAIN", DOMAIN)
@@ -170,8 +201,16 @@ fn deliver(
 fn plugins(dir: &PluginDir) -> PathBuf {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(plugin_so("mq-example-out-trace"), plugins.join("40-out-trace.so")).unwrap();
-    std::fs::copy(plugin_so("mq-example-dkim-sign"), plugins.join("50-dkim-sign.so")).unwrap();
+    std::fs::copy(
+        plugin_so("mq-example-out-trace"),
+        plugins.join("40-out-trace.so"),
+    )
+    .unwrap();
+    std::fs::copy(
+        plugin_so("mq-example-dkim-sign"),
+        plugins.join("50-dkim-sign.so"),
+    )
+    .unwrap();
     plugins
 }
 
@@ -216,9 +255,16 @@ fn signs_what_the_relay_receives(form: &str) {
         assert!(text.starts_with("DKIM-Signature: "), "{text}");
         let header_end = text.find("\r\n\r\n").unwrap();
         let dkim_end = text.find("X-Out-Trace:").unwrap();
-        assert!(dkim_end < header_end, "out-trace's header is in the signed MIME: {text}");
+        assert!(
+            dkim_end < header_end,
+            "out-trace's header is in the signed MIME: {text}"
+        );
         let signature = &text[..dkim_end];
-        for tag in [format!("d={DOMAIN};"), format!("s={SELECTOR};"), format!("a={}-sha256;", keys.kind)] {
+        for tag in [
+            format!("d={DOMAIN};"),
+            format!("s={SELECTOR};"),
+            format!("a={}-sha256;", keys.kind),
+        ] {
             assert!(signature.contains(&tag), "{tag} in {signature}");
         }
         assert!(
@@ -230,9 +276,15 @@ fn signs_what_the_relay_receives(form: &str) {
     // Changing the body or a signed header breaks the signature ...
     assert!(!keys.verifies(dir.path(), &replace(first, "thanks", "thank you")));
     assert!(!keys.verifies(dir.path(), &replace(first, "Your order", "Your invoice")));
-    assert!(!keys.verifies(dir.path(), &replace(&received[1].data, "line two", "line 2")));
+    assert!(!keys.verifies(
+        dir.path(),
+        &replace(&received[1].data, "line two", "line 2")
+    ));
     // ... while what relaxed canonicalization ignores does not.
-    assert!(keys.verifies(dir.path(), &replace(first, "Subject: Your order", "subject:   Your  order")));
+    assert!(keys.verifies(
+        dir.path(),
+        &replace(first, "Subject: Your order", "subject:   Your  order")
+    ));
     // And another key does not verify it.
     let elsewhere = dir.path().join("other");
     std::fs::create_dir_all(&elsewhere).unwrap();
@@ -260,19 +312,41 @@ fn a_missing_or_bad_key_stops_the_host_with_the_reason() {
     let dir = PluginDir::new("dkim-bad-key");
     let plugins = plugins(&dir);
     let sink = Sink::start(&dir.path().join("sink"), &[]);
-    let message = serde_json::json!({"recipient": "b@example.net", "mime": "Subject: x\r\n\r\nx\r\n"});
+    let message =
+        serde_json::json!({"recipient": "b@example.net", "mime": "Subject: x\r\n\r\nx\r\n"});
     let missing = dir.path().join("no-such-key.pem");
-    let (ok, log) = deliver(&dir, &plugins, &sink, &[message.clone()], &[("MQ_DKIM_KEY_FILE", &missing)]);
+    let (ok, log) = deliver(
+        &dir,
+        &plugins,
+        &sink,
+        std::slice::from_ref(&message),
+        &[("MQ_DKIM_KEY_FILE", &missing)],
+    );
     assert!(!ok, "{log}");
-    assert!(log.contains("mq_initialize failed, so the host does not start"), "{log}");
+    assert!(
+        log.contains("mq_initialize failed, so the host does not start"),
+        "{log}"
+    );
     assert!(
         log.contains(&format!("cannot read the DKIM key {}", missing.display())),
         "{log}"
     );
     let not_a_key = dir.path().join("not-a-key.pem");
     std::fs::write(&not_a_key, "hello\n").unwrap();
-    let (ok, log) = deliver(&dir, &plugins, &sink, &[message], &[("MQ_DKIM_KEY_FILE", &not_a_key)]);
+    let (ok, log) = deliver(
+        &dir,
+        &plugins,
+        &sink,
+        std::slice::from_ref(&message),
+        &[("MQ_DKIM_KEY_FILE", &not_a_key)],
+    );
     assert!(!ok, "{log}");
     assert!(log.contains("not a PEM private key"), "{log}");
+    let (ok, log) = deliver(&dir, &plugins, &sink, &[message], &[]);
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("`MQ_DKIM_KEY_FILE`: environment variable not found"),
+        "{log}"
+    );
     assert!(sink.received().is_empty());
 }

@@ -41,7 +41,9 @@ fn serve(dir: &PluginDir, redis: &str, timeout_ms: &str) -> Served {
         &args,
     );
     served.wait_for_log("the plugin's start line", |log| {
-        log.contains(&format!("greylisting with Redis at {redis}: a retry passes after 300 s"))
+        log.contains(&format!(
+            "greylisting with Redis at {redis}: a retry passes after 300 s"
+        ))
     });
     served
 }
@@ -56,7 +58,9 @@ impl Smtp {
     /// Connects, reads the greeting and says EHLO.
     fn open(addr: SocketAddr) -> Smtp {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut smtp = Smtp {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -79,14 +83,18 @@ impl Smtp {
     }
 
     fn command(&mut self, line: &str) -> String {
-        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
         self.reply()
     }
 
     /// A transaction from `from` to each of `to`: the RCPT replies.
     fn rcpts(&mut self, from: &str, to: &[&str]) -> Vec<String> {
         assert!(self.command("RSET").starts_with("250"));
-        assert!(self.command(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+        assert!(self
+            .command(&format!("MAIL FROM:<{from}>"))
+            .starts_with("250"));
         to.iter()
             .map(|rcpt| self.command(&format!("RCPT TO:<{rcpt}>")))
             .collect()
@@ -102,7 +110,10 @@ fn accepted(reply: &str) -> bool {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A RESP integer reply, e.g. from TTL.
@@ -115,7 +126,9 @@ fn integer(reply: &str) -> i64 {
 
 /// A RESP bulk string reply's value.
 fn bulk(reply: &str) -> String {
-    let (_, value) = reply.split_once("\r\n").unwrap_or_else(|| panic!("{reply:?}"));
+    let (_, value) = reply
+        .split_once("\r\n")
+        .unwrap_or_else(|| panic!("{reply:?}"));
     value.trim_end().to_owned()
 }
 
@@ -130,7 +143,10 @@ fn a_first_attempt_is_greylisted_and_a_retry_after_the_grey_period_passes() {
     let mut smtp = Smtp::open(served.addr);
     // The sender is compared parsed and in lower case.
     let replies = smtp.rcpts("Orders@Shop.Example", &["b@example.net", "c@example.net"]);
-    assert_eq!(replies, [greylisted("b@example.net"), greylisted("c@example.net")]);
+    assert_eq!(
+        replies,
+        [greylisted("b@example.net"), greylisted("c@example.net")]
+    );
     let ttl = integer(&redis.command(&["TTL", key]));
     assert!(ttl > 0 && ttl <= WINDOW as i64, "TTL {ttl}");
     let first: u64 = bulk(&redis.command(&["GET", key])).parse().unwrap();
@@ -163,7 +179,10 @@ fn a_first_attempt_is_greylisted_and_a_retry_after_the_grey_period_passes() {
         smtp.rcpts("someone@else.example", &["b@example.net"]),
         [greylisted("b@example.net")]
     );
-    assert_eq!(smtp.rcpts("", &["b@example.net"]), [greylisted("b@example.net")]);
+    assert_eq!(
+        smtp.rcpts("", &["b@example.net"]),
+        [greylisted("b@example.net")]
+    );
     assert_eq!(
         integer(&redis.command(&["EXISTS", "mq:greylist:127.0.0.0/24||b@example.net"])),
         1
@@ -197,10 +216,15 @@ fn when_redis_is_down_recipients_pass_ungreylisted_with_a_log_line() {
     redis.stop();
     for _ in 0..2 {
         let replies = smtp.rcpts("a@shop.example", &["new@example.net"]);
-        assert!(accepted(&replies[0]), "fails open: {replies:?}\n{}", served.log());
+        assert!(
+            accepted(&replies[0]),
+            "fails open: {replies:?}\n{}",
+            served.log()
+        );
     }
     served.wait_for_log("the outage's log line", |log| {
-        log.contains("Redis unavailable (") && log.contains("accepting without greylisting until it answers")
+        log.contains("Redis unavailable (")
+            && log.contains("accepting without greylisting until it answers")
     });
     assert_eq!(
         served.log().matches("Redis unavailable").count(),

@@ -63,7 +63,12 @@ pub struct Signer(DkimSigner<DkimKey, Done>);
 
 impl Signer {
     /// Builds a signer from a PEM private key (RSA or Ed25519).
-    pub fn new(key_pem: &[u8], domain: &str, selector: &str, headers: &[&str]) -> Result<Signer, String> {
+    pub fn new(
+        key_pem: &[u8],
+        domain: &str,
+        selector: &str,
+        headers: &[&str],
+    ) -> Result<Signer, String> {
         let key = parse_key(key_pem)?;
         if domain.is_empty() || selector.is_empty() {
             return Err("the domain and the selector must not be empty".into());
@@ -91,13 +96,16 @@ impl Signer {
         let selector = var("MQ_DKIM_SELECTOR")?;
         let headers = std::env::var("MQ_DKIM_HEADERS").ok();
         let headers: Vec<&str> = match &headers {
-            Some(list) => list.split(':').map(str::trim).filter(|h| !h.is_empty()).collect(),
+            Some(list) => list
+                .split(':')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect(),
             None => DEFAULT_HEADERS.to_vec(),
         };
         let pem = std::fs::read(Path::new(&path))
             .map_err(|e| format!("cannot read the DKIM key {path}: {e}"))?;
-        Signer::new(&pem, &domain, &selector, &headers)
-            .map_err(|e| format!("DKIM key {path}: {e}"))
+        Signer::new(&pem, &domain, &selector, &headers).map_err(|e| format!("DKIM key {path}: {e}"))
     }
 
     /// `mime` as it goes on the wire, with a `DKIM-Signature:` header in
@@ -113,8 +121,8 @@ impl Signer {
 
 /// Decodes a PEM private key: PKCS #1 RSA, or PKCS #8 RSA or Ed25519.
 fn parse_key(pem: &[u8]) -> Result<DkimKey, String> {
-    let der = PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("not a PEM private key: {e}"))?;
+    let der =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("not a PEM private key: {e}"))?;
     match der {
         PrivateKeyDer::Pkcs8(pkcs8) => {
             let bytes = pkcs8.secret_pkcs8_der().to_vec();

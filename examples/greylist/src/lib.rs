@@ -79,7 +79,11 @@ pub struct Config {
 impl Config {
     /// Reads the settings through `var` (the environment in the plugin).
     pub fn read(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
-        fn number(var: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64, String> {
+        fn number(
+            var: &impl Fn(&str) -> Option<String>,
+            name: &str,
+            default: u64,
+        ) -> Result<u64, String> {
             match var(name) {
                 None => Ok(default),
                 Some(text) => text
@@ -133,7 +137,12 @@ pub fn verdict(set: &Reply, get: &Reply, now: u64, delay: u64) -> Result<Verdict
             let first: u64 = std::str::from_utf8(first)
                 .ok()
                 .and_then(|t| t.parse().ok())
-                .ok_or_else(|| format!("the key holds {:?}, not a time", String::from_utf8_lossy(first)))?;
+                .ok_or_else(|| {
+                    format!(
+                        "the key holds {:?}, not a time",
+                        String::from_utf8_lossy(first)
+                    )
+                })?;
             match first.saturating_add(delay).checked_sub(now) {
                 Some(wait) if wait > 0 => Ok(Verdict::TooEarly { wait }),
                 _ => Ok(Verdict::Passed),
@@ -194,7 +203,14 @@ async fn lookup(worker: &Worker, config: &Config, key: &str) -> Result<Verdict, 
     let replies = resp::pipeline(
         &mut stream,
         &[
-            &[b"SET", key.as_bytes(), now_text.as_bytes(), b"NX", b"EX", window.as_bytes()],
+            &[
+                b"SET",
+                key.as_bytes(),
+                now_text.as_bytes(),
+                b"NX",
+                b"EX",
+                window.as_bytes(),
+            ],
             &[b"GET", key.as_bytes()],
         ],
     )
@@ -274,7 +290,9 @@ async fn greylist(ctx: &Context, conn: &Connection, rcpt: &Address) -> Flow {
         }
         Err(why) => {
             if !worker.down.replace(true) {
-                log::warn!("Redis unavailable ({why}): accepting without greylisting until it answers");
+                log::warn!(
+                    "Redis unavailable ({why}): accepting without greylisting until it answers"
+                );
             }
             Flow::Continue
         }
@@ -292,14 +310,26 @@ mod tests {
     #[test]
     fn first_attempt_retry_too_early_and_passed() {
         let ok = Reply::Simple("OK".into());
-        assert_eq!(verdict(&ok, &bulk("1000"), 1000, 300), Ok(Verdict::FirstSeen));
+        assert_eq!(
+            verdict(&ok, &bulk("1000"), 1000, 300),
+            Ok(Verdict::FirstSeen)
+        );
         assert_eq!(
             verdict(&Reply::Nil, &bulk("1000"), 1100, 300),
             Ok(Verdict::TooEarly { wait: 200 })
         );
-        assert_eq!(verdict(&Reply::Nil, &bulk("1000"), 1300, 300), Ok(Verdict::Passed));
-        assert_eq!(verdict(&Reply::Nil, &bulk("1000"), 9999, 300), Ok(Verdict::Passed));
-        assert_eq!(verdict(&Reply::Nil, &Reply::Nil, 1, 300), Ok(Verdict::FirstSeen));
+        assert_eq!(
+            verdict(&Reply::Nil, &bulk("1000"), 1300, 300),
+            Ok(Verdict::Passed)
+        );
+        assert_eq!(
+            verdict(&Reply::Nil, &bulk("1000"), 9999, 300),
+            Ok(Verdict::Passed)
+        );
+        assert_eq!(
+            verdict(&Reply::Nil, &Reply::Nil, 1, 300),
+            Ok(Verdict::FirstSeen)
+        );
         assert!(verdict(&Reply::Nil, &bulk("soon"), 1, 300).is_err());
         assert!(verdict(&Reply::Integer(1), &Reply::Nil, 1, 300).is_err());
     }
@@ -307,7 +337,10 @@ mod tests {
     #[test]
     fn networks_group_a_senders_pool() {
         assert_eq!(network("192.0.2.77".parse().unwrap()), "192.0.2.0/24");
-        assert_eq!(network("2001:db8:1:2:3::4".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(
+            network("2001:db8:1:2:3::4".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
         assert_eq!(network("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.0/24");
     }
 

@@ -43,7 +43,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         "+" => Ok(Some((Reply::Simple(rest.to_owned()), after))),
         "-" => Err(format!("Redis answered an error: {rest}")),
         ":" => {
-            let n = rest.parse().map_err(|_| format!("a bad integer `{rest}`"))?;
+            let n = rest
+                .parse()
+                .map_err(|_| format!("a bad integer `{rest}`"))?;
             Ok(Some((Reply::Integer(n), after)))
         }
         "$" if rest == "-1" => Ok(Some((Reply::Nil, after))),
