@@ -48,12 +48,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod resp;
-
+use mq_example_redis_resp::{self as resp, Reply};
 use mq_plugin::net::TcpStream;
 use mq_plugin::prelude::*;
 use mq_plugin::time::timeout;
-use resp::Reply;
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;

@@ -1,10 +1,31 @@
-//! The little of Redis' protocol (RESP2) the plugin needs: commands as
-//! arrays of bulk strings, and the replies it reads — simple strings,
-//! errors, integers and bulk strings (nil included). Several commands go
-//! out in one write and their replies are read back in order (pipelining).
+//! The little of Redis' protocol (RESP2) a plugin needs to talk to Redis
+//! from an `async fn` hook, on the worker's event loop: commands as arrays
+//! of bulk strings, and the replies — simple strings, errors, integers and
+//! bulk strings (nil included). [`pipeline`] sends several commands in one
+//! write and reads their replies back in order.
+//!
+//! ```no_run
+//! use mq_example_redis_resp::{pipeline, Reply};
+//! use mq_plugin::net::TcpStream;
+//!
+//! async fn seen(stream: &mut TcpStream, key: &str) -> Result<bool, String> {
+//!     let replies = pipeline(stream, &[&[b"EXISTS", key.as_bytes()]]).await?;
+//!     Ok(replies[0] == Reply::Integer(1))
+//! }
+//! ```
+//!
+//! It is no general client: no arrays, no RESP3, no pub/sub. A plugin keeps
+//! its idle connections in its context data (see `examples/greylist`).
+
+#![forbid(unsafe_code)]
 
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use mq_plugin::net::TcpStream;
+
+/// The longest bulk string Redis sends (its `proto-max-bulk-len`
+/// default, 512 MiB); a longer length is a broken stream, not a reason to
+/// buffer.
+pub const MAX_BULK: usize = 512 * 1024 * 1024;
 
 /// One reply from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +72,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         "$" if rest == "-1" => Ok(Some((Reply::Nil, after))),
         "$" => {
             let len: usize = rest.parse().map_err(|_| format!("a bad length `{rest}`"))?;
+            if len > MAX_BULK {
+                return Err(format!(
+                    "a bulk string of {len} bytes, more than Redis sends"
+                ));
+            }
             let Some(data) = buf.get(after..after + len + 2) else {
                 return Ok(None);
             };
@@ -127,5 +153,6 @@ mod tests {
         assert!(decode(b"-ERR wrong\r\n").unwrap_err().contains("ERR wrong"));
         assert!(decode(b"*1\r\n").is_err());
         assert!(decode(b"$2\r\nabcd\r\n").is_err());
+        assert!(decode(b"$18446744073709551615\r\n").is_err());
     }
 }
