@@ -6,6 +6,8 @@
 //! Keys are made fresh by the `openssl` command.
 
 use mq_e2e::*;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -163,7 +165,7 @@ fn deliver(
     plugins: &Path,
     sink: &Sink,
     messages: &[serde_json::Value],
-    env: &[(&str, &Path)],
+    env: &[(&str, &OsStr)],
 ) -> (bool, String) {
     let input = dir.path().join("in.jsonl");
     let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
@@ -214,13 +216,25 @@ fn plugins(dir: &PluginDir) -> PathBuf {
     plugins
 }
 
+/// The header names of a `DKIM-Signature`'s `h=` tag.
+fn signed_headers(signature: &str) -> BTreeSet<String> {
+    let h = signature
+        .split(';')
+        .map(|tag| tag.split_whitespace().collect::<String>())
+        .find_map(|tag| tag.strip_prefix("h=").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no h= in {signature}"));
+    h.split(':').map(str::to_owned).collect()
+}
+
 fn replace(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
     let text = String::from_utf8(haystack.to_vec()).unwrap();
     assert!(text.contains(from), "{from:?} not in {text}");
     text.replacen(from, to, 1).into_bytes()
 }
 
-fn signs_what_the_relay_receives(form: &str) {
+/// Delivers two messages signed with a fresh `form` key and checks them
+/// with dkimpy; `headers` is `MQ_DKIM_HEADERS`, if set.
+fn signs_what_the_relay_receives(form: &str, headers: Option<&str>) {
     let _ = python_with_dkim();
     let dir = PluginDir::new(&format!("dkim-{form}"));
     let keys = Keys::generate(dir.path(), form);
@@ -232,6 +246,10 @@ fn signs_what_the_relay_receives(form: &str) {
     // Bare LF line ends and no final line end: the host sends CRLF lines,
     // and the signature must hold for those.
     let bare_lf = "From: orders@shop.example\nTo: c@example.net\nSubject: lf\n\nline one\nline two";
+    let mut env = vec![("MQ_DKIM_KEY_FILE", keys.private.as_os_str())];
+    if let Some(headers) = headers {
+        env.push(("MQ_DKIM_HEADERS", OsStr::new(headers)));
+    }
     let (ok, log) = deliver(
         &dir,
         &plugins(&dir),
@@ -240,7 +258,7 @@ fn signs_what_the_relay_receives(form: &str) {
             serde_json::json!({"envelope": "orders@shop.example", "recipient": "b@example.net", "mime": crlf}),
             serde_json::json!({"envelope": "orders@shop.example", "recipient": "c@example.net", "mime": bare_lf}),
         ],
-        &[("MQ_DKIM_KEY_FILE", &keys.private)],
+        &env,
     );
     assert!(ok, "{log}");
     assert!(
@@ -267,6 +285,24 @@ fn signs_what_the_relay_receives(form: &str) {
         ] {
             assert!(signature.contains(&tag), "{tag} in {signature}");
         }
+        let expected: BTreeSet<String> = match headers {
+            Some(list) => list.split(':').map(str::to_owned).collect(),
+            None => [
+                "From",
+                "To",
+                "Cc",
+                "Subject",
+                "Date",
+                "Message-ID",
+                "Reply-To",
+            ]
+            .into_iter()
+            .chain(["In-Reply-To", "References", "MIME-Version"])
+            .chain(["Content-Type", "Content-Transfer-Encoding"])
+            .map(str::to_owned)
+            .collect(),
+        };
+        assert_eq!(signed_headers(signature), expected, "{signature}");
         assert!(
             keys.verifies(dir.path(), &message.data),
             "dkimpy rejects the signature of {text}"
@@ -280,6 +316,9 @@ fn signs_what_the_relay_receives(form: &str) {
         dir.path(),
         &replace(&received[1].data, "line two", "line 2")
     ));
+    // A header outside the list is not signed.
+    let to_changed = replace(first, "To: b@example.net", "To: x@example.net");
+    assert_eq!(keys.verifies(dir.path(), &to_changed), headers.is_some());
     // ... while what relaxed canonicalization ignores does not.
     assert!(keys.verifies(
         dir.path(),
@@ -294,17 +333,17 @@ fn signs_what_the_relay_receives(form: &str) {
 
 #[test]
 fn rsa_pkcs1_signatures_verify_independently_and_break_when_tampered() {
-    signs_what_the_relay_receives("rsa-pkcs1");
+    signs_what_the_relay_receives("rsa-pkcs1", None);
 }
 
 #[test]
 fn rsa_pkcs8_signatures_verify_independently_and_break_when_tampered() {
-    signs_what_the_relay_receives("rsa");
+    signs_what_the_relay_receives("rsa", None);
 }
 
 #[test]
-fn ed25519_signatures_verify_independently_and_break_when_tampered() {
-    signs_what_the_relay_receives("ed25519");
+fn ed25519_signatures_of_the_configured_headers_verify_independently() {
+    signs_what_the_relay_receives("ed25519", Some("From:Subject:Date"));
 }
 
 #[test]
@@ -320,7 +359,7 @@ fn a_missing_or_bad_key_stops_the_host_with_the_reason() {
         &plugins,
         &sink,
         std::slice::from_ref(&message),
-        &[("MQ_DKIM_KEY_FILE", &missing)],
+        &[("MQ_DKIM_KEY_FILE", missing.as_os_str())],
     );
     assert!(!ok, "{log}");
     assert!(
@@ -338,7 +377,7 @@ fn a_missing_or_bad_key_stops_the_host_with_the_reason() {
         &plugins,
         &sink,
         std::slice::from_ref(&message),
-        &[("MQ_DKIM_KEY_FILE", &not_a_key)],
+        &[("MQ_DKIM_KEY_FILE", not_a_key.as_os_str())],
     );
     assert!(!ok, "{log}");
     assert!(log.contains("not a PEM private key"), "{log}");
