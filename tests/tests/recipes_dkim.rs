@@ -389,3 +389,32 @@ fn a_missing_or_bad_key_stops_the_host_with_the_reason() {
     );
     assert!(sink.received().is_empty());
 }
+
+#[test]
+fn listed_headers_a_message_lacks_are_signed_as_absent() {
+    let dir = PluginDir::new("dkim-absent");
+    let keys = Keys::generate(dir.path(), "ed25519");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let (ok, log) = deliver(
+        &dir,
+        &plugins(&dir),
+        &sink,
+        &[
+            serde_json::json!({"recipient": "b@example.net", "mime": "X-Only: this\r\n\r\nbody\r\n"}),
+        ],
+        &[
+            ("MQ_DKIM_KEY_FILE", keys.private.as_os_str()),
+            ("MQ_DKIM_HEADERS", OsStr::new("From:Subject")),
+        ],
+    );
+    assert!(ok, "{log}");
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let message = &received[0].data;
+    let text = String::from_utf8_lossy(message);
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(keys.verifies(dir.path(), message), "{text}");
+    // Nobody can add a Subject on the way.
+    let added = replace(message, "X-Only: this", "Subject: added\r\nX-Only: this");
+    assert!(!keys.verifies(dir.path(), &added));
+}

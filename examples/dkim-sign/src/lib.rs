@@ -7,6 +7,10 @@
 //! exactly what goes on the wire: the MIME with its line ends made CRLF
 //! (the host sends every line with CRLF) and a final line end.
 //!
+//! MailerQ can sign by itself too, with keys a message carries in its
+//! `dkim` property; this plugin signs with one key kept on the server,
+//! whatever the message says. Use one or the other, not both.
+//!
 //! MailerQ gives a plugin no configuration of its own, so this one reads
 //! its settings from the environment of the MailerQ (or `mq-host`) process
 //! once, in `initialize`:
@@ -22,8 +26,9 @@
 //! `initialize` with the reason: `mq-host` then refuses to start. MailerQ
 //! cannot be told, so there the plugin lets every message go out unsigned,
 //! logging why for each one — a delivery is never held back for want of a
-//! signature. A message that cannot be signed (no header, say) goes out
-//! unsigned with a warning too.
+//! signature. Should signing a message fail, it goes out unsigned with a
+//! warning too. (A message that lacks listed header fields is no such
+//! failure: they are signed as absent.)
 
 #![forbid(unsafe_code)]
 
