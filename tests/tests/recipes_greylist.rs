@@ -4,7 +4,7 @@
 //! period is still refused, one after it passes (and the triplet is kept
 //! for longer); when Redis is down, stopped or silent, recipients are
 //! accepted ungreylisted with a log line (fail open), and greylisting
-//! resumes when it is back.
+//! resumes when it is back. A bad setting stops `serve`, naming it.
 
 use mq_e2e::redis::Redis;
 use mq_e2e::served::Served;
@@ -269,4 +269,37 @@ fn a_redis_that_does_not_answer_is_down_after_the_timeout() {
     drop(smtp);
     let (status, log) = served.stop();
     assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_bad_setting_stops_serve_with_its_name() {
+    let dir = PluginDir::new("greylist-bad-setting");
+    let so = dir.add("10-greylist.so", &plugin_so("mq-example-greylist"), "");
+    let mut child = std::process::Command::new(host_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--plugin")
+        .arg(&so)
+        .env("MQ_GREYLIST_DELAY", "5m")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mq-host serve");
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        stderr
+    });
+    // A serve that started anyway is killed after 60 s and fails the test.
+    let status = wait_bounded(&mut child, "mq-host serve with a bad setting");
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mq_initialize failed, so the host does not start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`MQ_GREYLIST_DELAY` is `5m`, not a number"),
+        "{stderr}"
+    );
 }
