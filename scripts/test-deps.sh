@@ -8,6 +8,8 @@
 #   redis-server       serves the Redis allow-list example's test
 #   swaks, python3     SMTP clients of the serve tests
 #   python3-aiosmtpd   the relay the delivery tests deliver to
+#   python3-dkim       the independent DKIM verifier of the DKIM recipe's test
+#   openssl            makes that test's keys
 #   valgrind           runs the soundness suite (tests/tests/soundness.rs)
 set -euo pipefail
 
@@ -19,6 +21,9 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import aiosmtpd' >/dev/null 2>&1 || /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 ||
     missing+=(python3-aiosmtpd)
+python3 -c 'import dkim' >/dev/null 2>&1 || /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 ||
+    missing+=(python3-dkim)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -2,6 +2,7 @@
 //! plugin directories (copies, so every test loads fresh instances), and
 //! write probe plans.
 
+pub mod redis;
 pub mod served;
 
 use mq_host::{Direction, Event, EventResult, Host, HostBuilder};
@@ -27,6 +28,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-body-hash",
     "mq-example-redis-allowlist",
     "mq-example-out-trace",
+    "mq-example-dkim-sign",
+    "mq-example-greylist",
     "mq-test-abi-mismatch",
     "mq-host",
 ];
