@@ -27,6 +27,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-body-hash",
     "mq-example-redis-allowlist",
     "mq-example-out-trace",
+    "mq-example-rate-limit",
+    "mq-example-http-check",
     "mq-test-abi-mismatch",
     "mq-host",
 ];

@@ -1,13 +1,15 @@
 //! What the host reports: its log (what plugins write with `MQ_log`, and
-//! the host's own lines) and its counters.
+//! the host's own lines) and its counters, also as Prometheus metrics.
 
 mod counters;
 mod escape;
 mod log;
+mod metrics;
 
 pub use counters::CounterSnapshot;
 pub(crate) use counters::Counters;
 pub use escape::escape_controls;
+pub use metrics::{prometheus_text, Endpoint as MetricsEndpoint};
 pub(crate) use log::{CallerScope, HostLog, LogLimits};
 pub use log::{
     LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_RECORD_MAX,

@@ -96,6 +96,10 @@ enum Command {
         grace: u64,
         #[command(flatten)]
         limits: serve::SessionLimits,
+        /// Serve the host's counters in Prometheus' text format at
+        /// http://ADDR/metrics (port 0: a free one, printed at start).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Deliver MailerQ JSON messages (one per line) to an SMTP relay with
     /// the smtp_out_* hooks; print each final result as a JSON line and a
@@ -363,6 +367,7 @@ fn main() -> ExitCode {
             tls_key,
             no_tls,
             limits,
+            metrics,
         } => {
             let tls = match (no_tls, tls_cert, tls_key) {
                 (true, _, _) => Ok(None),
@@ -394,7 +399,11 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             limits.apply(&mut config);
-            serve::serve(host, listen, config, delivery, Duration::from_secs(grace))
+            let stop = serve::Stop {
+                grace: Duration::from_secs(grace),
+                metrics,
+            };
+            serve::serve(host, listen, config, delivery, stop)
         }
     };
     match result {
