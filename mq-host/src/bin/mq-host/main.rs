@@ -123,6 +123,11 @@ enum Command {
         /// Output file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// When stderr is no terminal, the longest time between two
+        /// progress lines, in seconds (there is also one at each tenth of
+        /// the batch); on a terminal the line is redrawn every second.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        progress_interval: f64,
     },
     /// Show what plugin files are: name, version, API version, ABI check,
     /// and the hooks each defines. Runs nothing but `mq_version`; fails for
@@ -349,9 +354,17 @@ fn main() -> ExitCode {
             data_dir,
             input,
             output,
-        } => delivery
-            .config(relay, "localhost")
-            .and_then(|config| deliver::deliver(host, config, data_dir, input, output)),
+            progress_interval,
+        } => Duration::try_from_secs_f64(progress_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(format!(
+                "--progress-interval {progress_interval}: not a positive number of seconds"
+            ))
+            .and_then(|interval| {
+                let config = delivery.config(relay, "localhost")?;
+                deliver::deliver(host, config, data_dir, input, output, interval)
+            }),
         Command::Serve {
             config: _,
             host,
