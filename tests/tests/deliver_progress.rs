@@ -1,0 +1,121 @@
+//! `mq-host deliver`'s progress line on a long run (stderr not a
+//! terminal): a line at each tenth of the batch, and lines while nothing
+//! finishes, so a run that waits on its relay still shows it is alive.
+
+use mq_e2e::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A progress line's numbers: done, total, delivered, failed, retries.
+fn progress(line: &str) -> Option<[usize; 5]> {
+    let rest = line.strip_prefix("deliver: ")?;
+    let numbers: Vec<usize> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), 6, "done/total, delivered, failed, retries, seconds: {line}");
+    assert!(
+        rest.contains(" done: ") && rest.contains(" delivered, ") && rest.contains(" so far; "),
+        "{line}"
+    );
+    Some([numbers[0], numbers[1], numbers[2], numbers[3], numbers[4]])
+}
+
+fn batch(dir: &std::path::Path, count: usize) -> std::path::PathBuf {
+    let input = dir.join("batch.jsonl");
+    let mut lines = String::new();
+    for n in 0..count {
+        let msg = json!({"envelope": "a@shop.example", "recipient": format!("r{n}@example.net"),
+                         "mime": format!("Subject: {n}\r\n\r\nbody {n}\r\n")});
+        lines.push_str(&format!("{msg}\n"));
+    }
+    std::fs::write(&input, lines).unwrap();
+    input
+}
+
+#[test]
+fn a_long_run_prints_a_line_at_each_tenth() {
+    let dir = PluginDir::new("deliver-progress");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let input = batch(dir.path(), 40);
+    let out = Command::new(host_binary())
+        .args(["deliver", "--quiet", "--relay", &sink.relay()])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<[usize; 5]> = stderr.lines().filter_map(progress).collect();
+    // Whatever else the clock added, a line at 4, 8, ... 36, then the last.
+    for tenth in (4..40).step_by(4) {
+        assert!(
+            lines.iter().any(|l| l[0] == tenth),
+            "no line at {tenth}/40:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.last(), Some(&[40, 40, 40, 0, 0]), "{stderr}");
+    // In order, each consistent: done = delivered + failed, of 40.
+    for pair in lines.windows(2) {
+        assert!(pair[0][0] <= pair[1][0], "{stderr}");
+    }
+    assert!(lines.iter().all(|l| l[1] == 40 && l[0] == l[2] + l[3]));
+    assert_eq!(sink.received().len(), 40);
+}
+
+#[test]
+fn a_run_waiting_on_its_relay_keeps_printing() {
+    // A relay that takes the connection and says nothing until the test
+    // has seen a progress line with nothing done, then hangs up.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = relay.local_addr().unwrap();
+    let (seen_tx, seen_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let (client, _) = relay.accept().unwrap();
+        let _ = seen_rx.recv_timeout(Duration::from_secs(60));
+        drop(client);
+    });
+    let dir = PluginDir::new("deliver-progress-wait");
+    let input = batch(dir.path(), 1);
+    let mut child = Command::new(host_binary())
+        .args(["deliver", "--quiet", "--progress-interval", "0.2"])
+        .args(["--max-attempts", "1", "--relay", &addr.to_string()])
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Lines while the message is still on its way (bounded wait).
+    while log
+        .iter()
+        .filter(|l: &&String| progress(l).is_some_and(|p| p[0] == 0))
+        .count()
+        < 2
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match line_rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no progress line while waiting:\n{}", log.join("\n")),
+        }
+    }
+    seen_tx.send(()).unwrap();
+    let status = wait_bounded(&mut child, "mq-host deliver");
+    log.extend(line_rx.iter());
+    holder.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", log.join("\n"));
+    let last = log.iter().rev().find_map(|l| progress(l)).unwrap();
+    assert_eq!(&last[..4], &[1, 1, 0, 1], "{}", log.join("\n"));
+}
