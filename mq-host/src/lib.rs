@@ -104,7 +104,7 @@ pub use api::{
 pub use mq_abi::Flow;
 pub use mq_hook_table as hook_table;
 pub use observe::{
-    escape_controls, prometheus_text, CounterSnapshot, MetricsEndpoint, LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES,
+    end_status, escape_controls, prometheus_text, show_status, CounterSnapshot, MetricsEndpoint, LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES,
     DEFAULT_LOG_RECORD_MAX,
 };
 pub use plugins::{discover, HostMode, LoadError, LoadErrorKind, PluginInfo, PluginKind};

@@ -119,3 +119,101 @@ fn a_run_waiting_on_its_relay_keeps_printing() {
     let last = log.iter().rev().find_map(|l| progress(l)).unwrap();
     assert_eq!(&last[..4], &[1, 1, 0, 1], "{}", log.join("\n"));
 }
+
+/// A new pseudo-terminal: (master, slave).
+fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the two ints; the
+    // name, termios and window size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both are open descriptors that nothing else owns.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// What a terminal shows of `bytes`: each line as its text after the last
+/// carriage return, without the erase-line sequence.
+fn rendered(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split('\n')
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let shown = line.rsplit('\r').next().unwrap_or("");
+            shown.trim_start_matches("\x1b[K").to_owned()
+        })
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+#[test]
+fn on_a_terminal_log_lines_scroll_above_the_progress_line() {
+    use std::io::Read;
+    let dir = PluginDir::new("deliver-progress-tty");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let input = batch(dir.path(), 10);
+    let (master, slave) = openpty();
+    // Not --quiet: the host's log and the plugins' (out-trace logs each
+    // message) are echoed on the terminal too.
+    let mut child = Command::new(host_binary())
+        .args(["deliver", "--relay", &sink.relay()])
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    // The terminal's output until the last writer closes it (EIO).
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        out
+    });
+    let status = wait_bounded(&mut child, "mq-host deliver on a terminal");
+    let raw = reader.join().unwrap();
+    let screen = rendered(&raw);
+    let text = screen.join("\n");
+    assert!(status.success(), "{text}");
+    // Every log line stands on its own line, whole; no progress text is
+    // glued to it.
+    let traced: Vec<_> = screen
+        .iter()
+        .filter(|l| l.contains("[mq-example-out-trace] sent "))
+        .collect();
+    assert_eq!(traced.len(), 10, "{text}");
+    for line in &screen {
+        if line.contains("deliver: ") {
+            assert!(line.starts_with("deliver: "), "{line:?}\n{text}");
+            assert!(!line.contains("[INFO]"), "{line:?}\n{text}");
+        }
+    }
+    // The line was redrawn in place as messages finished, and its last
+    // state stays on screen.
+    let drawn = String::from_utf8_lossy(&raw).matches("\r\x1b[Kdeliver: ").count();
+    assert!(drawn >= 10, "drawn {drawn} times:\n{text}");
+    let last = screen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("deliver: "))
+        .unwrap();
+    assert!(
+        last.starts_with("deliver: 10/10 done: 10 delivered, 0 failed; 0 retries so far; "),
+        "{text}"
+    );
+}

@@ -149,7 +149,8 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The progress line of `mq-host deliver` (stderr). On a terminal it is
-/// one line redrawn in place, on each result and each second meanwhile.
+/// one line redrawn in place, on each result and each second meanwhile,
+/// kept below the log lines echoed meanwhile ([`mq_host::show_status`]).
 /// Otherwise (a log file, a pipe) it is a line at each tenth of the batch
 /// done, and a line whenever `interval` passed since the last one — also
 /// while nothing finishes (a slow relay, messages waiting for a retry), so
@@ -240,13 +241,16 @@ impl Progress {
             if state.retries == 1 { "y" } else { "ies" },
             self.started.elapsed().as_secs()
         );
-        // A closed stderr must not stop the delivery.
-        let mut err = std::io::stderr().lock();
-        let _ = if self.terminal {
-            write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" })
+        if self.terminal {
+            // Log lines echoed meanwhile go above it.
+            mq_host::show_status(&line);
+            if last {
+                mq_host::end_status();
+            }
         } else {
-            writeln!(err, "{line}")
-        };
+            // A closed stderr must not stop the delivery.
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
     }
 
     fn finish(&self) {
