@@ -18,7 +18,11 @@ fn progress(line: &str) -> Option<[usize; 5]> {
         .filter(|n| !n.is_empty())
         .map(|n| n.parse().unwrap())
         .collect();
-    assert_eq!(numbers.len(), 6, "done/total, delivered, failed, retries, seconds: {line}");
+    assert_eq!(
+        numbers.len(),
+        6,
+        "done/total, delivered, failed, retries, seconds: {line}"
+    );
     assert!(
         rest.contains(" done: ") && rest.contains(" delivered, ") && rest.contains(" so far; "),
         "{line}"
@@ -205,7 +209,9 @@ fn on_a_terminal_log_lines_scroll_above_the_progress_line() {
     }
     // The line was redrawn in place as messages finished, and its last
     // state stays on screen.
-    let drawn = String::from_utf8_lossy(&raw).matches("\r\x1b[Kdeliver: ").count();
+    let drawn = String::from_utf8_lossy(&raw)
+        .matches("\r\x1b[Kdeliver: ")
+        .count();
     assert!(drawn >= 10, "drawn {drawn} times:\n{text}");
     let last = screen
         .iter()

@@ -49,7 +49,10 @@ fn parse_exposition(text: &str) -> HashMap<String, u64> {
                 ["counter", "gauge", "untyped", "histogram", "summary"].contains(&t),
                 "{line}"
             );
-            assert!(kind.insert(name.to_owned(), t.to_owned()).is_none(), "{line}");
+            assert!(
+                kind.insert(name.to_owned(), t.to_owned()).is_none(),
+                "{line}"
+            );
         } else {
             assert!(!line.starts_with('#'), "an unknown comment: {line}");
             let (series, value) = line.rsplit_once(' ').expect("a sample: series value");
@@ -77,10 +80,7 @@ fn parse_exposition(text: &str) -> HashMap<String, u64> {
             );
             assert!(name.ends_with("_total"), "a counter ends in _total: {line}");
             let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
-            assert!(
-                samples.insert(series.to_owned(), value).is_none(),
-                "{line}"
-            );
+            assert!(samples.insert(series.to_owned(), value).is_none(), "{line}");
         }
     }
     samples
@@ -129,7 +129,10 @@ fn serve_exposes_its_counters_to_prometheus() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     let before = parse_exposition(&body);
     assert_eq!(before["mqhost_smtp_sessions_total"], 0, "{body}");
-    assert_eq!(before["mqhost_hook_calls_total{hook=\"smtp_in_rcptto\"}"], 0);
+    assert_eq!(
+        before["mqhost_hook_calls_total{hook=\"smtp_in_rcptto\"}"],
+        0
+    );
     // Every hook of the table has its sample, and every counter its family.
     assert!(before.contains_key("mqhost_hook_calls_total{hook=\"smtp_out_data\"}"));
     for name in [

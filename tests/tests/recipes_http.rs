@@ -141,7 +141,9 @@ fn recipients_are_checked_by_an_http_service() {
     let r = rcpt(&host, "broken@example.com");
     assert_eq!(r.reply().as_deref(), Some(TEMPFAIL));
     assert!(
-        r.log.iter().any(|l| l.text.contains("the service answered 500")),
+        r.log
+            .iter()
+            .any(|l| l.text.contains("the service answered 500")),
         "{:#?}",
         r.log
     );
@@ -149,15 +151,19 @@ fn recipients_are_checked_by_an_http_service() {
     let r = rcpt(&host, "slow@example.com");
     assert_eq!(r.reply().as_deref(), Some(TEMPFAIL));
     assert!(
-        r.log
-            .iter()
-            .any(|l| l.text.contains("no answer about slow@example.com within 300ms")),
+        r.log.iter().any(|l| l
+            .text
+            .contains("no answer about slow@example.com within 300ms")),
         "{:#?}",
         r.log
     );
     // Not a mailbox: refused without a request.
     let r = rcpt(&host, "victim@evil.net\n@example.com");
-    assert!(r.reply().unwrap().starts_with("553 5.1.3 "), "{:?}", r.reply());
+    assert!(
+        r.reply().unwrap().starts_with("553 5.1.3 "),
+        "{:?}",
+        r.reply()
+    );
 
     // What the service saw: one request each, the recipient percent-encoded.
     let mut seen = service.requests();
@@ -178,9 +184,9 @@ fn recipients_are_checked_by_an_http_service() {
     let r = rcpt(&host, "allowed@example.com");
     assert_eq!(r.reply().as_deref(), Some(TEMPFAIL));
     assert!(
-        r.log
-            .iter()
-            .any(|l| l.text.contains("cannot check allowed@example.com: connecting to")),
+        r.log.iter().any(|l| l
+            .text
+            .contains("cannot check allowed@example.com: connecting to")),
         "{:#?}",
         r.log
     );

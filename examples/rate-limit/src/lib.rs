@@ -163,7 +163,7 @@ fn senders(ctx: &Context) -> &Senders {
     let sweeper = async move {
         let mut ticks = interval(config.window);
         ticks.tick().await; // the first tick is at once
-        // Until the context's data (the other owner) is gone.
+                            // Until the context's data (the other owner) is gone.
         while Rc::strong_count(&table) > 1 {
             ticks.tick().await;
             let mut table = table.borrow_mut();
@@ -193,6 +193,11 @@ fn sender_key(from: &Address) -> String {
     }
 }
 
+/// `d` in seconds, rounded up (a client told "0 s" would retry at once).
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 #[mq_hook(smtp_in_mailfrom)]
 fn limit(ctx: &Context, conn: &Connection, from: &Address) -> Flow {
     let key = sender_key(from);
@@ -200,11 +205,17 @@ fn limit(ctx: &Context, conn: &Connection, from: &Address) -> Flow {
     match admitted {
         Ok(()) => Flow::Continue,
         Err(wait) => {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            log::info!("{key:?} is over {} per {:?}", config().limit, config().window);
+            log::info!(
+                "{key:?} is over {} per {:?}",
+                config().limit,
+                config().window
+            );
             conn.send(
-                format!("451 4.7.1 sender rate limit exceeded, try again in {secs} s\r\n")
-                    .as_bytes(),
+                format!(
+                    "451 4.7.1 sender rate limit exceeded, try again in {} s\r\n",
+                    whole_seconds(wait)
+                )
+                .as_bytes(),
             );
             Flow::Complete
         }

@@ -158,10 +158,7 @@ enum Asked {
 }
 
 /// Reads one request from `client` and answers it; the connection closes.
-fn answer(
-    mut client: TcpStream,
-    counters: &impl Fn() -> CounterSnapshot,
-) -> std::io::Result<()> {
+fn answer(mut client: TcpStream, counters: &impl Fn() -> CounterSnapshot) -> std::io::Result<()> {
     client.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     client.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let asked = read_request(&mut client)?;

@@ -51,16 +51,16 @@ pub(crate) fn deliver(
             }
         });
         delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
-        progress.record(outcome.status);
-        if outcome.status != Status::Retry {
-            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
-                write_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e.to_string());
+            progress.record(outcome.status);
+            if outcome.status != Status::Retry {
+                let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
+                    write_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e.to_string());
+                }
             }
-        }
         });
         drop(running);
     });
@@ -207,7 +207,7 @@ impl Progress {
         if done == self.total {
             return;
         }
-        let step = status != Status::Retry && done % self.step == 0;
+        let step = status != Status::Retry && done.is_multiple_of(self.step);
         if self.terminal || step || self.overdue(&state) {
             self.print(&mut state, false);
         }

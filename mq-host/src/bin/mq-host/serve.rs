@@ -108,8 +108,7 @@ pub(crate) fn serve(
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let metrics = metrics
         .map(|addr| {
-            MetricsEndpoint::bind(addr)
-                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+            MetricsEndpoint::bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
         })
         .transpose()?;
     let data_dir = config.data_dir.clone();
