@@ -13,9 +13,9 @@
 //! counters (relaxed atomic loads, no lock a worker takes), so a scrape
 //! never waits for a worker and a worker never waits for a scrape. It
 //! serves one client at a time with a bounded request
-//! ([`MAX_REQUEST`]) and read and write deadlines ([`CLIENT_TIMEOUT`]),
-//! so a slow or hostile client delays only other scrapes, by at most
-//! those deadlines. No web framework: `GET /metrics` answers `200`, any
+//! ([`MAX_REQUEST`]) and one deadline for the whole exchange
+//! ([`CLIENT_TIMEOUT`]), so a slow or hostile client delays only other
+//! scrapes, by at most that deadline. No web framework: `GET /metrics` answers `200`, any
 //! other path `404`, any other method `405`, a request that does not
 //! parse `400`, one too large `431`.
 
@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "mqhost_";
@@ -34,8 +34,8 @@ pub const PREFIX: &str = "mqhost_";
 /// The largest request (line and headers) the endpoint reads.
 pub const MAX_REQUEST: usize = 8 * 1024;
 
-/// How long the endpoint waits for one client's request, and for it to
-/// take the answer.
+/// How long the whole exchange with one client may take: its request and
+/// our answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The counters in `snapshot` as Prometheus text exposition: `# HELP` and
@@ -95,17 +95,25 @@ pub struct Endpoint {
     listener: TcpListener,
     addr: SocketAddr,
     stopping: AtomicBool,
+    /// The whole exchange with one client: its request and our answer.
+    client_timeout: Duration,
 }
+
+/// How often [`Endpoint::run`] looks at the stop flag while idle.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 
 impl Endpoint {
     /// Binds `addr` (port 0: a free port; see [`Endpoint::local_addr`]).
     pub fn bind(addr: impl ToSocketAddrs) -> std::io::Result<Endpoint> {
         let listener = TcpListener::bind(addr)?;
+        // Readiness comes from poll; an accept never blocks.
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok(Endpoint {
             listener,
             addr,
             stopping: AtomicBool::new(false),
+            client_timeout: CLIENT_TIMEOUT,
         })
     }
 
@@ -117,33 +125,38 @@ impl Endpoint {
     /// Answers scrapes with `counters()` until [`Endpoint::stop`], one
     /// client at a time.
     pub fn run(&self, counters: impl Fn() -> CounterSnapshot) {
-        for client in self.listener.incoming() {
-            if self.stopping.load(Ordering::Acquire) {
-                return;
+        while !self.stopping.load(Ordering::Acquire) {
+            if !self.wait_for_client() {
+                continue;
             }
-            match client {
-                Ok(client) => {
+            match self.listener.accept() {
+                Ok((client, _)) => {
                     // A client that misbehaves costs its own answer only.
-                    let _ = answer(client, &counters);
+                    let _ = answer(client, self.client_timeout, &counters);
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // Out of descriptors or memory: do not spin on it.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
 
-    /// Makes [`Endpoint::run`] return: sets the flag and wakes its
-    /// `accept` with a connection of its own.
+    /// Whether a client waits to be accepted, after [`STOP_CHECK`] at most.
+    fn wait_for_client(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the listener, which outlives the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, STOP_CHECK.as_millis() as libc::c_int) };
+        ready > 0
+    }
+
+    /// Makes [`Endpoint::run`] return, within [`STOP_CHECK`] or once the
+    /// client it answers now is done.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, CLIENT_TIMEOUT);
     }
 }
 
@@ -157,11 +170,16 @@ enum Asked {
     TooLarge,
 }
 
-/// Reads one request from `client` and answers it; the connection closes.
-fn answer(mut client: TcpStream, counters: &impl Fn() -> CounterSnapshot) -> std::io::Result<()> {
-    client.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    client.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let asked = read_request(&mut client)?;
+/// Reads one request from `client` and answers it, all within `limit`;
+/// the connection closes.
+fn answer(
+    mut client: TcpStream,
+    limit: Duration,
+    counters: &impl Fn() -> CounterSnapshot,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    let deadline = Instant::now() + limit;
+    let asked = read_request(&mut client, deadline)?;
     let (status, body) = match asked {
         Asked::Metrics { .. } => ("200 OK", prometheus_text(&counters())),
         Asked::NotFound => ("404 Not Found", "only /metrics is served\n".to_owned()),
@@ -185,19 +203,37 @@ fn answer(mut client: TcpStream, counters: &impl Fn() -> CounterSnapshot) -> std
     if asked != (Asked::Metrics { head: true }) {
         response.extend_from_slice(body.as_bytes());
     }
-    client.write_all(&response)?;
-    client.flush()
+    let mut rest = &response[..];
+    while !rest.is_empty() {
+        client.set_write_timeout(Some(left(deadline)?))?;
+        let n = client.write(rest)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// The time left until `deadline`; an error once it passed (a client
+/// that trickles its bytes cannot stretch the exchange).
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(left),
+        _ => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Reads until the end of the request's headers, at most [`MAX_REQUEST`]
-/// bytes, and says what it asks for.
-fn read_request(client: &mut TcpStream) -> std::io::Result<Asked> {
+/// bytes, before `deadline`, and says what it asks for.
+fn read_request(client: &mut TcpStream, deadline: Instant) -> std::io::Result<Asked> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     loop {
         if len == buf.len() {
             return Ok(Asked::TooLarge);
         }
+        client.set_read_timeout(Some(left(deadline)?))?;
         let n = client.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(Asked::Malformed);
@@ -336,6 +372,45 @@ mod tests {
             huge.resize(MAX_REQUEST, b'a');
             let refused = get(&endpoint, &huge);
             assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+            endpoint.stop();
+            running.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_at_the_deadline() {
+        let mut endpoint = Endpoint::bind("127.0.0.1:0").unwrap();
+        endpoint.client_timeout = Duration::from_millis(300);
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| endpoint.run(CounterSnapshot::default));
+            let mut client = TcpStream::connect(endpoint.local_addr()).unwrap();
+            // One byte every 20 ms would take minutes to fill the request
+            // bound; every single read is quick, so only a deadline for
+            // the whole request ends it. The bound here is generous.
+            let started = Instant::now();
+            let cut = loop {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the trickling client was not cut"
+                );
+                if client.write_all(b"G").is_err() {
+                    break true;
+                }
+                client
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .unwrap();
+                match client.read(&mut [0u8; 64]) {
+                    Ok(0) => break true,
+                    Ok(_) => break false,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => break true,
+                }
+            };
+            assert!(cut, "the endpoint answered a request that never ended");
+            // It serves the next client.
+            let ok = get(&endpoint, b"GET /metrics HTTP/1.1\r\n\r\n");
+            assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
             endpoint.stop();
             running.join().unwrap();
         });
