@@ -73,12 +73,13 @@ fn parse_exposition(text: &str) -> HashMap<String, u64> {
             }
             assert!(name.starts_with("mqhost_"), "{line}");
             assert!(help.contains(name), "a sample without HELP: {line}");
-            assert_eq!(
-                kind.get(name).map(String::as_str),
-                Some("counter"),
-                "{line}"
-            );
-            assert!(name.ends_with("_total"), "a counter ends in _total: {line}");
+            match kind.get(name).map(String::as_str) {
+                Some("counter") => {
+                    assert!(name.ends_with("_total"), "a counter ends in _total: {line}")
+                }
+                Some("gauge") => assert!(!name.ends_with("_total"), "{line}"),
+                _ => panic!("a sample without a counter or gauge TYPE: {line}"),
+            }
             let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
             assert!(samples.insert(series.to_owned(), value).is_none(), "{line}");
         }
@@ -129,6 +130,7 @@ fn serve_exposes_its_counters_to_prometheus() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     let before = parse_exposition(&body);
     assert_eq!(before["mqhost_smtp_sessions_total"], 0, "{body}");
+    assert_eq!(before["mqhost_outbox_messages"], 0, "{body}");
     assert_eq!(
         before["mqhost_hook_calls_total{hook=\"smtp_in_rcptto\"}"],
         0
@@ -153,7 +155,9 @@ fn serve_exposes_its_counters_to_prometheus() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
         let samples = parse_exposition(&get(metrics, "/metrics").1);
-        if samples["mqhost_messages_delivered_total"] == 2 {
+        // Delivered, and the outbox gauge back to nothing left.
+        if samples["mqhost_messages_delivered_total"] == 2 && samples["mqhost_outbox_messages"] == 0
+        {
             break samples;
         }
         assert!(

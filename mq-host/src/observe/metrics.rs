@@ -7,7 +7,8 @@
 //! hook are one family, `mqhost_hook_calls_total{hook="..."}`, with a
 //! sample for every hook of the table (zeros included, so a rate exists
 //! from the first scrape). The unlabelled `hook_calls` counter is that
-//! family's sum and is not served twice.
+//! family's sum and is not served twice. A caller adds gauges of its own
+//! with [`prometheus_gauge`] (`serve`: the outbox's length).
 //!
 //! The endpoint is one thread with a blocking std listener: it reads the
 //! counters (relaxed atomic loads, no lock a worker takes), so a scrape
@@ -71,6 +72,26 @@ pub fn prometheus_text(snapshot: &CounterSnapshot) -> String {
     out
 }
 
+/// A gauge `mqhost_<name>` (a value that goes up and down, such as a
+/// queue's length) in the text exposition format, to serve beside
+/// [`prometheus_text`].
+///
+/// ```
+/// let text = mq_host::prometheus_gauge("outbox_messages", "Messages waiting.", 3);
+/// let lines: Vec<&str> = text.lines().collect();
+/// assert_eq!(lines, [
+///     "# HELP mqhost_outbox_messages Messages waiting.",
+///     "# TYPE mqhost_outbox_messages gauge",
+///     "mqhost_outbox_messages 3",
+/// ]);
+/// ```
+pub fn prometheus_gauge(name: &str, help: &str, value: u64) -> String {
+    format!(
+        "# HELP {PREFIX}{name} {}\n# TYPE {PREFIX}{name} gauge\n{PREFIX}{name} {value}\n",
+        help_text(help)
+    )
+}
+
 /// `# HELP` and `# TYPE` of counter family `name`.
 fn family(out: &mut String, name: &str, doc: &str) {
     let help = doc.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -122,9 +143,10 @@ impl Endpoint {
         self.addr
     }
 
-    /// Answers scrapes with `counters()` until [`Endpoint::stop`], one
-    /// client at a time.
-    pub fn run(&self, counters: impl Fn() -> CounterSnapshot) {
+    /// Answers scrapes with the text `scrape()` makes (usually
+    /// [`prometheus_text`] of the host's counters) until
+    /// [`Endpoint::stop`], one client at a time.
+    pub fn run(&self, scrape: impl Fn() -> String) {
         while !self.stopping.load(Ordering::Acquire) {
             if !self.wait_for_client() {
                 continue;
@@ -132,7 +154,7 @@ impl Endpoint {
             match self.listener.accept() {
                 Ok((client, _)) => {
                     // A client that misbehaves costs its own answer only.
-                    let _ = answer(client, self.client_timeout, &counters);
+                    let _ = answer(client, self.client_timeout, &scrape);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // Out of descriptors or memory: do not spin on it.
@@ -175,13 +197,13 @@ enum Asked {
 fn answer(
     mut client: TcpStream,
     limit: Duration,
-    counters: &impl Fn() -> CounterSnapshot,
+    scrape: &impl Fn() -> String,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let deadline = Instant::now() + limit;
     let asked = read_request(&mut client, deadline)?;
     let (status, body) = match asked {
-        Asked::Metrics { .. } => ("200 OK", prometheus_text(&counters())),
+        Asked::Metrics { .. } => ("200 OK", scrape()),
         Asked::NotFound => ("404 Not Found", "only /metrics is served\n".to_owned()),
         Asked::BadMethod => ("405 Method Not Allowed", "GET /metrics\n".to_owned()),
         Asked::Malformed => ("400 Bad Request", "not an HTTP request\n".to_owned()),
@@ -360,7 +382,7 @@ mod tests {
             ..Default::default()
         };
         std::thread::scope(|scope| {
-            let running = scope.spawn(|| endpoint.run(|| snapshot));
+            let running = scope.spawn(|| endpoint.run(|| prometheus_text(&snapshot)));
             let ok = get(&endpoint, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
             assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
             assert!(ok.contains("Content-Type: text/plain; version=0.0.4"));
@@ -382,7 +404,7 @@ mod tests {
         let mut endpoint = Endpoint::bind("127.0.0.1:0").unwrap();
         endpoint.client_timeout = Duration::from_millis(300);
         std::thread::scope(|scope| {
-            let running = scope.spawn(|| endpoint.run(CounterSnapshot::default));
+            let running = scope.spawn(|| endpoint.run(String::new));
             let mut client = TcpStream::connect(endpoint.local_addr()).unwrap();
             // One byte every 20 ms would take minutes to fill the request
             // bound; every single read is quick, so only a deadline for

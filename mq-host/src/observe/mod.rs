@@ -14,7 +14,7 @@ pub(crate) use log::{CallerScope, HostLog, LogLimits};
 pub use log::{
     LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_RECORD_MAX,
 };
-pub use metrics::{prometheus_text, Endpoint as MetricsEndpoint};
+pub use metrics::{prometheus_gauge, prometheus_text, Endpoint as MetricsEndpoint};
 pub use status::{end_status, show_status};
 
 /// Prints `line` on stderr as one line, escaped (for reports made when no

@@ -94,6 +94,20 @@ pub(crate) struct Stop {
     pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
+/// What `--metrics` serves: the counters, and the outbox's length when
+/// `serve` delivers.
+fn scrape(host: &Host, outbox: Option<&Outbox>) -> String {
+    let mut text = mq_host::prometheus_text(&host.counters());
+    if let Some(outbox) = outbox {
+        text += &mq_host::prometheus_gauge(
+            "outbox_messages",
+            "Messages in the outbox: waiting for delivery or a retry, or on their way.",
+            outbox.pending() as u64,
+        );
+    }
+    text
+}
+
 pub(crate) fn serve(
     args: HostArgs,
     listen: std::net::SocketAddr,
@@ -161,9 +175,10 @@ pub(crate) fn serve(
     std::thread::scope(|scope| {
         if let Some(metrics) = &metrics {
             let host = &host;
+            let outbox = delivering.as_ref().map(|(outbox, _)| outbox);
             std::thread::Builder::new()
                 .name("mq-metrics".into())
-                .spawn_scoped(scope, move || metrics.run(|| host.counters()))
+                .spawn_scoped(scope, move || metrics.run(|| scrape(host, outbox)))
                 .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
         }
         if let Some((outbox, delivery)) = &delivering {
