@@ -165,9 +165,9 @@ fn senders(ctx: &Context) -> &Senders {
         ticks.tick().await; // the first tick is at once
                             // Until the context's data (the other owner) is gone.
         while Rc::strong_count(&table) > 1 {
-            ticks.tick().await;
+            let now = ticks.tick().await;
             let mut table = table.borrow_mut();
-            let forgot = table.forget_idle(Instant::now());
+            let forgot = table.forget_idle(now);
             if forgot > 0 {
                 log::info!(
                     "forgot {forgot} idle sender(s); {} tracked",
