@@ -412,11 +412,11 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             limits.apply(&mut config);
-            let stop = serve::Stop {
+            let operations = serve::Operations {
                 grace: Duration::from_secs(grace),
                 metrics,
             };
-            serve::serve(host, listen, config, delivery, stop)
+            serve::serve(host, listen, config, delivery, operations)
         }
     };
     match result {

@@ -86,8 +86,8 @@ pub(crate) fn wait_for_stop(set: &libc::sigset_t, host: &Host) -> &'static str {
     }
 }
 
-/// What `serve` runs beside SMTP and delivery, and how it stops.
-pub(crate) struct Stop {
+/// How `serve` is operated beside SMTP and delivery: its stop, its metrics.
+pub(crate) struct Operations {
     /// How long open sessions and deliveries get after SIGINT/SIGTERM.
     pub(crate) grace: Duration,
     /// Where to serve the counters as Prometheus metrics (`--metrics`).
@@ -113,7 +113,7 @@ pub(crate) fn serve(
     listen: std::net::SocketAddr,
     mut config: mq_host::smtp_in::ServeConfig,
     delivery: Option<DeliveryConfig>,
-    Stop { grace, metrics }: Stop,
+    Operations { grace, metrics }: Operations,
 ) -> Result<(), String> {
     let signals = block_stop_signals();
     let examples = ExamplePlugins::unless_given(&args)?;
