@@ -175,7 +175,7 @@ impl Endpoint {
         ready > 0
     }
 
-    /// Makes [`Endpoint::run`] return, within [`STOP_CHECK`] or once the
+    /// Makes [`Endpoint::run`] return, within 200 ms or once the
     /// client it answers now is done.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
