@@ -223,3 +223,24 @@ fn on_a_terminal_log_lines_scroll_above_the_progress_line() {
         "{text}"
     );
 }
+
+#[test]
+fn a_progress_interval_must_be_a_positive_number_of_seconds() {
+    for bad in ["0", "-1", "NaN"] {
+        let out = Command::new(host_binary())
+            .arg("deliver")
+            .arg(format!("--progress-interval={bad}"))
+            .args(["--relay", "127.0.0.1:9"])
+            .arg("/dev/null")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "mq-host: --progress-interval {bad}: not a positive number of seconds"
+            )),
+            "{stderr}"
+        );
+    }
+}

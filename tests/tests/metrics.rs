@@ -191,3 +191,23 @@ fn serve_exposes_its_counters_to_prometheus() {
     let counters = served::Counters::last(&log).expect("--counters printed at the end");
     assert_eq!(counters.get("messages_delivered"), 2);
 }
+
+#[test]
+fn a_metrics_address_in_use_stops_serve_with_its_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = PluginDir::new("metrics-taken");
+    let out = std::process::Command::new(host_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-tls"])
+        .args(["--metrics", &addr.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("mq-host: cannot serve metrics on {addr}: ")),
+        "{stderr}"
+    );
+}
