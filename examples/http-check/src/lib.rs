@@ -147,7 +147,11 @@ async fn ask(mailbox: &Mailbox) -> Result<Verdict, String> {
     }
 }
 
-const TEMPFAIL: &[u8] = b"451 4.3.0 recipient check unavailable, try again later\r\n";
+/// The fallback: a temporary failure; the sender retries later.
+fn tempfail(conn: &Connection) -> Flow {
+    conn.send(b"451 4.3.0 recipient check unavailable, try again later\r\n");
+    Flow::Complete
+}
 
 #[mq_hook(smtp_in_rcptto)]
 async fn check(conn: &Connection, rcpt: &Address) -> Flow {
@@ -168,13 +172,11 @@ async fn check(conn: &Connection, rcpt: &Address) -> Flow {
         }
         Ok(Err(why)) => {
             log::warn!("cannot check {mailbox}: {why}; deferring it");
-            conn.send(TEMPFAIL);
-            Flow::Complete
+            tempfail(conn)
         }
         Err(_) => {
             log::warn!("no answer about {mailbox} within {limit:?}; deferring it");
-            conn.send(TEMPFAIL);
-            Flow::Complete
+            tempfail(conn)
         }
     }
 }
