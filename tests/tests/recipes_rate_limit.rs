@@ -1,7 +1,8 @@
 //! The rate-limiting recipe (`examples/rate-limit`) in the real host: at
 //! most N transactions per sender per window, `451 4.7.1` over it, the
-//! sender admitted again once the window has passed, and idle senders
-//! forgotten by the plugin's timer so its memory stays bounded.
+//! sender admitted again once the window has passed, idle senders
+//! forgotten by the plugin's timer so its memory stays bounded, and the
+//! table's hard cap.
 
 use mq_e2e::*;
 use mq_host::{ChainEnd, Direction, Event, EventResult, Host};
@@ -118,4 +119,25 @@ fn senders_are_limited_per_window_and_forgotten_when_idle() {
         "{log:#?}"
     );
     drop(host);
+
+    // A hard cap on the table: with room for two senders (and a window
+    // long enough that no sweep makes room meanwhile), a third is deferred
+    // while the two known ones go on. A new copy of the plugin reads the
+    // environment anew.
+    std::env::set_var("MQ_RATE_WINDOW_SECS", "3600");
+    std::env::set_var("MQ_RATE_MAX_SENDERS", "2");
+    let dir = PluginDir::new("rate-limit-cap");
+    dir.add("10-rate-limit.so", &plugin_so("mq-example-rate-limit"), "");
+    let host = dir.start();
+    assert_eq!(mail_from(&host, "a@example.com").end, ChainEnd::Finished);
+    assert_eq!(mail_from(&host, "b@example.com").end, ChainEnd::Finished);
+    let full = mail_from(&host, "c@example.com");
+    assert_eq!(
+        full.reply().as_deref(),
+        Some("451 4.7.1 too many senders at once, try again later")
+    );
+    assert_eq!(mail_from(&host, "a@example.com").end, ChainEnd::Finished);
+    assert!(plugin_log(&host)
+        .iter()
+        .any(|l| l.contains("\"c@example.com\" deferred: already 2 senders tracked")));
 }

@@ -28,10 +28,20 @@
 //! background task on the worker's loop (an `interval` timer, started with
 //! `Context::spawn_local` when the table is made) forgets every sender
 //! idle for a whole window, logging how many it forgot and how many it
-//! still tracks. The task and the table go with the context.
+//! still tracks. The task and the table go with the context. Against a
+//! flood of made-up senders the table also has a hard cap,
+//! `max_senders`: while it is full, a sender it does not know yet gets
 //!
-//! `MQ_RATE_LIMIT` (default 100) and `MQ_RATE_WINDOW_SECS` (default
-//! 3600, fractions allowed) configure it.
+//! ```text
+//! 451 4.7.1 too many senders at once, try again later
+//! ```
+//!
+//! until the timer makes room (fail closed: a flood delays new senders for
+//! up to a window; the known ones go on).
+//!
+//! `MQ_RATE_LIMIT` (default 100), `MQ_RATE_WINDOW_SECS` (default 3600,
+//! fractions allowed) and `MQ_RATE_MAX_SENDERS` (per worker, default
+//! 100 000) configure it.
 
 #![forbid(unsafe_code)]
 
@@ -52,6 +62,8 @@ pub struct Config {
     pub limit: usize,
     /// The sliding window.
     pub window: Duration,
+    /// Senders one worker's table may hold.
+    pub max_senders: usize,
 }
 
 impl Config {
@@ -77,13 +89,34 @@ impl Config {
                     Duration::from_secs(3600)
                 }),
         };
-        Config { limit, window }
+        let max_senders = match std::env::var("MQ_RATE_MAX_SENDERS") {
+            Err(_) => 100_000,
+            Ok(v) => v.parse().unwrap_or_else(|_| {
+                log::warn!("MQ_RATE_MAX_SENDERS `{v}` is not a count; using 100000");
+                100_000
+            }),
+        };
+        Config {
+            limit,
+            window,
+            max_senders,
+        }
     }
 }
 
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(Config::from_env)
+}
+
+/// Why a transaction was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender is over its limit; its oldest transaction in the window
+    /// leaves it after this long.
+    OverLimit(Duration),
+    /// The table holds `max_senders` others already.
+    TableFull,
 }
 
 /// The sliding windows of all senders seen within the last window.
@@ -104,10 +137,12 @@ impl Limiter {
         }
     }
 
-    /// Admits a transaction of `sender` at `now`, or says how long until
-    /// the oldest one in its window leaves it.
-    pub fn admit(&mut self, sender: &str, now: Instant) -> Result<(), Duration> {
+    /// Admits a transaction of `sender` at `now`, or says why not.
+    pub fn admit(&mut self, sender: &str, now: Instant) -> Result<(), Refusal> {
         let window = self.config.window;
+        if self.senders.len() >= self.config.max_senders && !self.senders.contains_key(sender) {
+            return Err(Refusal::TableFull);
+        }
         let times = self.senders.entry(sender.to_owned()).or_default();
         while times
             .front()
@@ -126,7 +161,7 @@ impl Limiter {
         if times.is_empty() {
             self.senders.remove(sender);
         }
-        Err(wait)
+        Err(Refusal::OverLimit(wait))
     }
 
     /// Forgets every sender with no admitted transaction within the window
@@ -204,7 +239,7 @@ fn limit(ctx: &Context, conn: &Connection, from: &Address) -> Flow {
     let admitted = senders(ctx).0.borrow_mut().admit(&key, Instant::now());
     match admitted {
         Ok(()) => Flow::Continue,
-        Err(wait) => {
+        Err(Refusal::OverLimit(wait)) => {
             log::info!(
                 "{key:?} is over {} per {:?}",
                 config().limit,
@@ -219,6 +254,14 @@ fn limit(ctx: &Context, conn: &Connection, from: &Address) -> Flow {
             );
             Flow::Complete
         }
+        Err(Refusal::TableFull) => {
+            log::warn!(
+                "{key:?} deferred: already {} senders tracked",
+                config().max_senders
+            );
+            conn.send(b"451 4.7.1 too many senders at once, try again later\r\n");
+            Flow::Complete
+        }
     }
 }
 
@@ -230,6 +273,7 @@ mod tests {
         Limiter::new(Config {
             limit,
             window: Duration::from_secs(secs),
+            max_senders: usize::MAX,
         })
     }
 
@@ -241,14 +285,14 @@ mod tests {
         assert_eq!(l.admit("a", t0 + Duration::from_secs(4)), Ok(()));
         assert_eq!(
             l.admit("a", t0 + Duration::from_secs(5)),
-            Err(Duration::from_secs(5))
+            Err(Refusal::OverLimit(Duration::from_secs(5)))
         );
         assert_eq!(l.admit("b", t0 + Duration::from_secs(5)), Ok(()));
         // The first leaves the window at 10 s; the refusal did not count.
         assert_eq!(l.admit("a", t0 + Duration::from_secs(10)), Ok(()));
         assert_eq!(
             l.admit("a", t0 + Duration::from_secs(11)),
-            Err(Duration::from_secs(3))
+            Err(Refusal::OverLimit(Duration::from_secs(3)))
         );
     }
 
@@ -268,7 +312,29 @@ mod tests {
     #[test]
     fn a_limit_of_zero_admits_nobody_and_keeps_nothing() {
         let mut l = limiter(0, 10);
-        assert_eq!(l.admit("a", Instant::now()), Err(Duration::from_secs(10)));
+        assert_eq!(
+            l.admit("a", Instant::now()),
+            Err(Refusal::OverLimit(Duration::from_secs(10)))
+        );
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn a_full_table_defers_new_senders_only() {
+        let mut l = Limiter::new(Config {
+            limit: 5,
+            window: Duration::from_secs(10),
+            max_senders: 2,
+        });
+        let t0 = Instant::now();
+        l.admit("a", t0).unwrap();
+        l.admit("b", t0).unwrap();
+        assert_eq!(l.admit("c", t0), Err(Refusal::TableFull));
+        assert_eq!(l.tracked(), 2);
+        // Known senders go on.
+        assert_eq!(l.admit("a", t0 + Duration::from_secs(1)), Ok(()));
+        // Once the timer forgot the idle ones, there is room again.
+        assert_eq!(l.forget_idle(t0 + Duration::from_secs(10)), 1);
+        assert_eq!(l.admit("c", t0 + Duration::from_secs(10)), Ok(()));
     }
 }
