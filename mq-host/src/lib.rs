@@ -104,7 +104,8 @@ pub use api::{
 pub use mq_abi::Flow;
 pub use mq_hook_table as hook_table;
 pub use observe::{
-    escape_controls, CounterSnapshot, LogEcho, LogRecord, Priority, Source, DEFAULT_LOG_MAX_BYTES,
+    end_status, escape_controls, prometheus_gauge, prometheus_text, show_status, CounterSnapshot,
+    LogEcho, LogRecord, MetricsEndpoint, Priority, Source, DEFAULT_LOG_MAX_BYTES,
     DEFAULT_LOG_RECORD_MAX,
 };
 pub use plugins::{discover, HostMode, LoadError, LoadErrorKind, PluginInfo, PluginKind};

@@ -30,6 +30,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "mq-example-out-trace",
     "mq-example-dkim-sign",
     "mq-example-greylist",
+    "mq-example-rate-limit",
+    "mq-example-http-check",
     "mq-test-abi-mismatch",
     "mq-host",
 ];

@@ -5,7 +5,7 @@ use mq_hook_table::{Hook, HOOKS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $field:ident, )*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident, )*) => {
         /// Live counters, shared by all workers.
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
@@ -17,12 +17,17 @@ macro_rules! counters {
         /// A snapshot of the host's counters.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct CounterSnapshot {
-            $( $(#[$doc])* pub $field: u64, )*
+            $( $(#[doc = $doc])* pub $field: u64, )*
             /// Hook calls per hook, indexed like
             /// [`HOOKS`](mq_hook_table::HOOKS) (see
             /// [`CounterSnapshot::calls_by_hook`]).
             pub per_hook: [u64; HOOKS.len()],
         }
+
+        /// Every counter's name and doc text (its lines joined by `\n`), in
+        /// declaration order: the help the metrics endpoint serves.
+        pub(crate) const COUNTER_DOCS: &[(&str, &str)] =
+            &[$( (stringify!($field), concat!($($doc, "\n"),*)), )*];
 
         impl Counters {
             pub(crate) fn snapshot(&self) -> CounterSnapshot {

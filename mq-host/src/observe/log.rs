@@ -15,7 +15,6 @@
 
 use super::escape::{escape_bounded, escape_controls};
 use super::Counters;
-use std::io::Write;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
@@ -281,12 +280,8 @@ impl HostLog {
         };
         match self.echo {
             LogEcho::None => {}
-            LogEcho::Stderr => {
-                let _ = writeln!(std::io::stderr().lock(), "{record}");
-            }
-            LogEcho::StderrJson => {
-                let _ = writeln!(std::io::stderr().lock(), "{}", record.to_json());
-            }
+            LogEcho::Stderr => super::status::echo(&record),
+            LogEcho::StderrJson => super::status::echo(&record.to_json()),
         }
         records.bytes += cost(&record);
         records.list.push_back(record);

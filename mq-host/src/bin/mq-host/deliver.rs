@@ -15,6 +15,7 @@ pub(crate) fn deliver(
     data_dir: Option<PathBuf>,
     input: PathBuf,
     output: Option<PathBuf>,
+    progress_interval: Duration,
 ) -> Result<(), String> {
     let text = read_input(&input)?;
     let mut writer = open_output(output.as_deref())?;
@@ -35,20 +36,33 @@ pub(crate) fn deliver(
             outbox.dir().display()
         );
     }
-    let progress = Progress::new(total);
+    let progress = Progress::new(total, progress_interval);
     let writer = std::sync::Mutex::new(writer);
     let write_error = std::sync::Mutex::new(None);
-    delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
-        progress.record(outcome.status);
-        if outcome.status != Status::Retry {
-            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
-                write_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e.to_string());
+    let (running, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        // Keeps the line alive while nothing finishes; ends with the run.
+        let progress = &progress;
+        scope.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                ended.recv_timeout(progress.tick_every())
+            {
+                progress.tick();
             }
-        }
+        });
+        delivery::run(&host, &outbox, &config, Until::Empty, &|outcome| {
+            progress.record(outcome.status);
+            if outcome.status != Status::Retry {
+                let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = writeln!(w, "{}", outcome.result).and_then(|_| w.flush()) {
+                    write_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e.to_string());
+                }
+            }
+        });
+        drop(running);
     });
     progress.finish();
     finish(host, &args);
@@ -134,10 +148,19 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-/// The progress line of `mq-host deliver` (stderr; redrawn in place on a
-/// terminal, a line per second otherwise).
+/// The progress line of `mq-host deliver` (stderr). On a terminal it is
+/// one line redrawn in place, on each result and each second meanwhile,
+/// kept below the log lines echoed meanwhile ([`mq_host::show_status`]).
+/// Otherwise (a log file, a pipe) it is a line at each tenth of the batch
+/// done, and a line whenever `interval` passed since the last one — also
+/// while nothing finishes (a slow relay, messages waiting for a retry), so
+/// a long run always shows it is alive.
 pub(crate) struct Progress {
     total: usize,
+    /// A line each time this many more messages are done (a tenth).
+    step: usize,
+    interval: Duration,
+    started: std::time::Instant,
     state: std::sync::Mutex<ProgressState>,
     terminal: bool,
 }
@@ -151,12 +174,24 @@ pub(crate) struct ProgressState {
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
+    fn new(total: usize, interval: Duration) -> Progress {
         use std::io::IsTerminal;
         Progress {
             total,
+            step: (total / 10).max(1),
+            interval,
+            started: std::time::Instant::now(),
             state: Default::default(),
             terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// How often [`Progress::tick`] should run.
+    fn tick_every(&self) -> Duration {
+        if self.terminal {
+            self.interval.min(Duration::from_secs(1))
+        } else {
+            self.interval
         }
     }
 
@@ -167,40 +202,60 @@ impl Progress {
             Status::Failure => state.failure += 1,
             Status::Retry => state.retries += 1,
         }
+        let done = state.success + state.failure;
         // The last one is printed by `finish`.
-        let last = state.success + state.failure == self.total;
-        let due = !last
-            && state
-                .printed
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if (self.terminal && !last) || due {
-            state.printed = Some(std::time::Instant::now());
-            self.print(&state, false);
+        if done == self.total {
+            return;
+        }
+        let step = status != Status::Retry && done.is_multiple_of(self.step);
+        if self.terminal || step || self.overdue(&state) {
+            self.print(&mut state, false);
         }
     }
 
-    fn print(&self, state: &ProgressState, last: bool) {
+    /// Prints the line if it is due although nothing finished.
+    fn tick(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.terminal || self.overdue(&state) {
+            self.print(&mut state, false);
+        }
+    }
+
+    fn overdue(&self, state: &ProgressState) -> bool {
+        state
+            .printed
+            .unwrap_or(self.started)
+            .elapsed()
+            .ge(&self.interval)
+    }
+
+    fn print(&self, state: &mut ProgressState, last: bool) {
+        state.printed = Some(std::time::Instant::now());
         let line = format!(
-            "deliver: {}/{} done: {} delivered, {} failed; {} retr{} so far",
+            "deliver: {}/{} done: {} delivered, {} failed; {} retr{} so far; {} s",
             state.success + state.failure,
             self.total,
             state.success,
             state.failure,
             state.retries,
-            if state.retries == 1 { "y" } else { "ies" }
+            if state.retries == 1 { "y" } else { "ies" },
+            self.started.elapsed().as_secs()
         );
-        // A closed stderr must not stop the delivery.
-        let mut err = std::io::stderr().lock();
-        let _ = if self.terminal {
-            write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" })
+        if self.terminal {
+            // Log lines echoed meanwhile go above it.
+            mq_host::show_status(&line);
+            if last {
+                mq_host::end_status();
+            }
         } else {
-            writeln!(err, "{line}")
-        };
+            // A closed stderr must not stop the delivery.
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
     }
 
     fn finish(&self) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.print(&state, true);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.print(&mut state, true);
     }
 
     fn failed(&self) -> usize {

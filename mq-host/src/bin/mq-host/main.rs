@@ -97,6 +97,10 @@ enum Command {
         grace: u64,
         #[command(flatten)]
         limits: serve::SessionLimits,
+        /// Serve the host's counters in Prometheus' text format at
+        /// http://ADDR/metrics (port 0: a free one, printed at start).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Deliver MailerQ JSON messages (one per line) to an SMTP relay with
     /// the smtp_out_* hooks; print each final result as a JSON line and a
@@ -120,6 +124,11 @@ enum Command {
         /// Output file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// When stderr is no terminal, the longest time between two
+        /// progress lines, in seconds (there is also one at each tenth of
+        /// the batch); on a terminal the line is redrawn every second.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        progress_interval: f64,
     },
     /// Create a new plugin crate in PATH (outside this repository): a
     /// cdylib depending on this checkout's mq-plugin, a hook, a passing
@@ -365,9 +374,17 @@ fn main() -> ExitCode {
             data_dir,
             input,
             output,
-        } => delivery
-            .config(relay, "localhost")
-            .and_then(|config| deliver::deliver(host, config, data_dir, input, output)),
+            progress_interval,
+        } => Duration::try_from_secs_f64(progress_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(format!(
+                "--progress-interval {progress_interval}: not a positive number of seconds"
+            ))
+            .and_then(|interval| {
+                let config = delivery.config(relay, "localhost")?;
+                deliver::deliver(host, config, data_dir, input, output, interval)
+            }),
         Command::Serve {
             config: _,
             host,
@@ -383,6 +400,7 @@ fn main() -> ExitCode {
             tls_key,
             no_tls,
             limits,
+            metrics,
         } => {
             let tls = match (no_tls, tls_cert, tls_key) {
                 (true, _, _) => Ok(None),
@@ -414,7 +432,11 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             limits.apply(&mut config);
-            serve::serve(host, listen, config, delivery, Duration::from_secs(grace))
+            let operations = serve::Operations {
+                grace: Duration::from_secs(grace),
+                metrics,
+            };
+            serve::serve(host, listen, config, delivery, operations)
         }
     };
     match result {

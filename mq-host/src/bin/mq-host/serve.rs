@@ -3,7 +3,7 @@
 
 use crate::*;
 use mq_host::delivery::{self, DeliveryConfig, Outbox, Until};
-use mq_host::Host;
+use mq_host::{Host, MetricsEndpoint};
 use std::time::Duration;
 
 /// The limits of `mq-host serve` that bound what one client may cost
@@ -86,18 +86,45 @@ pub(crate) fn wait_for_stop(set: &libc::sigset_t, host: &Host) -> &'static str {
     }
 }
 
+/// How `serve` is operated beside SMTP and delivery: its stop, its metrics.
+pub(crate) struct Operations {
+    /// How long open sessions and deliveries get after SIGINT/SIGTERM.
+    pub(crate) grace: Duration,
+    /// Where to serve the counters as Prometheus metrics (`--metrics`).
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+}
+
+/// What `--metrics` serves: the counters, and the outbox's length when
+/// `serve` delivers.
+fn scrape(host: &Host, outbox: Option<&Outbox>) -> String {
+    let mut text = mq_host::prometheus_text(&host.counters());
+    if let Some(outbox) = outbox {
+        text += &mq_host::prometheus_gauge(
+            "outbox_messages",
+            "Messages in the outbox: waiting for delivery or a retry, or on their way.",
+            outbox.pending() as u64,
+        );
+    }
+    text
+}
+
 pub(crate) fn serve(
     args: HostArgs,
     listen: std::net::SocketAddr,
     mut config: mq_host::smtp_in::ServeConfig,
     delivery: Option<DeliveryConfig>,
-    grace: Duration,
+    Operations { grace, metrics }: Operations,
 ) -> Result<(), String> {
     let signals = block_stop_signals();
     let examples = ExamplePlugins::unless_given(&args)?;
     let host = start(&args, examples.as_ref().map(|e| e.dir.as_path()))?;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let metrics = metrics
+        .map(|addr| {
+            MetricsEndpoint::bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        })
+        .transpose()?;
     let data_dir = config.data_dir.clone();
     // The outbox is opened (and its directory locked) even without a
     // relay; only with one are stored messages queued for delivery.
@@ -139,7 +166,21 @@ pub(crate) fn serve(
             d.connections
         );
     }
+    if let Some(metrics) = &metrics {
+        eprintln!(
+            "mq-host: metrics on http://{}/metrics",
+            metrics.local_addr()
+        );
+    }
     std::thread::scope(|scope| {
+        if let Some(metrics) = &metrics {
+            let host = &host;
+            let outbox = delivering.as_ref().map(|(outbox, _)| outbox);
+            std::thread::Builder::new()
+                .name("mq-metrics".into())
+                .spawn_scoped(scope, move || metrics.run(|| scrape(host, outbox)))
+                .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+        }
         if let Some((outbox, delivery)) = &delivering {
             let host = &host;
             scope.spawn(move || {
@@ -162,7 +203,12 @@ pub(crate) fn serve(
                 eprintln!("mq-host: {cut} delivery(ies) cut short; they stay in the outbox for the next start");
             }
         }
-    });
+        // Scrapes go on until the work is done, so the last ones see it.
+        if let Some(metrics) = &metrics {
+            metrics.stop();
+        }
+        Ok::<(), String>(())
+    })?;
     finish(host, &args);
     eprintln!("mq-host: stopped");
     Ok(())
