@@ -2,13 +2,19 @@
 //! only by the host's loop functions, so it works in MailerQ and `mq-host`.
 //!
 //! A hook's future lives in place in one [`Task`] allocation from its first
-//! poll to its end. The first poll happens inside the hook call; a future
-//! that is ready then never takes control, and its allocation goes back to
-//! a per-hook cache, so the ready path allocates nothing once warm.
+//! poll to its end (a future may not move once polled, so it is written to
+//! its slot before that poll). The allocation comes from, and goes back to,
+//! a per-hook cache, so neither the ready path nor a take-over allocates
+//! once warm. The first poll happens inside the hook call, before the task
+//! knows its executor: a future that is ready then never takes control and
+//! never looks the executor up; only a pending one joins it.
 //!
-//! Wakers are `Send + Sync`. A wake on the owning thread queues the task and
-//! starts a zero-delay host timer (if none is pending); a wake from another
-//! thread queues it and writes to an eventfd the executor watches with
+//! Wakers are `Send + Sync`. The framework's own loop callbacks (a sleep's
+//! timer, an fd future's watcher) poll the task they wake at once, on the
+//! loop, when no poll is running ([`wake_from_loop`]): one host timer per
+//! resume. Any other wake on the owning thread queues the task and starts a
+//! zero-delay host timer (if none is pending); a wake from another thread
+//! queues it and writes to an eventfd the executor watches with
 //! `MQ_ioWatch`. Either way the task is polled on the loop, at most
 //! [`POLL_BUDGET`] tasks per loop callback, so one busy plugin cannot starve
 //! the worker.
@@ -22,6 +28,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::ptr::NonNull;
@@ -36,6 +43,58 @@ pub const POLL_BUDGET: usize = 64;
 thread_local! {
     /// The context whose executor is polling on this thread right now.
     static CURRENT: Cell<*mut MQ_Context> = const { Cell::new(std::ptr::null_mut()) };
+    /// Set by [`wake_from_loop`] for the one wake it makes: that wake may
+    /// poll its task at once.
+    static DIRECT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A cheap hasher for the executor's maps, keyed by connection pointers and
+/// task ids (the FxHash step, as in rustc; no hash-flooding concern: the
+/// keys are the host's and the plugin's own, not a client's).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits of aligned pointers zero; the
+        // table indexes by the low bits.
+        self.0.rotate_left(26)
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Wakes `waker` from one of the framework's own loop callbacks (a timer or
+/// fd watcher it started for a future): if it is a task of this runtime on
+/// its owning thread, not queued, and no poll is running on this thread,
+/// the task is polled here and now instead of from a zero-delay timer.
+/// Only this one wake is direct: a wake from inside that poll, or from a
+/// hook the resume leads the host to call, is queued as usual.
+pub(crate) fn wake_from_loop(waker: Waker) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DIRECT.with(|d| d.set(false));
+        }
+    }
+    DIRECT.with(|d| d.set(true));
+    let _reset = Reset;
+    waker.wake();
 }
 
 /// The context of the hook future being polled on this thread, if any.
@@ -162,12 +221,15 @@ struct VTable {
 struct Header {
     refs: AtomicUsize,
     scheduled: AtomicBool,
-    shared: ManuallyDrop<Arc<Shared>>,
+    /// The executor's shared part, an `Arc` given up with `into_raw`; null
+    /// while a hook's first poll runs (a wake then only sets `scheduled`,
+    /// and `run_hook` queues the task once it has joined the executor).
+    shared: AtomicPtr<Shared>,
     vtable: &'static VTable,
     /// Where the result goes once the task completes after its first poll.
     owner: Owner,
     ctx: *mut MQ_Context,
-    id: u64,
+    id: Cell<u64>,
 }
 
 /// Whose task it is.
@@ -177,6 +239,8 @@ enum Owner {
     Hook {
         meta: &'static crate::__private_v1::HookMeta,
         conn: *mut MQ_Connection,
+        /// Where the allocation goes when the task ends.
+        cache: &'static std::thread::LocalKey<TaskCache>,
     },
     /// Background work from [`Context::spawn_local`].
     Background,
@@ -234,9 +298,24 @@ impl<F: Future<Output: HookReturn>> Task<F> {
 
     unsafe fn dealloc(header: NonNull<Header>) {
         // SAFETY: the last reference; the future is gone.
-        let mut task = unsafe { Box::from_raw(header.cast::<Task<F>>().as_ptr()) };
-        // SAFETY: dropped once, here.
-        unsafe { ManuallyDrop::drop(&mut task.header.shared) };
+        let h = unsafe { header.as_ref() };
+        let shared = h.shared.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !shared.is_null() {
+            // SAFETY: the reference `run_hook` or `spawn_local` gave up.
+            drop(unsafe { Arc::from_raw(shared) });
+        }
+        if let Owner::Hook { cache, .. } = h.owner {
+            // This thread's cache of the same hook (any thread's fits: one
+            // future type per hook); none while its thread-locals go away.
+            let kept = cache
+                .try_with(|c| c.keep(header.cast(), std::alloc::Layout::new::<Task<F>>()))
+                .unwrap_or(false);
+            if kept {
+                return;
+            }
+        }
+        // SAFETY: made by Box (or kept from one); nothing in it needs a drop.
+        drop(unsafe { Box::from_raw(header.cast::<Task<F>>().as_ptr()) });
     }
 }
 
@@ -283,8 +362,29 @@ unsafe fn waker_wake_by_ref(data: *const ()) {
     let header = NonNull::new(data as *mut Header).expect("task waker");
     // SAFETY: the waker keeps the task alive.
     let h = unsafe { header.as_ref() };
-    if !h.scheduled.swap(true, Ordering::AcqRel) {
-        h.shared.schedule(acquire(header));
+    let direct = DIRECT.try_with(|d| d.replace(false)).unwrap_or(false);
+    // SeqCst with `run_hook`'s store of `shared` and load of `scheduled`:
+    // one of the two sides sees the other's write (at worst both do, and
+    // the task is polled once more than needed).
+    if h.scheduled.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let shared = h.shared.load(Ordering::SeqCst);
+    if shared.is_null() {
+        // The first poll is still running: `run_hook` queues the task.
+        return;
+    }
+    // SAFETY: the task holds this reference until it is freed.
+    let shared = ManuallyDrop::new(unsafe { Arc::from_raw(shared) });
+    let task = acquire(header);
+    if direct
+        && current_context().is_none()
+        && !shared.closed.load(Ordering::Acquire)
+        && std::thread::current().id() == shared.owner
+    {
+        poll_task(&task);
+    } else {
+        shared.schedule(task);
     }
 }
 
@@ -306,9 +406,9 @@ pub(crate) struct Executor {
     shared: Arc<Shared>,
     /// Pending hook tasks by connection (a connection has at most one held
     /// hook per plugin), each holding the owner's reference.
-    hooks: RefCell<HashMap<usize, TaskRef>>,
+    hooks: RefCell<FxMap<usize, TaskRef>>,
     /// Pending `spawn_local` tasks by id.
-    background: RefCell<HashMap<u64, TaskRef>>,
+    background: RefCell<FxMap<u64, TaskRef>>,
     next_id: Cell<u64>,
     _watcher: FdWatcher,
 }
@@ -380,8 +480,8 @@ impl Executor {
             .map_err(|e| format!("cannot watch the executor's eventfd: {e}"))?;
         Ok(Executor {
             shared,
-            hooks: RefCell::new(HashMap::new()),
-            background: RefCell::new(HashMap::new()),
+            hooks: RefCell::new(FxMap::default()),
+            background: RefCell::new(FxMap::default()),
             next_id: Cell::new(1),
             _watcher: watcher,
         })
@@ -439,15 +539,7 @@ fn run_queue(shared: &Arc<Shared>) {
         if shared.closed.load(Ordering::Acquire) {
             continue;
         }
-        // SAFETY: the queue's reference keeps the task alive.
-        let header = unsafe { task.0.as_ref() };
-        header.scheduled.store(false, Ordering::Release);
-        let waker = waker_for(task.0);
-        let mut cx = std::task::Context::from_waker(&waker);
-        // SAFETY: polled on the owning thread only.
-        if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
-            complete(header, result);
-        }
+        poll_task(&task);
     }
     if !shared
         .queue
@@ -457,6 +549,21 @@ fn run_queue(shared: &Arc<Shared>) {
     {
         // Out of budget: let the loop breathe, then go on.
         shared.notify();
+    }
+}
+
+/// Polls a task of a live executor, on its owning thread, outside any
+/// other poll; resumes the host if the task completes.
+fn poll_task(task: &TaskRef) {
+    // SAFETY: the caller's reference keeps the task alive.
+    let header = unsafe { task.0.as_ref() };
+    let _guard = CurrentGuard::enter(header.ctx);
+    header.scheduled.store(false, Ordering::Release);
+    let waker = waker_for(task.0);
+    let mut cx = std::task::Context::from_waker(&waker);
+    // SAFETY: polled on the owning thread only.
+    if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
+        complete(header, result);
     }
 }
 
@@ -473,11 +580,11 @@ fn complete(header: &Header, result: Result<Outcome, String>) {
                 .is_some_and(|t| std::ptr::eq(t.0.as_ptr(), header));
             ours.then(|| hooks.remove(&(conn as usize))).flatten()
         }
-        Owner::Background => e.background.borrow_mut().remove(&header.id),
+        Owner::Background => e.background.borrow_mut().remove(&header.id.get()),
     });
     drop(task);
     match owner {
-        Owner::Hook { meta, conn } => {
+        Owner::Hook { meta, conn, .. } => {
             crate::__private_v1::after_async_hook(meta, conn);
             if let Some(flow) = crate::__private_v1::flow_of(meta, result) {
                 // SAFETY: this plugin holds the chain of `conn`; we are on its
@@ -529,11 +636,11 @@ impl Context {
             header: Header {
                 refs: AtomicUsize::new(1),
                 scheduled: AtomicBool::new(true),
-                shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
+                shared: AtomicPtr::new(Arc::into_raw(Arc::clone(&executor.shared)).cast_mut()),
                 vtable: &Task::<F>::VTABLE,
                 owner: Owner::Background,
                 ctx: self.as_raw(),
-                id,
+                id: Cell::new(id),
             },
             future: UnsafeCell::new(ManuallyDrop::new(future)),
             alive: Cell::new(true),
@@ -556,6 +663,18 @@ impl TaskCache {
     }
 }
 
+impl TaskCache {
+    /// Keeps an empty task allocation if the cache has none; false if it
+    /// already holds one (the caller frees this one).
+    fn keep(&self, slot: NonNull<u8>, layout: std::alloc::Layout) -> bool {
+        if self.0.get().is_some() {
+            return false;
+        }
+        self.0.set(Some((slot, layout)));
+        true
+    }
+}
+
 impl Drop for TaskCache {
     fn drop(&mut self) {
         if let Some((ptr, layout)) = self.0.take() {
@@ -572,13 +691,20 @@ impl Default for TaskCache {
 }
 
 /// Runs a hook's future: the first poll here, inside the hook call; the
-/// rest on the loop. Returns the C hook's return value.
+/// rest on the loop. Returns `Ok(None)` when the hook took control,
+/// `Ok(Some(result))` when the future finished on its first poll, `Err`
+/// when it is pending and cannot be run on (no executor: the future is
+/// dropped, the caller takes the fallback).
+///
+/// The ready path allocates nothing once warm (the task's slot comes from
+/// `cache`) and never looks the context's executor up.
 ///
 /// # Safety
 /// `ctx` and `conn` are the live arguments of this hook call, and the host
 /// keeps them (and whatever `future` borrows of the call) alive until this
 /// plugin resumes the chain. `cache` belongs to this hook alone (one future
 /// type per cache).
+#[inline]
 pub(crate) unsafe fn run_hook<F>(
     meta: &'static crate::__private_v1::HookMeta,
     cache: &'static std::thread::LocalKey<TaskCache>,
@@ -589,86 +715,121 @@ pub(crate) unsafe fn run_hook<F>(
 where
     F: Future<Output: HookReturn> + 'static,
 {
-    // SAFETY: the caller's promise.
-    let context = unsafe { Context::from_raw(ctx) };
-    let executor = Executor::of(context)?;
-    let id = executor.next_id.get();
-    executor.next_id.set(id + 1);
     let task = Task {
         header: Header {
             refs: AtomicUsize::new(1),
             scheduled: AtomicBool::new(false),
-            shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
+            shared: AtomicPtr::new(std::ptr::null_mut()),
             vtable: &Task::<F>::VTABLE,
-            owner: Owner::Hook { meta, conn },
+            owner: Owner::Hook { meta, conn, cache },
             ctx,
-            id,
+            id: Cell::new(0),
         },
         future: UnsafeCell::new(ManuallyDrop::new(future)),
         alive: Cell::new(true),
     };
+    let layout = std::alloc::Layout::new::<Task<F>>();
     let header: NonNull<Header> = match cache.with(|c| c.0.take()) {
-        Some((slot, layout)) => {
-            debug_assert_eq!(layout, std::alloc::Layout::new::<Task<F>>());
+        Some((slot, kept)) if kept == layout => {
             let slot = slot.cast::<Task<F>>();
-            // SAFETY: a cached, empty allocation of exactly this Task<F>.
+            // SAFETY: a cached, empty allocation of exactly this layout.
             unsafe { slot.as_ptr().write(task) };
             slot.cast()
         }
-        None => NonNull::from(Box::leak(Box::new(task))).cast(),
-    };
-    let _guard = CurrentGuard::enter(ctx);
-    let waker = waker_for(header);
-    let mut cx = std::task::Context::from_waker(&waker);
-    // SAFETY: a live task, on the owning thread.
-    match unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) } {
-        None => {
-            let earlier = executor
-                .hooks
-                .borrow_mut()
-                .insert(conn as usize, TaskRef(header));
-            if let Some(earlier) = earlier {
-                // The host called a hook on a connection whose earlier hook
-                // this plugin still holds (MailerQ never does): keep both.
-                crate::log::log_text(
-                    crate::sys::MQ_CRIT,
-                    &format!(
-                        "[{}] the host called hook {} while this plugin held another hook of \
-                         the same connection",
-                        meta.plugin, meta.hook.name
-                    ),
-                );
-                executor
-                    .background
-                    .borrow_mut()
-                    .insert(earlier_id(&earlier), earlier);
+        other => {
+            if let Some((slot, kept)) = other {
+                // A cache shared by two future types (not what the macro
+                // generates): free the other's slot.
+                // SAFETY: an empty allocation of layout `kept`.
+                unsafe { std::alloc::dealloc(slot.as_ptr(), kept) };
             }
-            Ok(None)
+            NonNull::from(Box::leak(Box::new(task))).cast()
         }
+    };
+    let polled = {
+        let _guard = CurrentGuard::enter(ctx);
+        let waker = waker_for(header);
+        let mut cx = std::task::Context::from_waker(&waker);
+        // SAFETY: a live task, on the owning thread.
+        unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) }
+    };
+    match polled {
         Some(result) => {
-            // SAFETY: live until we release it.
-            let h = unsafe { header.as_ref() };
-            if h.refs.load(Ordering::Acquire) == 1 && cache.with(|c| c.0.get().is_none()) {
-                // No waker outlived the poll: keep the allocation for next time.
-                // SAFETY: sole owner; the future is gone; drop the Arc, keep the memory.
-                unsafe {
-                    ManuallyDrop::drop(&mut (*header.cast::<Task<F>>().as_ptr()).header.shared);
-                }
-                cache.with(|c| {
-                    c.0.set(Some((header.cast(), std::alloc::Layout::new::<Task<F>>())))
-                });
-            } else {
-                // SAFETY: the owner's reference.
-                unsafe { release(header) };
-            }
+            // SAFETY: the owner's reference; at the last one the slot goes
+            // back to `cache` (no executor reference was ever taken).
+            unsafe { release(header) };
             Ok(Some(result))
         }
+        // SAFETY: the caller's promise, passed on.
+        None => unsafe { join_executor(meta, ctx, conn, header) },
     }
+}
+
+/// A hook's future was pending at its first poll: its task joins the
+/// context's executor (created on first use) and waits there.
+///
+/// # Safety
+/// As [`run_hook`]; `header` is that hook's live task, with the owner's
+/// reference, which this takes.
+#[inline(never)]
+unsafe fn join_executor(
+    meta: &'static crate::__private_v1::HookMeta,
+    ctx: *mut MQ_Context,
+    conn: *mut MQ_Connection,
+    header: NonNull<Header>,
+) -> Result<Finished, String> {
+    // SAFETY: the caller's promise.
+    let context = unsafe { Context::from_raw(ctx) };
+    // SAFETY: live until we release it.
+    let h = unsafe { header.as_ref() };
+    let executor = match Executor::of(context) {
+        Ok(executor) => executor,
+        Err(why) => {
+            let _guard = CurrentGuard::enter(ctx);
+            // SAFETY: on the owning thread: the future goes now (in a
+            // boundary), then the owner's reference.
+            unsafe {
+                (h.vtable.drop_future)(header);
+                release(header);
+            }
+            return Err(why);
+        }
+    };
+    let id = executor.next_id.get();
+    executor.next_id.set(id + 1);
+    h.id.set(id);
+    let shared = Arc::into_raw(Arc::clone(&executor.shared)).cast_mut();
+    h.shared.store(shared, Ordering::SeqCst);
+    if h.scheduled.load(Ordering::SeqCst) {
+        // Woken during the first poll (or since): queue it now.
+        executor.shared.schedule(acquire(header));
+    }
+    let earlier = executor
+        .hooks
+        .borrow_mut()
+        .insert(conn as usize, TaskRef(header));
+    if let Some(earlier) = earlier {
+        // The host called a hook on a connection whose earlier hook
+        // this plugin still holds (MailerQ never does): keep both.
+        crate::log::log_text(
+            crate::sys::MQ_CRIT,
+            &format!(
+                "[{}] the host called hook {} while this plugin held another hook of \
+                 the same connection",
+                meta.plugin, meta.hook.name
+            ),
+        );
+        executor
+            .background
+            .borrow_mut()
+            .insert(earlier_id(&earlier), earlier);
+    }
+    Ok(None)
 }
 
 fn earlier_id(task: &TaskRef) -> u64 {
     // SAFETY: a live task.
-    unsafe { task.0.as_ref() }.id
+    unsafe { task.0.as_ref() }.id.get()
 }
 
 /// Ends this plugin's hold of `conn` (the host's `cancel_hold`): a pending
@@ -729,7 +890,7 @@ struct ScheduledResume {
 pub(crate) struct RuntimeSlot {
     pub(crate) executor: std::cell::OnceCell<Executor>,
     /// Scheduled resumes by connection: the timer and its boxed data.
-    scheduled: RefCell<HashMap<usize, (*mut crate::sys::MQ_Timer, *mut ScheduledResume)>>,
+    scheduled: RefCell<FxMap<usize, (*mut crate::sys::MQ_Timer, *mut ScheduledResume)>>,
     /// The plugin's running timers, stopped (and their callbacks dropped)
     /// at cleanup.
     pub(crate) timers: crate::timer::TimerRegistry,

@@ -335,6 +335,14 @@ pub unsafe fn context_cleanup_entry(user: Option<RawHook>, ctx: *mut MQ_Context)
             &format!("[{plugin}] dropping context data panicked: {message}"),
         );
     }
+    // The sleeps of futures that were forgotten instead of dropped (the
+    // others were stopped as their futures went, just above).
+    if let Err(message) = catch(|| crate::timer::sleeps::stop_all(ctx)) {
+        crate::log::log_text(
+            MQ_CRIT,
+            &format!("[{plugin}] stopping sleeps at context cleanup panicked: {message}"),
+        );
+    }
 }
 
 /// `mq_smtp_in_close` as exported by the declaration: a hook of this
