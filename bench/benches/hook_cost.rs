@@ -80,6 +80,7 @@ const PLUGIN_ENTRIES: &[&str] = &[
     "mq_plugin::executor::resume_from_loop",
     "mq_plugin::fd::ready",
     "mq_plugin::timer::fire",
+    "mq_plugin::timer::sleeps::fire",
 ];
 
 /// Per chain run, from callgrind. Allocations are counted only without

@@ -652,34 +652,75 @@ impl Context {
     }
 }
 
-/// A per-hook cache of one task allocation, so a hook whose future is ready
-/// on the first poll allocates nothing once warm.
-pub struct TaskCache(Cell<Option<(NonNull<u8>, std::alloc::Layout)>>);
-
-impl TaskCache {
-    /// An empty cache (one per hook, in a `thread_local!`).
-    pub const fn new() -> TaskCache {
-        TaskCache(Cell::new(None))
-    }
+/// A per-hook, per-thread cache of empty task allocations, so that neither
+/// a ready hook nor a take-over allocates once warm: a free list threaded
+/// through the slots themselves (no allocation of its own), holding at most
+/// [`TaskCache::MAX_BYTES`] of them.
+pub struct TaskCache {
+    /// The first free slot; its first word points to the next (or null).
+    head: Cell<*mut u8>,
+    /// The slots' layout (one future type per hook).
+    layout: Cell<Option<std::alloc::Layout>>,
+    count: Cell<usize>,
 }
 
 impl TaskCache {
-    /// Keeps an empty task allocation if the cache has none; false if it
-    /// already holds one (the caller frees this one).
+    /// How much memory one cache keeps at most: enough for a worker's
+    /// burst of held hooks, bounded after it.
+    pub const MAX_BYTES: usize = 64 * 1024;
+
+    /// An empty cache (one per hook, in a `thread_local!`).
+    pub const fn new() -> TaskCache {
+        TaskCache {
+            head: Cell::new(std::ptr::null_mut()),
+            layout: Cell::new(None),
+            count: Cell::new(0),
+        }
+    }
+
+    /// A free slot of `layout`, if the cache has one.
+    fn take(&self, layout: std::alloc::Layout) -> Option<NonNull<u8>> {
+        let head = NonNull::new(self.head.get())?;
+        if self.layout.get() != Some(layout) {
+            return None;
+        }
+        // SAFETY: a free slot of this cache, at least a pointer in size and
+        // alignment (a task starts with an AtomicUsize); its first word is
+        // the link written by `keep`.
+        let next = unsafe { head.as_ptr().cast::<*mut u8>().read() };
+        self.head.set(next);
+        self.count.set(self.count.get() - 1);
+        Some(head)
+    }
+
+    /// Keeps an empty task allocation of `layout`; false if the cache is
+    /// full or holds another layout (the caller frees this one).
     fn keep(&self, slot: NonNull<u8>, layout: std::alloc::Layout) -> bool {
-        if self.0.get().is_some() {
+        match self.layout.get() {
+            Some(kept) if kept != layout => return false,
+            Some(_) => {}
+            None => self.layout.set(Some(layout)),
+        }
+        if (self.count.get() + 1) * layout.size() > Self::MAX_BYTES {
             return false;
         }
-        self.0.set(Some((slot, layout)));
+        // SAFETY: the slot is ours, empty, and large and aligned enough
+        // for the link (see `take`).
+        unsafe { slot.as_ptr().cast::<*mut u8>().write(self.head.get()) };
+        self.head.set(slot.as_ptr());
+        self.count.set(self.count.get() + 1);
         true
     }
 }
 
 impl Drop for TaskCache {
     fn drop(&mut self) {
-        if let Some((ptr, layout)) = self.0.take() {
+        let Some(layout) = self.layout.get() else {
+            return;
+        };
+        while let Some(slot) = self.take(layout) {
             // SAFETY: an empty task allocation of this layout, made by Box.
-            unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+            unsafe { std::alloc::dealloc(slot.as_ptr(), layout) };
         }
     }
 }
@@ -715,54 +756,63 @@ pub(crate) unsafe fn run_hook<F>(
 where
     F: Future<Output: HookReturn> + 'static,
 {
-    let task = Task {
-        header: Header {
-            refs: AtomicUsize::new(1),
-            scheduled: AtomicBool::new(false),
-            shared: AtomicPtr::new(std::ptr::null_mut()),
-            vtable: &Task::<F>::VTABLE,
-            owner: Owner::Hook { meta, conn, cache },
-            ctx,
-            id: Cell::new(0),
-        },
-        future: UnsafeCell::new(ManuallyDrop::new(future)),
-        alive: Cell::new(true),
-    };
-    let layout = std::alloc::Layout::new::<Task<F>>();
-    let header: NonNull<Header> = match cache.with(|c| c.0.take()) {
-        Some((slot, kept)) if kept == layout => {
-            let slot = slot.cast::<Task<F>>();
-            // SAFETY: a cached, empty allocation of exactly this layout.
-            unsafe { slot.as_ptr().write(task) };
-            slot.cast()
-        }
-        other => {
-            if let Some((slot, kept)) = other {
-                // A cache shared by two future types (not what the macro
-                // generates): free the other's slot.
-                // SAFETY: an empty allocation of layout `kept`.
-                unsafe { std::alloc::dealloc(slot.as_ptr(), kept) };
+    // One thread-local access for the cache and one for CURRENT (a
+    // `dlopen`ed library reaches each through `__tls_get_addr`).
+    cache.with(|slots| {
+        let task = Task {
+            header: Header {
+                refs: AtomicUsize::new(1),
+                scheduled: AtomicBool::new(false),
+                shared: AtomicPtr::new(std::ptr::null_mut()),
+                vtable: &Task::<F>::VTABLE,
+                owner: Owner::Hook { meta, conn, cache },
+                ctx,
+                id: Cell::new(0),
+            },
+            future: UnsafeCell::new(ManuallyDrop::new(future)),
+            alive: Cell::new(true),
+        };
+        let layout = std::alloc::Layout::new::<Task<F>>();
+        let header: NonNull<Header> = match slots.take(layout) {
+            Some(slot) => {
+                let slot = slot.cast::<Task<F>>();
+                // SAFETY: a cached, empty allocation of exactly this layout.
+                unsafe { slot.as_ptr().write(task) };
+                slot.cast()
             }
-            NonNull::from(Box::leak(Box::new(task))).cast()
+            None => NonNull::from(Box::leak(Box::new(task))).cast(),
+        };
+        let polled = CURRENT.with(|current| {
+            let outer = current.replace(ctx);
+            let waker = waker_for(header);
+            let mut cx = std::task::Context::from_waker(&waker);
+            // SAFETY: a live task, on the owning thread. The poll cannot
+            // unwind (it catches), so `current` is always restored.
+            let polled = unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) };
+            current.set(outer);
+            polled
+        });
+        match polled {
+            Some(result) => {
+                // SAFETY: live until released.
+                let h = unsafe { header.as_ref() };
+                if h.refs.load(Ordering::Acquire) == 1 {
+                    // No waker outlived the poll and the task never joined
+                    // an executor: its memory goes straight back.
+                    if !slots.keep(header.cast(), layout) {
+                        // SAFETY: sole owner; the future is gone.
+                        drop(unsafe { Box::from_raw(header.cast::<Task<F>>().as_ptr()) });
+                    }
+                } else {
+                    // SAFETY: the owner's reference.
+                    unsafe { release(header) };
+                }
+                Ok(Some(result))
+            }
+            // SAFETY: the caller's promise, passed on.
+            None => unsafe { join_executor(meta, ctx, conn, header) },
         }
-    };
-    let polled = {
-        let _guard = CurrentGuard::enter(ctx);
-        let waker = waker_for(header);
-        let mut cx = std::task::Context::from_waker(&waker);
-        // SAFETY: a live task, on the owning thread.
-        unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) }
-    };
-    match polled {
-        Some(result) => {
-            // SAFETY: the owner's reference; at the last one the slot goes
-            // back to `cache` (no executor reference was ever taken).
-            unsafe { release(header) };
-            Ok(Some(result))
-        }
-        // SAFETY: the caller's promise, passed on.
-        None => unsafe { join_executor(meta, ctx, conn, header) },
-    }
+    })
 }
 
 /// A hook's future was pending at its first poll: its task joins the

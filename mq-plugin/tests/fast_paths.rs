@@ -28,6 +28,16 @@ fn hook<F: Future<Output = Flow> + 'static>(
     ctx: &'static MockContext,
     future: F,
 ) -> bool {
+    hook_on(8, cache, ctx, future)
+}
+
+/// [`hook`] on connection `conn`.
+fn hook_on<F: Future<Output = Flow> + 'static>(
+    conn: usize,
+    cache: &'static std::thread::LocalKey<TaskCache>,
+    ctx: &'static MockContext,
+    future: F,
+) -> bool {
     attach_mock_host();
     MOCK.with(|m| m.in_hook.set(true));
     // SAFETY: the arguments of a hook call the mock keeps alive.
@@ -36,7 +46,7 @@ fn hook<F: Future<Output = Flow> + 'static>(
             &META,
             cache,
             ctx as *const MockContext as *mut MQ_Context,
-            8 as *mut MQ_Connection,
+            conn as *mut MQ_Connection,
             future,
         )
     };
@@ -56,7 +66,7 @@ fn context_lookups() -> usize {
 /// while allocations are counted.
 fn reserve_mock() {
     MOCK.with(|m| {
-        m.resumes.borrow_mut().reserve(16);
+        m.resumes.borrow_mut().reserve(64);
         m.timers.borrow_mut().reserve(16);
         m.watches.borrow_mut().reserve(16);
     });
@@ -209,5 +219,30 @@ fn a_forgotten_sleep_is_stopped_at_context_cleanup() {
         rt::context_cleanup_entry(None, ctx as *const MockContext as *mut MQ_Context);
     }
     assert!(MOCK.with(|m| m.timers.borrow().is_empty()), "stopped");
+    cleanup(ctx);
+}
+
+thread_local! {
+    static MANY: TaskCache = const { TaskCache::new() };
+}
+
+#[test]
+fn many_held_hooks_at_once_allocate_nothing_once_warm() {
+    let ctx = context();
+    reserve_mock();
+    let round = || {
+        for conn in 1..=10 {
+            assert!(hook_on(conn * 8, &MANY, ctx, zero_sleep()));
+        }
+        for _ in 0..10 {
+            fire_last_timer();
+        }
+    };
+    round();
+    let before = allocations();
+    round();
+    let allocated = allocations() - before;
+    assert_eq!(resumes().len(), 20);
+    assert_eq!(allocated, 0, "task slots, sleep slots and maps reused");
     cleanup(ctx);
 }
