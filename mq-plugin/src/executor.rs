@@ -40,12 +40,36 @@ use std::thread::ThreadId;
 /// Tasks polled per loop callback before the executor yields to the loop.
 pub const POLL_BUDGET: usize = 64;
 
-thread_local! {
+/// This thread's executor state, in one thread-local (a `dlopen`ed
+/// library reaches each thread-local through `__tls_get_addr`).
+struct Local {
     /// The context whose executor is polling on this thread right now.
-    static CURRENT: Cell<*mut MQ_Context> = const { Cell::new(std::ptr::null_mut()) };
+    current: Cell<*mut MQ_Context>,
     /// Set by [`wake_from_loop`] for the one wake it makes: that wake may
     /// poll its task at once.
-    static DIRECT: Cell<bool> = const { Cell::new(false) };
+    direct: Cell<bool>,
+    /// This thread's id, once asked for (cheaper than `thread::current`).
+    thread: std::cell::OnceCell<ThreadId>,
+    /// The last executor looked up, by context: `join_executor` finds it
+    /// without `MQ_contextData`. Cleared when that executor goes.
+    last: Cell<(*mut MQ_Context, *const Executor)>,
+}
+
+impl Local {
+    fn thread(&self) -> ThreadId {
+        *self.thread.get_or_init(|| std::thread::current().id())
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            current: Cell::new(std::ptr::null_mut()),
+            direct: Cell::new(false),
+            thread: std::cell::OnceCell::new(),
+            last: Cell::new((std::ptr::null_mut(), std::ptr::null())),
+        }
+    };
 }
 
 /// A cheap hasher for the executor's maps, keyed by connection pointers and
@@ -89,17 +113,17 @@ pub(crate) fn wake_from_loop(waker: Waker) {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            DIRECT.with(|d| d.set(false));
+            let _ = LOCAL.try_with(|l| l.direct.set(false));
         }
     }
-    DIRECT.with(|d| d.set(true));
+    LOCAL.with(|l| l.direct.set(true));
     let _reset = Reset;
     waker.wake();
 }
 
 /// The context of the hook future being polled on this thread, if any.
 pub(crate) fn current_context() -> Option<&'static Context> {
-    let ctx = CURRENT.with(Cell::get);
+    let ctx = LOCAL.with(|l| l.current.get());
     // SAFETY: set only while an executor of this live context polls.
     (!ctx.is_null()).then(|| unsafe { Context::from_raw(ctx) })
 }
@@ -108,13 +132,29 @@ struct CurrentGuard(*mut MQ_Context);
 
 impl CurrentGuard {
     fn enter(ctx: *mut MQ_Context) -> CurrentGuard {
-        CurrentGuard(CURRENT.with(|c| c.replace(ctx)))
+        CurrentGuard(LOCAL.with(|l| l.current.replace(ctx)))
     }
 }
 
 impl Drop for CurrentGuard {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.0));
+        let _ = LOCAL.try_with(|l| l.current.set(self.0));
+    }
+}
+
+/// Sets the current context for a poll and restores it after, even if
+/// something unwinds (with the thread-local already in hand).
+struct Restore<'a>(&'a Cell<*mut MQ_Context>, *mut MQ_Context);
+
+impl Restore<'_> {
+    fn enter(current: &Cell<*mut MQ_Context>, ctx: *mut MQ_Context) -> Restore<'_> {
+        Restore(current, current.replace(ctx))
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
     }
 }
 
@@ -144,6 +184,9 @@ struct Shared {
     /// that context cleanup can stop it. Touched on the owning thread only.
     timer: AtomicPtr<crate::sys::MQ_Timer>,
     closed: AtomicBool,
+    /// The executor (in its context's data, which does not move), null
+    /// once it is dropped. Read on the owning thread only.
+    executor: AtomicPtr<Executor>,
 }
 
 impl Drop for Shared {
@@ -362,26 +405,31 @@ unsafe fn waker_wake_by_ref(data: *const ()) {
     let header = NonNull::new(data as *mut Header).expect("task waker");
     // SAFETY: the waker keeps the task alive.
     let h = unsafe { header.as_ref() };
-    let direct = DIRECT.try_with(|d| d.replace(false)).unwrap_or(false);
-    // SeqCst with `run_hook`'s store of `shared` and load of `scheduled`:
-    // one of the two sides sees the other's write (at worst both do, and
-    // the task is polled once more than needed).
+    // SeqCst with `join_executor`'s store of `shared` and load of
+    // `scheduled`: one of the two sides sees the other's write (at worst
+    // both do, and the task is polled once more than needed).
     if h.scheduled.swap(true, Ordering::SeqCst) {
         return;
     }
     let shared = h.shared.load(Ordering::SeqCst);
     if shared.is_null() {
-        // The first poll is still running: `run_hook` queues the task.
+        // The first poll is still running: `join_executor` queues the task.
         return;
     }
     // SAFETY: the task holds this reference until it is freed.
     let shared = ManuallyDrop::new(unsafe { Arc::from_raw(shared) });
     let task = acquire(header);
-    if direct
-        && current_context().is_none()
-        && !shared.closed.load(Ordering::Acquire)
-        && std::thread::current().id() == shared.owner
-    {
+    // Poll at once only for the one wake of `wake_from_loop`, on the
+    // task's own thread, outside any poll, with its executor alive.
+    let direct = LOCAL
+        .try_with(|l| {
+            l.direct.replace(false)
+                && l.current.get().is_null()
+                && !shared.closed.load(Ordering::Acquire)
+                && l.thread() == shared.owner
+        })
+        .unwrap_or(false);
+    if direct {
         poll_task(&task);
     } else {
         shared.schedule(task);
@@ -421,12 +469,12 @@ impl Executor {
             return Ok(e);
         }
         let executor = Executor::new(ctx)?;
-        Ok(slot.executor.get_or_init(|| executor))
-    }
-
-    /// The context's executor if it has one.
-    fn existing(ctx: &Context) -> Option<&Executor> {
-        ctx.runtime_if_any()?.executor.get()
+        let executor = slot.executor.get_or_init(|| executor);
+        executor.shared.executor.store(
+            executor as *const Executor as *mut Executor,
+            Ordering::Release,
+        );
+        Ok(executor)
     }
 
     /// Drops the pending hook of `conn`, if there is one, without resuming
@@ -468,6 +516,7 @@ impl Executor {
             notified: AtomicBool::new(false),
             timer: AtomicPtr::new(std::ptr::null_mut()),
             closed: AtomicBool::new(false),
+            executor: AtomicPtr::new(std::ptr::null_mut()),
         });
         let for_watcher = Arc::clone(&shared);
         let watcher = ctx
@@ -492,6 +541,15 @@ impl Drop for Executor {
     /// Context cleanup: every pending hook future is dropped here.
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.shared
+            .executor
+            .store(std::ptr::null_mut(), Ordering::Release);
+        let me: *const Executor = self;
+        let _ = LOCAL.try_with(|l| {
+            if std::ptr::eq(l.last.get().1, me) {
+                l.last.set((std::ptr::null_mut(), std::ptr::null()));
+            }
+        });
         let _guard = CurrentGuard::enter(self.shared.ctx as *mut MQ_Context);
         let timer = self
             .shared
@@ -557,22 +615,32 @@ fn run_queue(shared: &Arc<Shared>) {
 fn poll_task(task: &TaskRef) {
     // SAFETY: the caller's reference keeps the task alive.
     let header = unsafe { task.0.as_ref() };
-    let _guard = CurrentGuard::enter(header.ctx);
-    header.scheduled.store(false, Ordering::Release);
-    let waker = waker_for(task.0);
-    let mut cx = std::task::Context::from_waker(&waker);
-    // SAFETY: polled on the owning thread only.
-    if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
-        complete(header, result);
-    }
+    LOCAL.with(|l| {
+        let _restore = Restore::enter(&l.current, header.ctx);
+        header.scheduled.store(false, Ordering::Release);
+        let waker = waker_for(task.0);
+        let mut cx = std::task::Context::from_waker(&waker);
+        // SAFETY: polled on the owning thread only.
+        if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
+            complete(header, result);
+        }
+    });
 }
 
 /// A task finished after its first poll: release it and resume the host.
 fn complete(header: &Header, result: Result<Outcome, String>) {
-    // SAFETY: the context is live while its executor runs.
-    let ctx = unsafe { Context::from_raw(header.ctx) };
     let owner = header.owner;
-    let task = Executor::existing(ctx).and_then(|e| match owner {
+    let shared = header.shared.load(Ordering::Acquire);
+    // SAFETY: `shared`, when set, is the executor's shared part, kept alive
+    // by the task; on the owning thread, its `executor` is live while not
+    // null (the executor clears it when it drops).
+    let executor = unsafe {
+        shared
+            .as_ref()
+            .map(|s| s.executor.load(Ordering::Acquire))
+            .and_then(|e| e.as_ref())
+    };
+    let task = executor.and_then(|e| match owner {
         Owner::Hook { conn, .. } => {
             let mut hooks = e.hooks.borrow_mut();
             let ours = hooks
@@ -756,8 +824,7 @@ pub(crate) unsafe fn run_hook<F>(
 where
     F: Future<Output: HookReturn> + 'static,
 {
-    // One thread-local access for the cache and one for CURRENT (a
-    // `dlopen`ed library reaches each through `__tls_get_addr`).
+    // One thread-local access for the cache and one for LOCAL.
     cache.with(|slots| {
         let task = Task {
             header: Header {
@@ -782,15 +849,12 @@ where
             }
             None => NonNull::from(Box::leak(Box::new(task))).cast(),
         };
-        let polled = CURRENT.with(|current| {
-            let outer = current.replace(ctx);
+        let polled = LOCAL.with(|l| {
+            let _restore = Restore::enter(&l.current, ctx);
             let waker = waker_for(header);
             let mut cx = std::task::Context::from_waker(&waker);
-            // SAFETY: a live task, on the owning thread. The poll cannot
-            // unwind (it catches), so `current` is always restored.
-            let polled = unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) };
-            current.set(outer);
-            polled
+            // SAFETY: a live task, on the owning thread.
+            unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) }
         });
         match polled {
             Some(result) => {
@@ -832,7 +896,14 @@ unsafe fn join_executor(
     let context = unsafe { Context::from_raw(ctx) };
     // SAFETY: live until we release it.
     let h = unsafe { header.as_ref() };
-    let executor = match Executor::of(context) {
+    let last = LOCAL.with(|l| l.last.get());
+    let found = if last.0 == ctx {
+        // SAFETY: `last` names a live executor (cleared when it drops).
+        Ok(unsafe { &*last.1 })
+    } else {
+        Executor::of(context).inspect(|e| LOCAL.with(|l| l.last.set((ctx, *e))))
+    };
+    let executor = match found {
         Ok(executor) => executor,
         Err(why) => {
             let _guard = CurrentGuard::enter(ctx);

@@ -260,55 +260,49 @@ pub(crate) mod sleeps {
         after: Duration,
         waker: &Waker,
     ) -> Option<SleepTimer> {
+        // Cloned before the slab is borrowed: a waker of another executor
+        // may run any code.
         let waker = waker.clone();
-        let timer = SLAB
-            .try_with(|slab| {
-                let mut slab = slab.borrow_mut();
-                let index = match slab.free.pop() {
-                    Some(index) => index,
-                    None => {
-                        let index = u32::try_from(slab.slots.len()).ok()?;
-                        slab.slots.push(Slot {
-                            generation: 0,
-                            state: State::Free,
-                        });
-                        index
-                    }
-                };
-                let slot = &mut slab.slots[index as usize];
-                slot.state = State::Fired; // reserved until armed below
-                Some(SleepTimer {
-                    index,
-                    generation: slot.generation,
-                })
-            })
-            .ok()
-            .flatten()?;
-        // Outside the slab's borrow: the host does not call back here, but
-        // nothing needs to assume so.
-        // SAFETY: a live context (the caller's poll runs under it); `data`
-        // is an integer that `fire` decodes.
-        let raw = unsafe {
-            host()
-                .api
-                .start_timer(ctx, seconds(after), Some(fire), data_of(&timer))
-        };
-        let armed = SLAB.with(|slab| {
+        SLAB.try_with(|slab| {
             let mut slab = slab.borrow_mut();
+            let index = match slab.free.pop() {
+                Some(index) => index,
+                None => {
+                    let index = u32::try_from(slab.slots.len()).ok()?;
+                    slab.slots.push(Slot {
+                        generation: 0,
+                        state: State::Free,
+                    });
+                    index
+                }
+            };
+            let timer = SleepTimer {
+                index,
+                generation: slab.slots[index as usize].generation,
+            };
+            // The host's MQ_startTimer does not call into the plugin; if
+            // some host did, its call would find the slab borrowed and
+            // panic (caught), never alias it.
+            // SAFETY: a live context (the caller's poll runs under it);
+            // `data` is an integer that `fire` decodes.
+            let raw = unsafe {
+                host()
+                    .api
+                    .start_timer(ctx, seconds(after), Some(fire), data_of(&timer))
+            };
             if raw.is_null() {
-                slab.release(timer.index);
-                return false;
+                slab.release(index);
+                return None;
             }
-            if let Some(slot) = slab.slot(&timer) {
-                slot.state = State::Armed {
-                    raw,
-                    ctx,
-                    waker: Some(waker),
-                };
-            }
-            true
-        });
-        armed.then_some(timer)
+            slab.slots[index as usize].state = State::Armed {
+                raw,
+                ctx,
+                waker: Some(waker),
+            };
+            Some(timer)
+        })
+        .ok()
+        .flatten()
     }
 
     /// Whether the sleep's timer fired (the slot is then freed; `None` from
