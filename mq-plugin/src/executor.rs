@@ -50,9 +50,10 @@ struct Local {
     direct: Cell<bool>,
     /// This thread's id, once asked for (cheaper than `thread::current`).
     thread: std::cell::OnceCell<ThreadId>,
-    /// The last executor looked up, by context: `join_executor` finds it
-    /// without `MQ_contextData`. Cleared when that executor goes.
-    last: Cell<(*mut MQ_Context, *const Executor)>,
+    /// The last context data store looked up, by context: `join_executor`
+    /// finds the executor without `MQ_contextData`. Cleared when that
+    /// context's executor goes.
+    last: Cell<(*mut MQ_Context, *const crate::data::DataStore)>,
 }
 
 impl Local {
@@ -184,9 +185,9 @@ struct Shared {
     /// that context cleanup can stop it. Touched on the owning thread only.
     timer: AtomicPtr<crate::sys::MQ_Timer>,
     closed: AtomicBool,
-    /// The executor (in its context's data, which does not move), null
-    /// once it is dropped. Read on the owning thread only.
-    executor: AtomicPtr<Executor>,
+    /// The data store holding the executor (as the host keeps it), null
+    /// once the executor is dropped. Read on the owning thread only.
+    store: AtomicPtr<crate::data::DataStore>,
 }
 
 impl Drop for Shared {
@@ -464,17 +465,44 @@ pub(crate) struct Executor {
 impl Executor {
     /// The context's executor, created on first use.
     pub(crate) fn of(ctx: &Context) -> Result<&Executor, String> {
-        let slot = &ctx.store_for_runtime().runtime;
+        // SAFETY: created on demand, so not null; live until cleanup.
+        unsafe { Executor::in_store(ctx, ctx.store_ptr(true)) }
+    }
+
+    /// The executor in the context's data store `store`, created on first
+    /// use.
+    ///
+    /// # Safety
+    /// `store` is `ctx`'s live data store (from [`Context::store_ptr`]).
+    unsafe fn in_store(
+        ctx: &Context,
+        store: *const crate::data::DataStore,
+    ) -> Result<&Executor, String> {
+        // SAFETY: the caller's promise.
+        let slot = unsafe { &(*store).runtime };
         if let Some(e) = slot.executor.get() {
             return Ok(e);
         }
         let executor = Executor::new(ctx)?;
         let executor = slot.executor.get_or_init(|| executor);
-        executor.shared.executor.store(
-            executor as *const Executor as *mut Executor,
-            Ordering::Release,
-        );
+        executor
+            .shared
+            .store
+            .store(store.cast_mut(), Ordering::Release);
         Ok(executor)
+    }
+
+    /// The executor whose shared part is `shared`, if it is still there.
+    ///
+    /// # Safety
+    /// On the owning thread; `shared` is live.
+    unsafe fn from_shared<'a>(shared: *const Shared) -> Option<&'a Executor> {
+        // SAFETY: the caller's promise; `store` is the live data store of
+        // the executor's context while not null (cleared when it drops).
+        unsafe {
+            let store = (*shared).store.load(Ordering::Acquire);
+            store.as_ref()?.runtime.executor.get()
+        }
     }
 
     /// Drops the pending hook of `conn`, if there is one, without resuming
@@ -516,7 +544,7 @@ impl Executor {
             notified: AtomicBool::new(false),
             timer: AtomicPtr::new(std::ptr::null_mut()),
             closed: AtomicBool::new(false),
-            executor: AtomicPtr::new(std::ptr::null_mut()),
+            store: AtomicPtr::new(std::ptr::null_mut()),
         });
         let for_watcher = Arc::clone(&shared);
         let watcher = ctx
@@ -542,11 +570,11 @@ impl Drop for Executor {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared
-            .executor
+            .store
             .store(std::ptr::null_mut(), Ordering::Release);
-        let me: *const Executor = self;
+        let ctx = self.shared.ctx as *mut MQ_Context;
         let _ = LOCAL.try_with(|l| {
-            if std::ptr::eq(l.last.get().1, me) {
+            if l.last.get().0 == ctx {
                 l.last.set((std::ptr::null_mut(), std::ptr::null()));
             }
         });
@@ -632,14 +660,10 @@ fn complete(header: &Header, result: Result<Outcome, String>) {
     let owner = header.owner;
     let shared = header.shared.load(Ordering::Acquire);
     // SAFETY: `shared`, when set, is the executor's shared part, kept alive
-    // by the task; on the owning thread, its `executor` is live while not
-    // null (the executor clears it when it drops).
-    let executor = unsafe {
-        shared
-            .as_ref()
-            .map(|s| s.executor.load(Ordering::Acquire))
-            .and_then(|e| e.as_ref())
-    };
+    // by the task; we are on the owning thread.
+    let executor = (!shared.is_null())
+        .then(|| unsafe { Executor::from_shared(shared) })
+        .flatten();
     let task = executor.and_then(|e| match owner {
         Owner::Hook { conn, .. } => {
             let mut hooks = e.hooks.borrow_mut();
@@ -898,10 +922,17 @@ unsafe fn join_executor(
     let h = unsafe { header.as_ref() };
     let last = LOCAL.with(|l| l.last.get());
     let found = if last.0 == ctx {
-        // SAFETY: `last` names a live executor (cleared when it drops).
-        Ok(unsafe { &*last.1 })
+        // SAFETY: the context's live data store, recorded below once its
+        // executor existed (cleared when that executor drops).
+        unsafe { Executor::in_store(context, last.1) }
     } else {
-        Executor::of(context).inspect(|e| LOCAL.with(|l| l.last.set((ctx, *e))))
+        let store = context.store_ptr(true);
+        // SAFETY: just looked up (created on demand).
+        let found = unsafe { Executor::in_store(context, store) };
+        if found.is_ok() {
+            LOCAL.with(|l| l.last.set((ctx, store)));
+        }
+        found
     };
     let executor = match found {
         Ok(executor) => executor,

@@ -111,19 +111,25 @@ impl Context {
     }
 
     fn store(&self, create: bool) -> Option<&DataStore> {
+        // SAFETY: null or a DataStore this runtime boxed, live as long as
+        // the context's data (until `mq_context_cleanup`).
+        unsafe { self.store_ptr(create).as_ref() }
+    }
+
+    /// The context's data store as the host keeps it (a raw pointer, so
+    /// that the executor may cache it without holding a reference), created
+    /// on demand if `create`; null if there is none.
+    pub(crate) fn store_ptr(&self, create: bool) -> *const DataStore {
         // SAFETY: `self` is a live context of this plugin; the slot holds
         // either null or a DataStore this runtime boxed.
         unsafe {
             let slot = host().api.context_data(self.as_raw());
-            if !slot.is_null() {
-                return Some(&*slot.cast::<DataStore>());
-            }
-            if !create {
-                return None;
+            if !slot.is_null() || !create {
+                return slot.cast::<DataStore>();
             }
             let store = Box::into_raw(Box::<DataStore>::default());
             host().api.set_context_data(self.as_raw(), store.cast());
-            Some(&*store)
+            store
         }
     }
 
