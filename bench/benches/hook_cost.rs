@@ -77,7 +77,7 @@ const PLUGIN_ENTRIES: &[&str] = &[
     "go_on",
     "readable",
     "mq_plugin::executor::run_from_timer",
-    "mq_plugin::executor::resume_from_loop",
+    "mq_plugin::executor::hold::resume_from_loop",
     "mq_plugin::fd::ready",
     "mq_plugin::timer::fire",
     "mq_plugin::timer::sleeps::fire",
