@@ -77,9 +77,10 @@ const PLUGIN_ENTRIES: &[&str] = &[
     "go_on",
     "readable",
     "mq_plugin::executor::run_from_timer",
-    "mq_plugin::executor::resume_from_loop",
+    "mq_plugin::executor::hold::resume_from_loop",
     "mq_plugin::fd::ready",
     "mq_plugin::timer::fire",
+    "mq_plugin::timer::sleeps::fire",
 ];
 
 /// Per chain run, from callgrind. Allocations are counted only without

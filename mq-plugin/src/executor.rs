@@ -2,13 +2,19 @@
 //! only by the host's loop functions, so it works in MailerQ and `mq-host`.
 //!
 //! A hook's future lives in place in one [`Task`] allocation from its first
-//! poll to its end. The first poll happens inside the hook call; a future
-//! that is ready then never takes control, and its allocation goes back to
-//! a per-hook cache, so the ready path allocates nothing once warm.
+//! poll to its end (a future may not move once polled, so it is written to
+//! its slot before that poll). The allocation comes from, and goes back to,
+//! a per-hook cache, so neither the ready path nor a take-over allocates
+//! once warm. The first poll happens inside the hook call, before the task
+//! knows its executor: a future that is ready then never takes control and
+//! never looks the executor up; only a pending one joins it.
 //!
-//! Wakers are `Send + Sync`. A wake on the owning thread queues the task and
-//! starts a zero-delay host timer (if none is pending); a wake from another
-//! thread queues it and writes to an eventfd the executor watches with
+//! Wakers are `Send + Sync`. The framework's own loop callbacks (a sleep's
+//! timer, an fd future's watcher) poll the task they wake at once, on the
+//! loop, when no poll is running ([`wake_from_loop`]): one host timer per
+//! resume. Any other wake on the owning thread queues the task and starts a
+//! zero-delay host timer (if none is pending); a wake from another thread
+//! queues it and writes to an eventfd the executor watches with
 //! `MQ_ioWatch`. Either way the task is polled on the loop, at most
 //! [`POLL_BUDGET`] tasks per loop callback, so one busy plugin cannot starve
 //! the worker.
@@ -19,7 +25,7 @@ use crate::host::host;
 use crate::sys::{MQ_Connection, MQ_Context};
 use crate::{Context, FdWatcher, Interest};
 use std::cell::{Cell, RefCell, UnsafeCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::future::Future;
 use std::mem::ManuallyDrop;
@@ -30,17 +36,73 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
 use std::thread::ThreadId;
 
+mod cache;
+mod hash;
+mod hold;
+mod hook;
+
+pub use cache::TaskCache;
+pub(crate) use hash::FxMap;
+pub(crate) use hold::{cancel_hold, drop_pending_hook, RuntimeSlot};
+pub(crate) use hook::run_hook;
+
 /// Tasks polled per loop callback before the executor yields to the loop.
 pub const POLL_BUDGET: usize = 64;
 
-thread_local! {
+/// This thread's executor state, in one thread-local (a `dlopen`ed
+/// library reaches each thread-local through `__tls_get_addr`).
+struct Local {
     /// The context whose executor is polling on this thread right now.
-    static CURRENT: Cell<*mut MQ_Context> = const { Cell::new(std::ptr::null_mut()) };
+    current: Cell<*mut MQ_Context>,
+    /// Set by [`wake_from_loop`] for the one wake it makes: that wake may
+    /// poll its task at once.
+    direct: Cell<bool>,
+    /// This thread's id, once asked for (cheaper than `thread::current`).
+    thread: std::cell::OnceCell<ThreadId>,
+    /// The last context data store looked up, by context: `join_executor`
+    /// finds the executor without `MQ_contextData`. Cleared when that
+    /// context's executor goes.
+    last: Cell<(*mut MQ_Context, *const crate::data::DataStore)>,
+}
+
+impl Local {
+    fn thread(&self) -> ThreadId {
+        *self.thread.get_or_init(|| std::thread::current().id())
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            current: Cell::new(std::ptr::null_mut()),
+            direct: Cell::new(false),
+            thread: std::cell::OnceCell::new(),
+            last: Cell::new((std::ptr::null_mut(), std::ptr::null())),
+        }
+    };
+}
+
+/// Wakes `waker` from one of the framework's own loop callbacks (a timer or
+/// fd watcher it started for a future): if it is a task of this runtime on
+/// its owning thread, not queued, and no poll is running on this thread,
+/// the task is polled here and now instead of from a zero-delay timer.
+/// Only this one wake is direct: a wake from inside that poll, or from a
+/// hook the resume leads the host to call, is queued as usual.
+pub(crate) fn wake_from_loop(waker: Waker) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = LOCAL.try_with(|l| l.direct.set(false));
+        }
+    }
+    LOCAL.with(|l| l.direct.set(true));
+    let _reset = Reset;
+    waker.wake();
 }
 
 /// The context of the hook future being polled on this thread, if any.
 pub(crate) fn current_context() -> Option<&'static Context> {
-    let ctx = CURRENT.with(Cell::get);
+    let ctx = LOCAL.with(|l| l.current.get());
     // SAFETY: set only while an executor of this live context polls.
     (!ctx.is_null()).then(|| unsafe { Context::from_raw(ctx) })
 }
@@ -49,13 +111,29 @@ struct CurrentGuard(*mut MQ_Context);
 
 impl CurrentGuard {
     fn enter(ctx: *mut MQ_Context) -> CurrentGuard {
-        CurrentGuard(CURRENT.with(|c| c.replace(ctx)))
+        CurrentGuard(LOCAL.with(|l| l.current.replace(ctx)))
     }
 }
 
 impl Drop for CurrentGuard {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.0));
+        let _ = LOCAL.try_with(|l| l.current.set(self.0));
+    }
+}
+
+/// Sets the current context for a poll and restores it after, even if
+/// something unwinds (with the thread-local already in hand).
+struct Restore<'a>(&'a Cell<*mut MQ_Context>, *mut MQ_Context);
+
+impl Restore<'_> {
+    fn enter(current: &Cell<*mut MQ_Context>, ctx: *mut MQ_Context) -> Restore<'_> {
+        Restore(current, current.replace(ctx))
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
     }
 }
 
@@ -85,6 +163,9 @@ struct Shared {
     /// that context cleanup can stop it. Touched on the owning thread only.
     timer: AtomicPtr<crate::sys::MQ_Timer>,
     closed: AtomicBool,
+    /// The data store holding the executor (as the host keeps it), null
+    /// once the executor is dropped. Read on the owning thread only.
+    store: AtomicPtr<crate::data::DataStore>,
 }
 
 impl Drop for Shared {
@@ -162,12 +243,15 @@ struct VTable {
 struct Header {
     refs: AtomicUsize,
     scheduled: AtomicBool,
-    shared: ManuallyDrop<Arc<Shared>>,
+    /// The executor's shared part, an `Arc` given up with `into_raw`; null
+    /// while a hook's first poll runs (a wake then only sets `scheduled`,
+    /// and `run_hook` queues the task once it has joined the executor).
+    shared: AtomicPtr<Shared>,
     vtable: &'static VTable,
     /// Where the result goes once the task completes after its first poll.
     owner: Owner,
     ctx: *mut MQ_Context,
-    id: u64,
+    id: Cell<u64>,
 }
 
 /// Whose task it is.
@@ -177,6 +261,8 @@ enum Owner {
     Hook {
         meta: &'static crate::__private_v1::HookMeta,
         conn: *mut MQ_Connection,
+        /// Where the allocation goes when the task ends.
+        cache: &'static std::thread::LocalKey<TaskCache>,
     },
     /// Background work from [`Context::spawn_local`].
     Background,
@@ -234,9 +320,24 @@ impl<F: Future<Output: HookReturn>> Task<F> {
 
     unsafe fn dealloc(header: NonNull<Header>) {
         // SAFETY: the last reference; the future is gone.
-        let mut task = unsafe { Box::from_raw(header.cast::<Task<F>>().as_ptr()) };
-        // SAFETY: dropped once, here.
-        unsafe { ManuallyDrop::drop(&mut task.header.shared) };
+        let h = unsafe { header.as_ref() };
+        let shared = h.shared.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !shared.is_null() {
+            // SAFETY: the reference `run_hook` or `spawn_local` gave up.
+            drop(unsafe { Arc::from_raw(shared) });
+        }
+        if let Owner::Hook { cache, .. } = h.owner {
+            // This thread's cache of the same hook (any thread's fits: one
+            // future type per hook); none while its thread-locals go away.
+            let kept = cache
+                .try_with(|c| c.keep(header.cast(), std::alloc::Layout::new::<Task<F>>()))
+                .unwrap_or(false);
+            if kept {
+                return;
+            }
+        }
+        // SAFETY: made by Box (or kept from one); nothing in it needs a drop.
+        drop(unsafe { Box::from_raw(header.cast::<Task<F>>().as_ptr()) });
     }
 }
 
@@ -283,8 +384,34 @@ unsafe fn waker_wake_by_ref(data: *const ()) {
     let header = NonNull::new(data as *mut Header).expect("task waker");
     // SAFETY: the waker keeps the task alive.
     let h = unsafe { header.as_ref() };
-    if !h.scheduled.swap(true, Ordering::AcqRel) {
-        h.shared.schedule(acquire(header));
+    // SeqCst with `join_executor`'s store of `shared` and load of
+    // `scheduled`: one of the two sides sees the other's write (at worst
+    // both do, and the task is polled once more than needed).
+    if h.scheduled.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let shared = h.shared.load(Ordering::SeqCst);
+    if shared.is_null() {
+        // The first poll is still running: `join_executor` queues the task.
+        return;
+    }
+    // SAFETY: the task holds this reference until it is freed.
+    let shared = ManuallyDrop::new(unsafe { Arc::from_raw(shared) });
+    let task = acquire(header);
+    // Poll at once only for the one wake of `wake_from_loop`, on the
+    // task's own thread, outside any poll, with its executor alive.
+    let direct = LOCAL
+        .try_with(|l| {
+            l.direct.replace(false)
+                && l.current.get().is_null()
+                && !shared.closed.load(Ordering::Acquire)
+                && l.thread() == shared.owner
+        })
+        .unwrap_or(false);
+    if direct {
+        poll_task(&task);
+    } else {
+        shared.schedule(task);
     }
 }
 
@@ -306,9 +433,9 @@ pub(crate) struct Executor {
     shared: Arc<Shared>,
     /// Pending hook tasks by connection (a connection has at most one held
     /// hook per plugin), each holding the owner's reference.
-    hooks: RefCell<HashMap<usize, TaskRef>>,
+    hooks: RefCell<FxMap<usize, TaskRef>>,
     /// Pending `spawn_local` tasks by id.
-    background: RefCell<HashMap<u64, TaskRef>>,
+    background: RefCell<FxMap<u64, TaskRef>>,
     next_id: Cell<u64>,
     _watcher: FdWatcher,
 }
@@ -316,17 +443,44 @@ pub(crate) struct Executor {
 impl Executor {
     /// The context's executor, created on first use.
     pub(crate) fn of(ctx: &Context) -> Result<&Executor, String> {
-        let slot = &ctx.store_for_runtime().runtime;
+        // SAFETY: created on demand, so not null; live until cleanup.
+        unsafe { Executor::in_store(ctx, ctx.store_ptr(true)) }
+    }
+
+    /// The executor in the context's data store `store`, created on first
+    /// use.
+    ///
+    /// # Safety
+    /// `store` is `ctx`'s live data store (from [`Context::store_ptr`]).
+    unsafe fn in_store(
+        ctx: &Context,
+        store: *const crate::data::DataStore,
+    ) -> Result<&Executor, String> {
+        // SAFETY: the caller's promise.
+        let slot = unsafe { &(*store).runtime };
         if let Some(e) = slot.executor.get() {
             return Ok(e);
         }
         let executor = Executor::new(ctx)?;
-        Ok(slot.executor.get_or_init(|| executor))
+        let executor = slot.executor.get_or_init(|| executor);
+        executor
+            .shared
+            .store
+            .store(store.cast_mut(), Ordering::Release);
+        Ok(executor)
     }
 
-    /// The context's executor if it has one.
-    fn existing(ctx: &Context) -> Option<&Executor> {
-        ctx.runtime_if_any()?.executor.get()
+    /// The executor whose shared part is `shared`, if it is still there.
+    ///
+    /// # Safety
+    /// On the owning thread; `shared` is live.
+    unsafe fn from_shared<'a>(shared: *const Shared) -> Option<&'a Executor> {
+        // SAFETY: the caller's promise; `store` is the live data store of
+        // the executor's context while not null (cleared when it drops).
+        unsafe {
+            let store = (*shared).store.load(Ordering::Acquire);
+            store.as_ref()?.runtime.executor.get()
+        }
     }
 
     /// Drops the pending hook of `conn`, if there is one, without resuming
@@ -368,6 +522,7 @@ impl Executor {
             notified: AtomicBool::new(false),
             timer: AtomicPtr::new(std::ptr::null_mut()),
             closed: AtomicBool::new(false),
+            store: AtomicPtr::new(std::ptr::null_mut()),
         });
         let for_watcher = Arc::clone(&shared);
         let watcher = ctx
@@ -380,8 +535,8 @@ impl Executor {
             .map_err(|e| format!("cannot watch the executor's eventfd: {e}"))?;
         Ok(Executor {
             shared,
-            hooks: RefCell::new(HashMap::new()),
-            background: RefCell::new(HashMap::new()),
+            hooks: RefCell::new(FxMap::default()),
+            background: RefCell::new(FxMap::default()),
             next_id: Cell::new(1),
             _watcher: watcher,
         })
@@ -392,6 +547,15 @@ impl Drop for Executor {
     /// Context cleanup: every pending hook future is dropped here.
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.shared
+            .store
+            .store(std::ptr::null_mut(), Ordering::Release);
+        let ctx = self.shared.ctx as *mut MQ_Context;
+        let _ = LOCAL.try_with(|l| {
+            if l.last.get().0 == ctx {
+                l.last.set((std::ptr::null_mut(), std::ptr::null()));
+            }
+        });
         let _guard = CurrentGuard::enter(self.shared.ctx as *mut MQ_Context);
         let timer = self
             .shared
@@ -439,15 +603,7 @@ fn run_queue(shared: &Arc<Shared>) {
         if shared.closed.load(Ordering::Acquire) {
             continue;
         }
-        // SAFETY: the queue's reference keeps the task alive.
-        let header = unsafe { task.0.as_ref() };
-        header.scheduled.store(false, Ordering::Release);
-        let waker = waker_for(task.0);
-        let mut cx = std::task::Context::from_waker(&waker);
-        // SAFETY: polled on the owning thread only.
-        if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
-            complete(header, result);
-        }
+        poll_task(&task);
     }
     if !shared
         .queue
@@ -460,12 +616,33 @@ fn run_queue(shared: &Arc<Shared>) {
     }
 }
 
+/// Polls a task of a live executor, on its owning thread, outside any
+/// other poll; resumes the host if the task completes.
+fn poll_task(task: &TaskRef) {
+    // SAFETY: the caller's reference keeps the task alive.
+    let header = unsafe { task.0.as_ref() };
+    LOCAL.with(|l| {
+        let _restore = Restore::enter(&l.current, header.ctx);
+        header.scheduled.store(false, Ordering::Release);
+        let waker = waker_for(task.0);
+        let mut cx = std::task::Context::from_waker(&waker);
+        // SAFETY: polled on the owning thread only.
+        if let Some(result) = unsafe { (header.vtable.poll)(task.0, &mut cx) } {
+            complete(header, result);
+        }
+    });
+}
+
 /// A task finished after its first poll: release it and resume the host.
 fn complete(header: &Header, result: Result<Outcome, String>) {
-    // SAFETY: the context is live while its executor runs.
-    let ctx = unsafe { Context::from_raw(header.ctx) };
     let owner = header.owner;
-    let task = Executor::existing(ctx).and_then(|e| match owner {
+    let shared = header.shared.load(Ordering::Acquire);
+    // SAFETY: `shared`, when set, is the executor's shared part, kept alive
+    // by the task; we are on the owning thread.
+    let executor = (!shared.is_null())
+        .then(|| unsafe { Executor::from_shared(shared) })
+        .flatten();
+    let task = executor.and_then(|e| match owner {
         Owner::Hook { conn, .. } => {
             let mut hooks = e.hooks.borrow_mut();
             let ours = hooks
@@ -473,11 +650,11 @@ fn complete(header: &Header, result: Result<Outcome, String>) {
                 .is_some_and(|t| std::ptr::eq(t.0.as_ptr(), header));
             ours.then(|| hooks.remove(&(conn as usize))).flatten()
         }
-        Owner::Background => e.background.borrow_mut().remove(&header.id),
+        Owner::Background => e.background.borrow_mut().remove(&header.id.get()),
     });
     drop(task);
     match owner {
-        Owner::Hook { meta, conn } => {
+        Owner::Hook { meta, conn, .. } => {
             crate::__private_v1::after_async_hook(meta, conn);
             if let Some(flow) = crate::__private_v1::flow_of(meta, result) {
                 // SAFETY: this plugin holds the chain of `conn`; we are on its
@@ -529,11 +706,11 @@ impl Context {
             header: Header {
                 refs: AtomicUsize::new(1),
                 scheduled: AtomicBool::new(true),
-                shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
+                shared: AtomicPtr::new(Arc::into_raw(Arc::clone(&executor.shared)).cast_mut()),
                 vtable: &Task::<F>::VTABLE,
                 owner: Owner::Background,
                 ctx: self.as_raw(),
-                id,
+                id: Cell::new(id),
             },
             future: UnsafeCell::new(ManuallyDrop::new(future)),
             alive: Cell::new(true),
@@ -543,268 +720,4 @@ impl Context {
         executor.shared.schedule(acquire(header));
         Ok(())
     }
-}
-
-/// A per-hook cache of one task allocation, so a hook whose future is ready
-/// on the first poll allocates nothing once warm.
-pub struct TaskCache(Cell<Option<(NonNull<u8>, std::alloc::Layout)>>);
-
-impl TaskCache {
-    /// An empty cache (one per hook, in a `thread_local!`).
-    pub const fn new() -> TaskCache {
-        TaskCache(Cell::new(None))
-    }
-}
-
-impl Drop for TaskCache {
-    fn drop(&mut self) {
-        if let Some((ptr, layout)) = self.0.take() {
-            // SAFETY: an empty task allocation of this layout, made by Box.
-            unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
-        }
-    }
-}
-
-impl Default for TaskCache {
-    fn default() -> Self {
-        TaskCache::new()
-    }
-}
-
-/// Runs a hook's future: the first poll here, inside the hook call; the
-/// rest on the loop. Returns the C hook's return value.
-///
-/// # Safety
-/// `ctx` and `conn` are the live arguments of this hook call, and the host
-/// keeps them (and whatever `future` borrows of the call) alive until this
-/// plugin resumes the chain. `cache` belongs to this hook alone (one future
-/// type per cache).
-pub(crate) unsafe fn run_hook<F>(
-    meta: &'static crate::__private_v1::HookMeta,
-    cache: &'static std::thread::LocalKey<TaskCache>,
-    ctx: *mut MQ_Context,
-    conn: *mut MQ_Connection,
-    future: F,
-) -> Result<Finished, String>
-where
-    F: Future<Output: HookReturn> + 'static,
-{
-    // SAFETY: the caller's promise.
-    let context = unsafe { Context::from_raw(ctx) };
-    let executor = Executor::of(context)?;
-    let id = executor.next_id.get();
-    executor.next_id.set(id + 1);
-    let task = Task {
-        header: Header {
-            refs: AtomicUsize::new(1),
-            scheduled: AtomicBool::new(false),
-            shared: ManuallyDrop::new(Arc::clone(&executor.shared)),
-            vtable: &Task::<F>::VTABLE,
-            owner: Owner::Hook { meta, conn },
-            ctx,
-            id,
-        },
-        future: UnsafeCell::new(ManuallyDrop::new(future)),
-        alive: Cell::new(true),
-    };
-    let header: NonNull<Header> = match cache.with(|c| c.0.take()) {
-        Some((slot, layout)) => {
-            debug_assert_eq!(layout, std::alloc::Layout::new::<Task<F>>());
-            let slot = slot.cast::<Task<F>>();
-            // SAFETY: a cached, empty allocation of exactly this Task<F>.
-            unsafe { slot.as_ptr().write(task) };
-            slot.cast()
-        }
-        None => NonNull::from(Box::leak(Box::new(task))).cast(),
-    };
-    let _guard = CurrentGuard::enter(ctx);
-    let waker = waker_for(header);
-    let mut cx = std::task::Context::from_waker(&waker);
-    // SAFETY: a live task, on the owning thread.
-    match unsafe { (Task::<F>::VTABLE.poll)(header, &mut cx) } {
-        None => {
-            let earlier = executor
-                .hooks
-                .borrow_mut()
-                .insert(conn as usize, TaskRef(header));
-            if let Some(earlier) = earlier {
-                // The host called a hook on a connection whose earlier hook
-                // this plugin still holds (MailerQ never does): keep both.
-                crate::log::log_text(
-                    crate::sys::MQ_CRIT,
-                    &format!(
-                        "[{}] the host called hook {} while this plugin held another hook of \
-                         the same connection",
-                        meta.plugin, meta.hook.name
-                    ),
-                );
-                executor
-                    .background
-                    .borrow_mut()
-                    .insert(earlier_id(&earlier), earlier);
-            }
-            Ok(None)
-        }
-        Some(result) => {
-            // SAFETY: live until we release it.
-            let h = unsafe { header.as_ref() };
-            if h.refs.load(Ordering::Acquire) == 1 && cache.with(|c| c.0.get().is_none()) {
-                // No waker outlived the poll: keep the allocation for next time.
-                // SAFETY: sole owner; the future is gone; drop the Arc, keep the memory.
-                unsafe {
-                    ManuallyDrop::drop(&mut (*header.cast::<Task<F>>().as_ptr()).header.shared);
-                }
-                cache.with(|c| {
-                    c.0.set(Some((header.cast(), std::alloc::Layout::new::<Task<F>>())))
-                });
-            } else {
-                // SAFETY: the owner's reference.
-                unsafe { release(header) };
-            }
-            Ok(Some(result))
-        }
-    }
-}
-
-fn earlier_id(task: &TaskRef) -> u64 {
-    // SAFETY: a live task.
-    unsafe { task.0.as_ref() }.id
-}
-
-/// Ends this plugin's hold of `conn` (the host's `cancel_hold`): a pending
-/// hook future is dropped, or a scheduled resume of a synchronous hook is
-/// stopped. Either way the take-over is never resumed. False if the plugin
-/// holds nothing it can cancel there.
-///
-/// # Safety
-/// `ctx` and `conn` are this plugin's live context and connection.
-pub(crate) unsafe fn cancel_hold(ctx: *mut MQ_Context, conn: *mut MQ_Connection) -> bool {
-    // SAFETY: the caller's promise.
-    let context = unsafe { Context::from_raw(ctx) };
-    let Some(runtime) = context.runtime_if_any() else {
-        return false;
-    };
-    if let Some(meta) = runtime.executor.get().and_then(|e| e.cancel_hook(conn)) {
-        crate::__private_v1::after_async_hook(meta, conn);
-        return true;
-    }
-    runtime.cancel_scheduled(conn)
-}
-
-/// Drops the pending hook of `conn` before its connection goes away
-/// (`smtp_in_close`), so no per-connection data is freed under a borrow.
-///
-/// # Safety
-/// As [`cancel_hold`].
-pub(crate) unsafe fn drop_pending_hook(ctx: *mut MQ_Context, conn: *mut MQ_Connection) {
-    // SAFETY: the caller's promise.
-    let context = unsafe { Context::from_raw(ctx) };
-    let Some(runtime) = context.runtime_if_any() else {
-        return;
-    };
-    if let Some(meta) = runtime.executor.get().and_then(|e| e.cancel_hook(conn)) {
-        crate::log::log_text(
-            crate::sys::MQ_CRIT,
-            &format!(
-                "[{}] hook {} (fn {}) was still pending when its connection closed; \
-                 it was dropped without resuming",
-                meta.plugin, meta.hook.name, meta.function
-            ),
-        );
-    }
-    runtime.cancel_scheduled(conn);
-}
-
-/// A synchronous hook's `Complete` or `Retry` on its way to the host from
-/// a zero-delay timer (never inside the hook call).
-struct ScheduledResume {
-    ctx: *mut MQ_Context,
-    conn: *mut MQ_Connection,
-    flow: crate::Flow,
-}
-
-/// The context data slot's runtime part: what the framework itself keeps
-/// per context, all released at `mq_context_cleanup`.
-#[derive(Default)]
-pub(crate) struct RuntimeSlot {
-    pub(crate) executor: std::cell::OnceCell<Executor>,
-    /// Scheduled resumes by connection: the timer and its boxed data.
-    scheduled: RefCell<HashMap<usize, (*mut crate::sys::MQ_Timer, *mut ScheduledResume)>>,
-    /// The plugin's running timers, stopped (and their callbacks dropped)
-    /// at cleanup.
-    pub(crate) timers: crate::timer::TimerRegistry,
-}
-
-impl RuntimeSlot {
-    /// Takes control and resumes `conn` with `flow` from a zero-delay
-    /// timer; false if the host gave no timer.
-    pub(crate) fn schedule_resume(
-        &self,
-        ctx: *mut MQ_Context,
-        conn: *mut MQ_Connection,
-        flow: crate::Flow,
-    ) -> bool {
-        let pending = Box::into_raw(Box::new(ScheduledResume { ctx, conn, flow }));
-        // SAFETY: live context; the trampoline takes `pending` back.
-        let timer = unsafe {
-            host()
-                .api
-                .start_timer(ctx, 0.0, Some(resume_from_loop), pending.cast())
-        };
-        if timer.is_null() {
-            // SAFETY: the host did not keep `pending`.
-            drop(unsafe { Box::from_raw(pending) });
-            return false;
-        }
-        self.scheduled
-            .borrow_mut()
-            .insert(conn as usize, (timer, pending));
-        true
-    }
-
-    fn cancel_scheduled(&self, conn: *mut MQ_Connection) -> bool {
-        let Some((timer, pending)) = self.scheduled.borrow_mut().remove(&(conn as usize)) else {
-            return false;
-        };
-        // SAFETY: the timer has not fired (firing removes the entry), so the
-        // host still knows it; stopped, it never takes `pending` back.
-        unsafe {
-            host().api.stop_timer(timer);
-            drop(Box::from_raw(pending));
-        }
-        true
-    }
-}
-
-impl Drop for RuntimeSlot {
-    /// Context cleanup: pending hook futures first (they may stop their
-    /// own timers), then scheduled resumes, then the plugin's timers.
-    fn drop(&mut self) {
-        drop(self.executor.take());
-        let scheduled: Vec<_> = self.scheduled.borrow_mut().drain().collect();
-        for (_, (timer, pending)) in scheduled {
-            // SAFETY: as in `cancel_scheduled`.
-            unsafe {
-                host().api.stop_timer(timer);
-                drop(Box::from_raw(pending));
-            }
-        }
-        self.timers.stop_all();
-    }
-}
-
-unsafe extern "C" fn resume_from_loop(data: *mut c_void) {
-    // SAFETY: `data` is the ScheduledResume boxed by schedule_resume; the
-    // one-shot timer fires once, and its entry is removed here.
-    let pending = unsafe { Box::from_raw(data.cast::<ScheduledResume>()) };
-    // SAFETY: the context of this plugin, live while its timers fire.
-    let context = unsafe { Context::from_raw(pending.ctx) };
-    if let Some(runtime) = context.runtime_if_any() {
-        runtime
-            .scheduled
-            .borrow_mut()
-            .remove(&(pending.conn as usize));
-    }
-    // SAFETY: this plugin holds the chain of `conn`; we are on its loop.
-    unsafe { crate::raw::resume(pending.conn, pending.flow) };
 }

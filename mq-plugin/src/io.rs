@@ -61,8 +61,10 @@ impl Future for Ready {
             let state = Rc::clone(&self.state);
             let watched = ctx.watch_fd(self.fd, self.interest, move |ready| {
                 state.ready.set(Some(ready));
-                if let Some(waker) = state.waker.borrow_mut().take() {
-                    waker.wake();
+                // Taken before the wake: the wake may poll the future here.
+                let waker = state.waker.borrow_mut().take();
+                if let Some(waker) = waker {
+                    crate::executor::wake_from_loop(waker);
                 }
             });
             match watched {

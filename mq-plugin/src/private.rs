@@ -114,23 +114,45 @@ pub(crate) fn flow_of(meta: &HookMeta, result: Result<Outcome, String>) -> Optio
 /// Frees what must not outlive a hook once it is done: connection data
 /// after `smtp_in_close`, and after `smtp_out_*` (outgoing connections have
 /// no close event).
+#[inline(always)]
 pub(crate) fn after_async_hook(meta: &HookMeta, conn: *mut MQ_Connection) {
     if meta.hook.frees_connection_data() {
-        let plugin = meta.plugin;
-        // SAFETY: the connection of a hook whose chain this plugin holds;
-        // dropping runs user Drop impls, which may panic.
-        if let Err(message) = catch(|| unsafe { free_connection_data(conn) }) {
-            crate::log::log_text(
-                MQ_CRIT,
-                &format!("[{plugin}] dropping connection data panicked: {message}"),
-            );
-        }
+        free_after_hook(meta, conn);
+    }
+}
+
+#[inline(never)]
+fn free_after_hook(meta: &HookMeta, conn: *mut MQ_Connection) {
+    let plugin = meta.plugin;
+    // SAFETY: the connection of a hook whose chain this plugin holds;
+    // dropping runs user Drop impls, which may panic.
+    if let Err(message) = catch(|| unsafe { free_connection_data(conn) }) {
+        crate::log::log_text(
+            MQ_CRIT,
+            &format!("[{plugin}] dropping connection data panicked: {message}"),
+        );
     }
 }
 
 /// Maps an SMTP hook's outcome to the C return value, scheduling the
-/// resume on the loop when the hook took control.
+/// resume on the loop when the hook took control. `Continue`, the common
+/// answer, is decided inline.
+#[inline(always)]
 unsafe fn finish_smtp(
+    meta: &HookMeta,
+    ctx: *mut MQ_Context,
+    conn: *mut MQ_Connection,
+    result: Result<Outcome, String>,
+) -> bool {
+    if let Ok(Outcome::Flow(Flow::Continue)) = result {
+        return false;
+    }
+    // SAFETY: the caller's promise.
+    unsafe { finish_smtp_slow(meta, ctx, conn, result) }
+}
+
+#[inline(never)]
+unsafe fn finish_smtp_slow(
     meta: &HookMeta,
     ctx: *mut MQ_Context,
     conn: *mut MQ_Connection,
@@ -333,6 +355,14 @@ pub unsafe fn context_cleanup_entry(user: Option<RawHook>, ctx: *mut MQ_Context)
         crate::log::log_text(
             MQ_CRIT,
             &format!("[{plugin}] dropping context data panicked: {message}"),
+        );
+    }
+    // The sleeps of futures that were forgotten instead of dropped (the
+    // others were stopped as their futures went, just above).
+    if let Err(message) = catch(|| crate::timer::sleeps::stop_all(ctx)) {
+        crate::log::log_text(
+            MQ_CRIT,
+            &format!("[{plugin}] stopping sleeps at context cleanup panicked: {message}"),
         );
     }
 }

@@ -6,12 +6,11 @@
 //! saying so.
 
 use crate::executor::current_context;
-use crate::Timer;
-use std::cell::{Cell, RefCell};
+use crate::timer::sleeps::{self, SleepTimer};
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 fn loop_context(what: &str) -> &'static crate::Context {
@@ -20,18 +19,18 @@ fn loop_context(what: &str) -> &'static crate::Context {
     })
 }
 
-#[derive(Default)]
-struct Wake {
-    fired: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
 /// Completes after a duration; see [`sleep`].
+///
+/// Its timer is an entry of the worker thread's sleep slab (no allocation
+/// once warm); when it fires, the framework polls the waiting hook future
+/// right from the timer's callback (one host timer per wait).
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
     duration: Duration,
-    state: Rc<Wake>,
-    timer: Option<Timer>,
+    timer: Option<SleepTimer>,
+    done: bool,
+    /// Bound to the thread whose slab holds its timer.
+    _not_send: PhantomData<*const ()>,
 }
 
 /// Waits for `duration` on the worker's loop, without blocking it.
@@ -49,41 +48,45 @@ pub struct Sleep {
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep {
         duration,
-        state: Rc::default(),
         timer: None,
+        done: false,
+        _not_send: PhantomData,
     }
 }
+
+impl Unpin for Sleep {}
 
 impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.state.fired.get() {
+        if self.done {
             return Poll::Ready(());
         }
-        *self.state.waker.borrow_mut() = Some(cx.waker().clone());
         if self.timer.is_none() {
-            let state = Rc::clone(&self.state);
-            let started = loop_context("sleep").start_timer(self.duration, move || {
-                state.fired.set(true);
-                if let Some(waker) = state.waker.borrow_mut().take() {
-                    waker.wake();
-                }
-            });
-            match started {
-                Ok(timer) => self.timer = Some(timer),
+            let ctx = loop_context("sleep").as_raw();
+            match sleeps::start(ctx, self.duration, cx.waker()) {
+                Some(timer) => self.timer = Some(timer),
                 // No timer from the host: do not hang, finish at once.
-                Err(_) => return Poll::Ready(()),
+                None => {
+                    self.done = true;
+                    return Poll::Ready(());
+                }
             }
+            return Poll::Pending;
         }
-        Poll::Pending
+        let polled = sleeps::poll(&mut self.timer, cx.waker());
+        if polled.is_ready() {
+            self.done = true;
+        }
+        polled
     }
 }
 
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some(timer) = self.timer.take() {
-            timer.stop();
+            sleeps::cancel(timer);
         }
     }
 }

@@ -177,3 +177,248 @@ impl std::fmt::Debug for Timer {
             .finish()
     }
 }
+
+/// The timers of [`crate::time::Sleep`]: entries of a per-thread slab,
+/// named by index and generation, so a sleep allocates nothing once the
+/// slab has grown, and the host's timer carries the name as its `data`
+/// (an integer, never a pointer: a late or stray fire finds a newer
+/// generation, or nothing, and is ignored).
+pub(crate) mod sleeps {
+    use super::seconds;
+    use crate::host::host;
+    use crate::sys::{MQ_Context, MQ_Timer};
+    use std::cell::RefCell;
+    use std::ffi::c_void;
+    use std::task::{Poll, Waker};
+    use std::time::Duration;
+
+    /// A sleep's entry in this thread's slab.
+    #[derive(Debug)]
+    pub(crate) struct SleepTimer {
+        index: u32,
+        generation: u32,
+    }
+
+    enum State {
+        Free,
+        Armed {
+            raw: *mut MQ_Timer,
+            ctx: *mut MQ_Context,
+            waker: Option<Waker>,
+        },
+        Fired,
+    }
+
+    struct Slot {
+        generation: u32,
+        state: State,
+    }
+
+    #[derive(Default)]
+    struct Slab {
+        slots: Vec<Slot>,
+        free: Vec<u32>,
+    }
+
+    impl Slab {
+        fn slot(&mut self, t: &SleepTimer) -> Option<&mut Slot> {
+            self.slots
+                .get_mut(t.index as usize)
+                .filter(|s| s.generation == t.generation)
+        }
+
+        /// Frees a slot: a new generation, so old names miss.
+        fn release(&mut self, index: u32) -> State {
+            let slot = &mut self.slots[index as usize];
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(index);
+            std::mem::replace(&mut slot.state, State::Free)
+        }
+    }
+
+    impl Drop for Slab {
+        /// Thread exit: wakers dropped with the slab already gone (a task
+        /// freed here may drop sleeps, which then find no slab).
+        fn drop(&mut self) {
+            let slots = std::mem::take(&mut self.slots);
+            drop(slots);
+        }
+    }
+
+    thread_local! {
+        static SLAB: RefCell<Slab> = RefCell::new(Slab::default());
+    }
+
+    fn data_of(t: &SleepTimer) -> *mut c_void {
+        ((u64::from(t.generation) << 32) | u64::from(t.index)) as usize as *mut c_void
+    }
+
+    /// Starts a sleep's host timer on `ctx`'s loop; `None` if the host gave
+    /// no timer.
+    pub(crate) fn start(
+        ctx: *mut MQ_Context,
+        after: Duration,
+        waker: &Waker,
+    ) -> Option<SleepTimer> {
+        // Cloned before the slab is borrowed: a waker of another executor
+        // may run any code.
+        let waker = waker.clone();
+        SLAB.try_with(|slab| {
+            let mut slab = slab.borrow_mut();
+            let index = match slab.free.pop() {
+                Some(index) => index,
+                None => {
+                    let index = u32::try_from(slab.slots.len()).ok()?;
+                    slab.slots.push(Slot {
+                        generation: 0,
+                        state: State::Free,
+                    });
+                    index
+                }
+            };
+            let timer = SleepTimer {
+                index,
+                generation: slab.slots[index as usize].generation,
+            };
+            // The host's MQ_startTimer does not call into the plugin; if
+            // some host did, its call would find the slab borrowed and
+            // panic (caught), never alias it.
+            // SAFETY: a live context (the caller's poll runs under it);
+            // `data` is an integer that `fire` decodes.
+            let raw = unsafe {
+                host()
+                    .api
+                    .start_timer(ctx, seconds(after), Some(fire), data_of(&timer))
+            };
+            if raw.is_null() {
+                slab.release(index);
+                return None;
+            }
+            slab.slots[index as usize].state = State::Armed {
+                raw,
+                ctx,
+                waker: Some(waker),
+            };
+            Some(timer)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Whether the sleep's timer fired (the slot is then freed; `None` from
+    /// then on). A slot that is gone (stopped at context cleanup) counts as
+    /// fired. Otherwise remembers `waker`.
+    pub(crate) fn poll(timer: &mut Option<SleepTimer>, waker: &Waker) -> Poll<()> {
+        let Some(t) = timer else {
+            return Poll::Ready(());
+        };
+        enum Seen {
+            Done,
+            Same,
+            Other,
+        }
+        let seen = SLAB
+            .try_with(|slab| {
+                let mut slab = slab.borrow_mut();
+                match slab.slot(t).map(|s| &s.state) {
+                    Some(State::Armed { waker: Some(w), .. }) if w.will_wake(waker) => Seen::Same,
+                    Some(State::Armed { .. }) => Seen::Other,
+                    Some(State::Fired) => {
+                        slab.release(t.index);
+                        Seen::Done
+                    }
+                    Some(State::Free) | None => Seen::Done,
+                }
+            })
+            .unwrap_or(Seen::Done);
+        match seen {
+            Seen::Done => {
+                *timer = None;
+                Poll::Ready(())
+            }
+            Seen::Same => Poll::Pending,
+            Seen::Other => {
+                // Clone and drop wakers outside the slab's borrow: a waker
+                // of another executor may run any code.
+                let new = Some(waker.clone());
+                let old = SLAB.with(|slab| match slab.borrow_mut().slot(t) {
+                    Some(Slot {
+                        state: State::Armed { waker, .. },
+                        ..
+                    }) => std::mem::replace(waker, new),
+                    _ => new,
+                });
+                drop(old);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Stops the sleep's timer if it has not fired, and frees its slot.
+    pub(crate) fn cancel(timer: SleepTimer) {
+        let state = SLAB
+            .try_with(|slab| {
+                let mut slab = slab.borrow_mut();
+                slab.slot(&timer)?;
+                Some(slab.release(timer.index))
+            })
+            .ok()
+            .flatten();
+        if let Some(State::Armed { raw, waker, .. }) = state {
+            // SAFETY: armed, so the host has not fired it and still knows it.
+            unsafe { host().api.stop_timer(raw) };
+            drop(waker);
+        }
+    }
+
+    /// Context cleanup: stops the sleeps still armed on `ctx` (those of
+    /// futures that were forgotten rather than dropped) and drops their
+    /// wakers.
+    pub(crate) fn stop_all(ctx: *mut MQ_Context) {
+        let stopped: Vec<State> = SLAB
+            .try_with(|slab| {
+                let mut slab = slab.borrow_mut();
+                let mine: Vec<u32> = slab
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| matches!(s.state, State::Armed { ctx: c, .. } if c == ctx))
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                mine.into_iter().map(|i| slab.release(i)).collect()
+            })
+            .unwrap_or_default();
+        for state in stopped {
+            if let State::Armed { raw, waker, .. } = state {
+                // SAFETY: armed, so the host still knows it.
+                unsafe { host().api.stop_timer(raw) };
+                drop(waker);
+            }
+        }
+    }
+
+    unsafe extern "C" fn fire(data: *mut c_void) {
+        let data = data as usize as u64;
+        let timer = SleepTimer {
+            index: data as u32,
+            generation: (data >> 32) as u32,
+        };
+        let waker = SLAB
+            .try_with(|slab| {
+                let mut slab = slab.borrow_mut();
+                let slot = slab.slot(&timer)?;
+                match std::mem::replace(&mut slot.state, State::Fired) {
+                    State::Armed { waker, .. } => waker,
+                    other => {
+                        slot.state = other;
+                        None
+                    }
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(waker) = waker {
+            super::guard_callback("a sleep's timer", || crate::executor::wake_from_loop(waker));
+        }
+    }
+}

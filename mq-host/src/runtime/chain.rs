@@ -193,6 +193,14 @@ impl Chain {
         }
     }
 
+    /// Passes over the plugin [`Chain::next`] named, without a call (and
+    /// without a record): see `Shared::skips_close`.
+    pub(crate) fn skip(&mut self) {
+        debug_assert!(matches!(self.state, State::Calling { .. }));
+        self.position += 1;
+        self.state = State::Ready;
+    }
+
     /// The hook called by [`Chain::next`] returned `took_control`.
     pub(crate) fn returned(&mut self, took_control: bool) -> Returned {
         let State::Calling {

@@ -87,6 +87,10 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
             Some((Next::End(end), _, _)) => return finish(w, conn, end),
             Some((Next::Call(plugin), hook, args)) => (plugin, hook, args),
         };
+        if w.shared.skips_close(plugin, hook, conn) {
+            w.with_chain(conn.id, |running| running.chain.skip());
+            continue;
+        }
         w.shared.counters.hook_called(hook);
         let took_control = call_hook(w, conn, plugin, hook, &args);
 

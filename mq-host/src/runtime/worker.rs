@@ -41,6 +41,11 @@ pub(crate) struct Shared {
     pub(crate) plugins: Vec<LoadedPlugin>,
     /// For each hook (table index), the plugins that define it, in order.
     pub(crate) by_hook: Vec<Vec<usize>>,
+    /// Per plugin: its `mq_smtp_in_close` is mq-plugin's own housekeeping
+    /// (a Rust plugin whose author wrote no such hook), which only drops
+    /// the plugin's connection data and held hooks; see
+    /// [`Shared::skips_close`].
+    pub(crate) housekeeping_close: Vec<bool>,
     pub(crate) limits: Limits,
     pub(crate) counters: Arc<Counters>,
     pub(crate) log: Arc<HostLog>,
@@ -60,9 +65,20 @@ impl Shared {
                     .collect()
             })
             .collect();
+        let housekeeping_close = plugins
+            .iter()
+            .map(|p| {
+                matches!(p.info.kind, crate::plugins::PluginKind::Rust { .. })
+                    && p.info
+                        .authored_hooks
+                        .as_ref()
+                        .is_some_and(|a| a.iter().all(|h| h.id != HookId::SmtpInClose))
+            })
+            .collect();
         Shared {
             plugins,
             by_hook,
+            housekeeping_close,
             limits,
             // One set of counters: the log counts its cuts and evictions too.
             counters: Arc::clone(log.counters()),
@@ -71,6 +87,28 @@ impl Shared {
             misuse_reported: Mutex::new(HashSet::new()),
             send_undeliverable_reported: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether calling `plugin`'s `hook` on `conn` can be left out: an
+    /// `smtp_in_close` that is only mq-plugin's housekeeping, on a
+    /// connection where the plugin keeps no data (its data slot is null;
+    /// a held hook ends before `smtp_in_close` runs, and its cancel goes
+    /// through `cancel_hold`). A C plugin without the hook is not called
+    /// either; this spares a Rust plugin the same call.
+    pub(crate) fn skips_close(
+        &self,
+        plugin: usize,
+        hook: &'static Hook,
+        conn: &ConnectionState,
+    ) -> bool {
+        hook.id == HookId::SmtpInClose
+            && self
+                .housekeeping_close
+                .get(plugin)
+                .copied()
+                .unwrap_or(false)
+            && conn.data.get(plugin).is_some_and(|d| d.get().is_null())
+            && !conn.expired.borrow().iter().any(|e| e.plugin == plugin)
     }
 
     /// The plugins defining `hook`, in call order.
