@@ -221,6 +221,14 @@ impl Counters {
     pub fn get(&self, name: &str) -> u64 {
         self.0.get(name).copied().unwrap_or(0)
     }
+
+    /// Closes of a session in a plugin: `smtp_in_close` calls plus those
+    /// the host left out because the (Rust) plugin had nothing to close
+    /// (`smtp_in_close_skipped`). Each session closes exactly once in
+    /// every plugin that exports `smtp_in_close`, one way or the other.
+    pub fn closes(&self) -> u64 {
+        self.get("smtp_in_close") + self.get("smtp_in_close_skipped")
+    }
 }
 
 impl std::fmt::Display for Counters {

@@ -54,6 +54,10 @@ counters! {
     hook_calls,
     /// Hook calls that returned `true` (took control).
     take_overs,
+    /// `smtp_in_close` calls left out: a Rust plugin whose author wrote no such hook
+    /// keeps no data on the closing connection, so mq-plugin's own close would do nothing
+    /// (a C plugin without the hook is not called either).
+    smtp_in_close_skipped,
     /// Resumes for a take-over that was already resumed: ignored and logged.
     double_resumes,
     /// Resumes by a plugin that held no control of that connection: ignored and logged.

@@ -89,6 +89,7 @@ fn advance(w: &Worker, conn: &Rc<ConnectionState>) {
         };
         if w.shared.skips_close(plugin, hook, conn) {
             w.with_chain(conn.id, |running| running.chain.skip());
+            Counters::bump(&w.shared.counters.smtp_in_close_skipped);
             continue;
         }
         w.shared.counters.hook_called(hook);
