@@ -6,6 +6,7 @@ use super::{commands, session, ConnectionLimit, Listener, OpenSessions, ServeCon
 use crate::observe::{Counters, Priority, Source};
 use crate::runtime::event_loop::LoopRemote;
 use crate::runtime::worker::{self, Shared};
+use crate::store::commit::Committer;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
@@ -31,6 +32,7 @@ pub(super) fn listen(
     let wake = TcpStream::from(std::os::fd::OwnedFd::from(listener.try_clone()?));
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(OpenSessions::default());
+    let store = Arc::new(Committer::start(Arc::clone(&host.counters))?);
     let acceptor = Acceptor {
         listener,
         stop: Arc::clone(&stop),
@@ -38,6 +40,10 @@ pub(super) fn listen(
         remotes: remotes.clone(),
         host,
         config: Arc::new(config),
+        #[cfg(test)]
+        store: Arc::clone(&store),
+        #[cfg(not(test))]
+        store,
     };
     let thread = std::thread::Builder::new()
         .name("mq-smtp-accept".into())
@@ -49,6 +55,8 @@ pub(super) fn listen(
         thread: Some(thread),
         open,
         remotes,
+        #[cfg(test)]
+        store,
     })
 }
 
@@ -59,6 +67,8 @@ struct Acceptor {
     remotes: Vec<LoopRemote>,
     host: Arc<Shared>,
     config: Arc<ServeConfig>,
+    /// The store thread of this listener's sessions.
+    store: Arc<Committer>,
 }
 
 impl Acceptor {
@@ -111,11 +121,12 @@ impl Acceptor {
             Err(limit) => return self.refuse(stream, limit),
         };
         let config = Arc::clone(&self.config);
+        let store = Arc::clone(&self.store);
         let remote = &self.remotes[*next % self.remotes.len()];
         *next += 1;
         worker::post(remote, move |w| {
             let config = Rc::new((*config).clone());
-            session::start_session(w, stream, config, admission, commands::process)
+            session::start_session(w, stream, config, admission, store, commands::process)
         });
     }
 

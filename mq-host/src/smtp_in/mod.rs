@@ -36,6 +36,8 @@ mod commands;
 mod deadline;
 mod input;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tls;
 mod transaction;
 
@@ -290,6 +292,10 @@ pub struct Listener {
     thread: Option<std::thread::JoinHandle<()>>,
     open: Arc<OpenSessions>,
     remotes: Vec<crate::runtime::event_loop::LoopRemote>,
+    /// The store thread committing this listener's messages (it ends once
+    /// its last session is gone); tests hold its commits.
+    #[cfg(test)]
+    store: Arc<crate::store::commit::Committer>,
 }
 
 impl Listener {

@@ -22,7 +22,9 @@ use smtp_proto::request::receiver::{
 };
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::store::commit::Committer;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -107,6 +109,11 @@ pub(super) struct Session {
     /// The login of the last successful AUTH (the incoming JSON's
     /// `connection.user`).
     pub(super) user: Option<String>,
+    /// Both ends' addresses (local, remote), asked of the socket once per
+    /// connection, for the incoming JSON's `connection`.
+    pub(super) addresses: std::cell::OnceCell<(Option<SocketAddr>, Option<SocketAddr>)>,
+    /// The listener's store thread, which commits accepted messages.
+    pub(super) store: Arc<Committer>,
 }
 
 pub(super) type Shared = Rc<RefCell<Session>>;
@@ -187,6 +194,7 @@ pub(super) fn start_session(
     stream: TcpStream,
     config: Rc<ServeConfig>,
     admission: Admission,
+    store: Arc<Committer>,
     on_input: InputHandler,
 ) {
     if let Err(e) = stream.set_nonblocking(true) {
@@ -234,6 +242,8 @@ pub(super) fn start_session(
         too_big: false,
         helo: None,
         user: None,
+        addresses: std::cell::OnceCell::new(),
+        store,
     }));
     SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
     watch(w, &session, false);
