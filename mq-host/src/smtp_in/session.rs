@@ -11,22 +11,22 @@ use super::{Admission, ServeConfig};
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::chain::ChainReport;
-use crate::runtime::connection::ConnectionState;
+use crate::runtime::connection::{id_map, ConnectionState, IdMap};
 use crate::runtime::dispatch;
 use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
 use crate::runtime::message::ChainArgs;
 use crate::runtime::worker::Worker;
+use crate::store::commit::Committer;
 use mq_hook_table::HookId;
 use smtp_proto::request::receiver::{
     BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
 };
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use crate::store::commit::Committer;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub(super) enum Phase {
     /// Waiting for `smtp_in_connect` before the greeting.
@@ -171,7 +171,7 @@ impl Session {
 }
 
 thread_local! {
-    pub(super) static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
+    pub(super) static SESSIONS: RefCell<IdMap<Shared>> = RefCell::new(id_map());
 }
 
 /// Runs a session's event handling; a panic (a host bug) is logged and

@@ -83,7 +83,11 @@ fn the_250_waits_for_the_commit() {
     let mut client = send_message(&server, 0);
     // The store thread holds the commit of this message's files.
     assert_eq!(gate.wait_holding(), 1);
-    assert_eq!(stored(&dir), 0, "no message under its name before the commit");
+    assert_eq!(
+        stored(&dir),
+        0,
+        "no message under its name before the commit"
+    );
     assert!(client.buffer().is_empty());
     client.get_ref().set_nonblocking(true).unwrap();
     let early = client.get_mut().read(&mut [0u8; 512]);

@@ -10,9 +10,7 @@
 //! are not produced, as mq-host has no spool directory, no injecting
 //! command line and runs no SPF/DKIM/DMARC checks.
 
-use super::session::{
-    go_on, reply, reply_raw, reset, step, step_with, Ending, Shared, SESSIONS,
-};
+use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared, SESSIONS};
 use super::session::{Recipient, Session};
 use crate::clock::now_mailerq;
 use crate::inbound::refuses as refused;
@@ -272,10 +270,14 @@ impl Outcome {
     fn count(&self, w: &Worker, result: &Result<(), String>) {
         let counters = &w.shared.counters;
         if result.is_ok() {
-            counters.messages_stored.fetch_add(self.stored, Ordering::Relaxed);
+            counters
+                .messages_stored
+                .fetch_add(self.stored, Ordering::Relaxed);
         }
         if result.is_ok() || self.stored == 0 {
-            counters.messages_refused.fetch_add(self.refused, Ordering::Relaxed);
+            counters
+                .messages_refused
+                .fetch_add(self.refused, Ordering::Relaxed);
         }
     }
 }

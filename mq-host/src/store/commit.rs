@@ -39,11 +39,11 @@
 //! any step fails for a job, its files are removed again and the
 //! completion gets the error (the session answers `451`).
 
+use crate::observe::Counters;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use crate::observe::Counters;
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -358,7 +358,6 @@ pub(crate) mod tests {
             links: Vec::new(),
         }
     }
-
 
     #[test]
     fn jobs_waiting_together_share_one_commit_and_one_directory_fsync() {

@@ -207,11 +207,7 @@ impl Batch {
             }
         }
         let bytes = serde_json::to_vec(&Value::Object(json))?;
-        let file = stage(
-            &self.data_dir.queue(queue),
-            &format!("{name}.json"),
-            &bytes,
-        )?;
+        let file = stage(&self.data_dir.queue(queue), &format!("{name}.json"), &bytes)?;
         let path = file.path.clone();
         self.staged.files.push(file);
         Ok(path)
