@@ -9,7 +9,6 @@ use crate::runtime::worker::{self, Shared};
 use crate::store::commit::Committer;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +124,6 @@ impl Acceptor {
         let remote = &self.remotes[*next % self.remotes.len()];
         *next += 1;
         worker::post(remote, move |w| {
-            let config = Rc::new((*config).clone());
             session::start_session(w, stream, config, admission, store, commands::process)
         });
     }

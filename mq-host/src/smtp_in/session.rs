@@ -69,7 +69,8 @@ pub(super) struct Session {
     pub(super) tls: Option<rustls::ServerConnection>,
     /// `smtp_in_secure` is due once the TLS handshake completes.
     pub(super) secure_pending: bool,
-    pub(super) config: Rc<ServeConfig>,
+    /// The listener's configuration, shared by all its sessions.
+    pub(super) config: Arc<ServeConfig>,
     pub(super) watcher: Option<WatcherHandle>,
     pub(super) watching_write: bool,
     pub(super) watching_read: bool,
@@ -192,7 +193,7 @@ pub(super) fn guarded(w: &Worker, s: &Shared, f: impl FnOnce()) {
 pub(super) fn start_session(
     w: &Worker,
     stream: TcpStream,
-    config: Rc<ServeConfig>,
+    config: Arc<ServeConfig>,
     admission: Admission,
     store: Arc<Committer>,
     on_input: InputHandler,
@@ -349,8 +350,25 @@ pub(super) fn touch(w: &Worker, s: &Shared) {
     s.borrow_mut().idle = Some(timer);
 }
 
+thread_local! {
+    /// The buffer sessions read their sockets into, one per worker: a
+    /// buffer on the stack was zeroed (16 KiB) on every read.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How much one `read(2)` of a session's socket takes at most.
+const READ_SIZE: usize = 16 * 1024;
+
 pub(super) fn read(w: &Worker, s: &Shared) {
-    let mut buf = [0u8; 16 * 1024];
+    // Taken out while in use: a nested read (none today) would find it
+    // empty and make its own.
+    let mut buf = READ_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.resize(READ_SIZE, 0);
+    read_into(w, s, &mut buf);
+    READ_BUFFER.with(|b| *b.borrow_mut() = buf);
+}
+
+fn read_into(w: &Worker, s: &Shared, buf: &mut [u8]) {
     loop {
         if s.borrow().input_full() {
             // Read again once the session has handled its input.
@@ -359,7 +377,7 @@ pub(super) fn read(w: &Worker, s: &Shared) {
             watch(w, s, want_write);
             break;
         }
-        let result = s.borrow_mut().stream.read(&mut buf);
+        let result = s.borrow_mut().stream.read(buf);
         match result {
             Ok(0) => {
                 // End of input: what is buffered is still served (as a

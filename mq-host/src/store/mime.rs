@@ -15,12 +15,11 @@
 //! starting with a dot, at most 200 bytes.
 
 use super::commit::Staged;
-use super::{create_in, new_name, stage, DataDir, Queue};
 #[cfg(test)]
-use super::{store_as, sync_dir};
+use super::{create_in, store_as, sync_dir};
+use super::{new_name, stage, DataDir, Queue};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -63,6 +62,7 @@ impl MimeStore {
         let path = self.path(key)?;
         let tmp = self.dir.join(format!(".{key}.tmp"));
         {
+            use std::io::Write;
             let mut file = create_in(&self.dir, &tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
