@@ -54,8 +54,12 @@ pub(crate) const MAX_JOBS: usize = 256;
 
 /// A file written under a temporary name, waiting for its commit.
 pub(crate) struct StagedFile {
-    /// The open file (its data written, not yet fsync'd).
-    pub(crate) file: File,
+    /// The file (its data written, not yet fsync'd), if kept open: a
+    /// transaction keeps its first file open for its commit and closes
+    /// the others, which the store thread opens again, so that a session
+    /// holds at most one descriptor while it waits, however many
+    /// recipients its transaction has.
+    pub(crate) file: Option<File>,
     /// Its temporary name.
     pub(crate) tmp: PathBuf,
     /// Its final name.
@@ -163,14 +167,23 @@ fn commit(jobs: Vec<Job>, counters: &Counters) {
     // makes them durable.
     for j in &jobs {
         for f in &j.job.staged.files {
-            start_writeback(&f.file);
+            if let Some(file) = &f.file {
+                start_writeback(file);
+            }
         }
     }
     // 2. Each file's data and inode.
     for j in &mut jobs {
-        for f in &j.job.staged.files {
+        for f in &mut j.job.staged.files {
             fsyncs += 1;
-            if let Err(e) = f.file.sync_all() {
+            let synced = match f.file.take() {
+                Some(file) => file.sync_all(),
+                None => File::options()
+                    .write(true)
+                    .open(&f.tmp)
+                    .and_then(|file| file.sync_all()),
+            };
+            if let Err(e) = synced {
                 j.failed = Some(e);
                 break;
             }
@@ -351,7 +364,7 @@ pub(crate) mod tests {
         file.write_all(bytes).unwrap();
         Staged {
             files: vec![StagedFile {
-                file,
+                file: Some(file),
                 tmp,
                 path: dir.join(name),
             }],

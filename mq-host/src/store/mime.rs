@@ -14,7 +14,7 @@
 //! Keys are file names: ASCII letters, digits, `.`, `-` and `_`, not
 //! starting with a dot, at most 200 bytes.
 
-use super::commit::Staged;
+use super::commit::{Staged, StagedFile};
 #[cfg(test)]
 use super::{create_in, store_as, sync_dir};
 use super::{new_name, stage, DataDir, Queue};
@@ -198,7 +198,7 @@ impl Batch {
                         }
                         None => {
                             let file = stage(&self.mime.dir, &name, mime)?;
-                            self.staged.files.push(file);
+                            self.push(file);
                             self.written_as.insert(mime.as_ptr(), name.clone());
                         }
                     }
@@ -209,8 +209,17 @@ impl Batch {
         let bytes = serde_json::to_vec(&Value::Object(json))?;
         let file = stage(&self.data_dir.queue(queue), &format!("{name}.json"), &bytes)?;
         let path = file.path.clone();
-        self.staged.files.push(file);
+        self.push(file);
         Ok(path)
+    }
+
+    /// Adds a written file; only a transaction's first stays open (see
+    /// [`StagedFile::file`]).
+    fn push(&mut self, mut file: StagedFile) {
+        if !self.staged.files.is_empty() {
+            file.file = None;
+        }
+        self.staged.files.push(file);
     }
 
     /// The files written, for their commit.
@@ -266,11 +275,15 @@ mod tests {
 
     /// Commits `batch` through a store thread, as `serve` does.
     fn commit(batch: Batch) {
+        commit_staged(batch.into_staged());
+    }
+
+    fn commit_staged(staged: Staged) {
         let counters = std::sync::Arc::new(crate::observe::Counters::default());
         let committer = super::super::commit::Committer::start(counters).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         committer.submit(super::super::commit::Job {
-            staged: batch.into_staged(),
+            staged,
             done: Box::new(move |r| tx.send(r).unwrap()),
         });
         rx.recv().unwrap().unwrap();
@@ -296,7 +309,10 @@ mod tests {
             })
             .collect();
         assert!(!paths[0].exists(), "not under its name before its commit");
-        commit(batch);
+        let staged = batch.into_staged();
+        let open = staged.files.iter().filter(|f| f.file.is_some()).count();
+        assert_eq!((staged.files.len(), open), (4, 1), "one descriptor held");
+        commit_staged(staged);
         let keys: Vec<String> = paths
             .iter()
             .map(|p| {

@@ -158,7 +158,7 @@ pub(crate) fn stage(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<com
         return Err(e);
     }
     Ok(commit::StagedFile {
-        file,
+        file: Some(file),
         tmp,
         path: dir.join(name),
     })
