@@ -22,7 +22,10 @@
 //! QUIT. A panic in a session's handling (a host bug) ends that session,
 //! never the worker. An accepted
 //! message is written durably (fsync, atomic rename) under the data
-//! directory — `inbox/` or, for local messages, `local/` — before the 250.
+//! directory — `inbox/` or, for local messages, `local/` — before the 250:
+//! the listener's store thread commits the files of all sessions waiting
+//! at once (`crate::store::commit`), while each session waits without
+//! blocking its worker.
 
 //!
 //! The files: this one the server (configuration, acceptor, shutdown);

@@ -7,6 +7,11 @@
 //! torn one; a leftover `.tmp` file was never acknowledged and is removed
 //! when the directory is picked up again.
 //!
+//! `serve` shares that cost between sessions: its files are written by
+//! the workers ([`stage`]) and made durable by a store thread in group
+//! commits ([`commit`]: each file fsync'd, renamed, then each directory
+//! fsync'd once for every file of the commit) before any `250`.
+//!
 //! The layout (`mq-host serve` and `mq-host deliver`), one [`Queue`]
 //! each, and the lock ([`DataDir::lock`]: one process per directory):
 //!
