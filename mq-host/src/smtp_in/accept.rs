@@ -31,7 +31,10 @@ pub(super) fn listen(
     let wake = TcpStream::from(std::os::fd::OwnedFd::from(listener.try_clone()?));
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(OpenSessions::default());
-    let store = Arc::new(Committer::start(Arc::clone(&host.counters))?);
+    let store = Arc::new(Committer::start(
+        Arc::clone(&host.counters),
+        &config.data_dir,
+    )?);
     let acceptor = Acceptor {
         listener,
         stop: Arc::clone(&stop),

@@ -128,8 +128,9 @@ fn concurrent_sessions_share_commits_and_fsyncs() {
     assert_eq!(stored(&dir), SESSIONS);
     let counters = host.counters();
     assert_eq!(counters.messages_stored, SESSIONS as u64);
+    // At most one held per store thread, then one for the rest.
     assert!(
-        counters.store_commits <= 2,
+        counters.store_commits <= crate::store::commit::THREADS as u64 + 1,
         "{} commits for {SESSIONS} messages",
         counters.store_commits
     );

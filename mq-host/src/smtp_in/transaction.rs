@@ -225,14 +225,21 @@ fn store_all(w: &Worker, s: &Shared, done: Done) {
     if staged.files.is_empty() && staged.links.is_empty() {
         return committed(w, s, outcome, Ok(()));
     }
-    let (remote, id, store, outbox) = {
+    let store = Arc::clone(&s.borrow().store);
+    if store.inline() {
+        // A data directory in memory: committed here (see
+        // `Committer::start`).
+        let result = store.commit_here(staged);
+        if let (Ok(()), Some(outbox)) = (&result, &s.borrow().config.outbox) {
+            for path in inbox {
+                outbox.push(path);
+            }
+        }
+        return committed(w, s, outcome, result.map_err(|e| e.to_string()));
+    }
+    let (remote, id, outbox) = {
         let sess = s.borrow();
-        (
-            w.ev.remote(),
-            sess.conn.id,
-            Arc::clone(&sess.store),
-            sess.config.outbox.clone(),
-        )
+        (w.ev.remote(), sess.conn.id, sess.config.outbox.clone())
     };
     store.submit(Job {
         staged,

@@ -280,7 +280,7 @@ mod tests {
 
     fn commit_staged(staged: Staged) {
         let counters = std::sync::Arc::new(crate::observe::Counters::default());
-        let committer = super::super::commit::Committer::start(counters).unwrap();
+        let committer = super::super::commit::Committer::threads(counters).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         committer.submit(super::super::commit::Job {
             staged,
