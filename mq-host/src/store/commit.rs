@@ -98,10 +98,11 @@ pub(crate) struct Job {
 }
 
 /// How many store threads a listener has: commits in flight at once.
-/// Their fsyncs run concurrently, and the file system joins concurrent
-/// fsyncs into one journal commit, so a few threads share the disk's
-/// flushes where one would make every commit wait for the one before.
-pub(crate) const THREADS: usize = 4;
+/// One: measured on a virtual disk (docs/performance.md), four threads
+/// committing side by side (their fsyncs joined in the file system's
+/// journal) made smaller batches, more fsyncs and no more messages per
+/// second than one thread whose batches grow while it waits on the disk.
+pub(crate) const THREADS: usize = 1;
 
 /// The sending side of a listener's store threads; they end once every
 /// `Committer` is dropped and the queue is done.
