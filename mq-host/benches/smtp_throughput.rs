@@ -196,11 +196,26 @@ fn build_host(paths: &Paths) {
             cmd.env_remove(name.as_ref());
         }
     }
+    // Two builds: `--bin` applies to every `-p` of one command, and the
+    // plugins have no binary (their `.so` would not be built).
+    let mut plugins = Command::new(cmd.get_program());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => plugins.env(name, value),
+            None => plugins.env_remove(name),
+        };
+    }
     run(
         cmd.args(["build", "--release", "-p", "mq-host", "--bin", "mq-host"])
+            .current_dir(&paths.workspace),
+        "cargo build --release -p mq-host",
+    );
+    run(
+        plugins
+            .args(["build", "--release"])
             .args(["-p", "mq-example-allowlist", "-p", "mq-example-stamp"])
             .current_dir(&paths.workspace),
-        "cargo build --release",
+        "cargo build --release (the plugins)",
     );
 }
 

@@ -99,6 +99,12 @@ counters! {
     messages_stored,
     /// Messages a plugin refused at `smtp_in_message` (reported under `refused/`).
     messages_refused,
+    /// Group commits of `serve`'s store thread: each made the files of every transaction
+    /// waiting for it durable together (see `store_fsyncs`).
+    store_commits,
+    /// `fsync` calls of `serve`'s group commits: one per file, plus one per directory per
+    /// commit (shared by every transaction of the commit).
+    store_fsyncs,
     /// Delivery attempts made to the relay.
     delivery_attempts,
     /// Messages the relay accepted.

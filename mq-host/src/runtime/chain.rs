@@ -81,10 +81,75 @@ pub(crate) struct CallRecord {
 /// A finished chain.
 pub(crate) struct ChainReport {
     pub(crate) end: ChainEnd,
-    pub(crate) calls: Vec<CallRecord>,
+    pub(crate) calls: CallLog,
     pub(crate) retries: u32,
     pub(crate) args: ChainArgs,
     pub(crate) started: Instant,
+}
+
+/// The calls of a chain: the first [`CallLog::INLINE`] kept in place, so
+/// that a chain through a few plugins allocates nothing for its record
+/// (it was one allocation per chain run); more (many plugins, retries)
+/// move to the heap.
+#[derive(Debug, Clone)]
+pub(crate) struct CallLog {
+    inline: [CallRecord; CallLog::INLINE],
+    len: usize,
+    /// Every call, once there are more than fit inline.
+    spilled: Vec<CallRecord>,
+}
+
+impl CallLog {
+    /// Calls kept without an allocation.
+    pub(crate) const INLINE: usize = 4;
+
+    fn push(&mut self, call: CallRecord) {
+        if self.spilled.is_empty() && self.len < Self::INLINE {
+            self.inline[self.len] = call;
+            self.len += 1;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spilled.push(call);
+        }
+    }
+}
+
+impl Default for CallLog {
+    fn default() -> CallLog {
+        let none = CallRecord {
+            plugin: 0,
+            took_control: false,
+            resumed: None,
+        };
+        CallLog {
+            inline: [none; CallLog::INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for CallLog {
+    type Target = [CallRecord];
+    fn deref(&self) -> &[CallRecord] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl std::ops::DerefMut for CallLog {
+    fn deref_mut(&mut self) -> &mut [CallRecord] {
+        if self.spilled.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -152,7 +217,7 @@ pub(crate) struct Chain {
     position: usize,
     retries: u32,
     state: State,
-    calls: Vec<CallRecord>,
+    calls: CallLog,
     started: Instant,
 }
 
@@ -164,7 +229,7 @@ impl Chain {
             position: 0,
             retries: 0,
             state: State::Ready,
-            calls: Vec::new(),
+            calls: CallLog::default(),
             started: Instant::now(),
         }
     }
@@ -523,5 +588,22 @@ mod tests {
         );
         assert_eq!(c.holder(3), None);
         assert!(!c.rearm_hold(3, second), "resumed: nothing to re-arm");
+    }
+
+    #[test]
+    fn the_call_log_keeps_every_call_in_order_past_its_inline_room() {
+        let mut log = CallLog::default();
+        for plugin in 0..CallLog::INLINE + 3 {
+            log.push(CallRecord {
+                plugin,
+                took_control: plugin % 2 == 1,
+                resumed: None,
+            });
+            let plugins: Vec<usize> = log.iter().map(|c| c.plugin).collect();
+            assert_eq!(plugins, (0..=plugin).collect::<Vec<_>>());
+        }
+        log.last_mut().unwrap().resumed = Some(Resume::Cancelled);
+        assert_eq!(log[CallLog::INLINE + 2].resumed, Some(Resume::Cancelled));
+        assert!(log[1].took_control && !log[2].took_control);
     }
 }

@@ -9,14 +9,14 @@ use crate::observe::Counters;
 use crate::observe::{HostLog, Priority, Source};
 use crate::plugins::LoadedPlugin;
 use crate::runtime::chain::{Chain, ChainReport};
-use crate::runtime::connection::ConnectionState;
+use crate::runtime::connection::{id_map, ConnectionState, IdMap};
 use crate::runtime::event_loop::{EventLoop, Interest, LoopRemote, TimerHandle, WatcherHandle};
 use crate::runtime::misuse::Misuse;
 use crate::runtime::watchdog::{CallGuard, CallSite, CallSlot};
 use mq_abi::sys::MQ_Context;
 use mq_hook_table::{Hook, HookId, HOOK_COUNT};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -184,13 +184,13 @@ pub(crate) struct Worker {
     pub(crate) ev: EventLoop,
     pub(crate) shared: Arc<Shared>,
     pub(crate) contexts: Box<[ContextObj]>,
-    pub(crate) connections: RefCell<HashMap<u64, Rc<ConnectionState>>>,
+    pub(crate) connections: RefCell<IdMap<Rc<ConnectionState>>>,
     /// Closed connections a plugin may still use: one holding its chain,
     /// or one whose hold expired uncancelled (it will resume late). They
     /// are let go when that is over.
-    pub(crate) retired: RefCell<HashMap<u64, Rc<ConnectionState>>>,
+    pub(crate) retired: RefCell<IdMap<Rc<ConnectionState>>>,
     /// The chain running on each connection that has one (by connection id).
-    pub(crate) chains: RefCell<HashMap<u64, RunningChain>>,
+    pub(crate) chains: RefCell<IdMap<RunningChain>>,
     takeovers: Cell<u64>,
     /// The call into a plugin running now, for the stall watchdog.
     pub(crate) calls: Arc<CallSlot>,
@@ -453,9 +453,9 @@ fn worker_main(
         ev,
         shared,
         contexts,
-        connections: RefCell::new(HashMap::new()),
-        retired: RefCell::new(HashMap::new()),
-        chains: RefCell::new(HashMap::new()),
+        connections: RefCell::new(id_map()),
+        retired: RefCell::new(id_map()),
+        chains: RefCell::new(id_map()),
         takeovers: Cell::new(0),
         calls,
     });

@@ -6,9 +6,9 @@ use super::{commands, session, ConnectionLimit, Listener, OpenSessions, ServeCon
 use crate::observe::{Counters, Priority, Source};
 use crate::runtime::event_loop::LoopRemote;
 use crate::runtime::worker::{self, Shared};
+use crate::store::commit::Committer;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,10 @@ pub(super) fn listen(
     let wake = TcpStream::from(std::os::fd::OwnedFd::from(listener.try_clone()?));
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(OpenSessions::default());
+    let store = Arc::new(Committer::start(
+        Arc::clone(&host.counters),
+        &config.data_dir,
+    )?);
     let acceptor = Acceptor {
         listener,
         stop: Arc::clone(&stop),
@@ -38,6 +42,10 @@ pub(super) fn listen(
         remotes: remotes.clone(),
         host,
         config: Arc::new(config),
+        #[cfg(test)]
+        store: Arc::clone(&store),
+        #[cfg(not(test))]
+        store,
     };
     let thread = std::thread::Builder::new()
         .name("mq-smtp-accept".into())
@@ -49,6 +57,8 @@ pub(super) fn listen(
         thread: Some(thread),
         open,
         remotes,
+        #[cfg(test)]
+        store,
     })
 }
 
@@ -59,6 +69,8 @@ struct Acceptor {
     remotes: Vec<LoopRemote>,
     host: Arc<Shared>,
     config: Arc<ServeConfig>,
+    /// The store thread of this listener's sessions.
+    store: Arc<Committer>,
 }
 
 impl Acceptor {
@@ -111,11 +123,11 @@ impl Acceptor {
             Err(limit) => return self.refuse(stream, limit),
         };
         let config = Arc::clone(&self.config);
+        let store = Arc::clone(&self.store);
         let remote = &self.remotes[*next % self.remotes.len()];
         *next += 1;
         worker::post(remote, move |w| {
-            let config = Rc::new((*config).clone());
-            session::start_session(w, stream, config, admission, commands::process)
+            session::start_session(w, stream, config, admission, store, commands::process)
         });
     }
 

@@ -5,6 +5,7 @@ use super::session::{close, guarded, reply, Deadline, Ending, Phase, Shared};
 use crate::observe::Priority;
 use crate::runtime::worker::Worker;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Arms, keeps or stops the session's deadline for what it waits for from
 /// the client now: a line being received, or a message's data.
@@ -21,7 +22,11 @@ pub(super) fn update_deadline(w: &Worker, s: &Shared) {
             }
             Phase::Connecting => None,
         };
-        (want, sess.deadline.map(|(d, _)| d), Rc::clone(&sess.config))
+        (
+            want,
+            sess.deadline.map(|(d, _)| d),
+            Arc::clone(&sess.config),
+        )
     };
     if want == current {
         return;

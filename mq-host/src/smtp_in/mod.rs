@@ -22,7 +22,10 @@
 //! QUIT. A panic in a session's handling (a host bug) ends that session,
 //! never the worker. An accepted
 //! message is written durably (fsync, atomic rename) under the data
-//! directory — `inbox/` or, for local messages, `local/` — before the 250.
+//! directory — `inbox/` or, for local messages, `local/` — before the 250:
+//! the listener's store thread commits the files of all sessions waiting
+//! at once (`crate::store::commit`), while each session waits without
+//! blocking its worker.
 
 //!
 //! The files: this one the server (configuration, acceptor, shutdown);
@@ -36,6 +39,8 @@ mod commands;
 mod deadline;
 mod input;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tls;
 mod transaction;
 
@@ -290,6 +295,10 @@ pub struct Listener {
     thread: Option<std::thread::JoinHandle<()>>,
     open: Arc<OpenSessions>,
     remotes: Vec<crate::runtime::event_loop::LoopRemote>,
+    /// The store thread committing this listener's messages (it ends once
+    /// its last session is gone); tests hold its commits.
+    #[cfg(test)]
+    store: Arc<crate::store::commit::Committer>,
 }
 
 impl Listener {

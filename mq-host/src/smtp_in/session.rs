@@ -11,20 +11,22 @@ use super::{Admission, ServeConfig};
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::chain::ChainReport;
-use crate::runtime::connection::ConnectionState;
+use crate::runtime::connection::{id_map, ConnectionState, IdMap};
 use crate::runtime::dispatch;
 use crate::runtime::event_loop::{Interest, TimerHandle, WatcherHandle};
 use crate::runtime::message::ChainArgs;
 use crate::runtime::worker::Worker;
+use crate::store::commit::Committer;
 use mq_hook_table::HookId;
 use smtp_proto::request::receiver::{
     BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
 };
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub(super) enum Phase {
     /// Waiting for `smtp_in_connect` before the greeting.
@@ -67,7 +69,8 @@ pub(super) struct Session {
     pub(super) tls: Option<rustls::ServerConnection>,
     /// `smtp_in_secure` is due once the TLS handshake completes.
     pub(super) secure_pending: bool,
-    pub(super) config: Rc<ServeConfig>,
+    /// The listener's configuration, shared by all its sessions.
+    pub(super) config: Arc<ServeConfig>,
     pub(super) watcher: Option<WatcherHandle>,
     pub(super) watching_write: bool,
     pub(super) watching_read: bool,
@@ -107,6 +110,11 @@ pub(super) struct Session {
     /// The login of the last successful AUTH (the incoming JSON's
     /// `connection.user`).
     pub(super) user: Option<String>,
+    /// Both ends' addresses (local, remote), asked of the socket once per
+    /// connection, for the incoming JSON's `connection`.
+    pub(super) addresses: std::cell::OnceCell<(Option<SocketAddr>, Option<SocketAddr>)>,
+    /// The listener's store thread, which commits accepted messages.
+    pub(super) store: Arc<Committer>,
 }
 
 pub(super) type Shared = Rc<RefCell<Session>>;
@@ -164,7 +172,7 @@ impl Session {
 }
 
 thread_local! {
-    pub(super) static SESSIONS: RefCell<std::collections::HashMap<u64, Shared>> = RefCell::new(Default::default());
+    pub(super) static SESSIONS: RefCell<IdMap<Shared>> = RefCell::new(id_map());
 }
 
 /// Runs a session's event handling; a panic (a host bug) is logged and
@@ -185,8 +193,9 @@ pub(super) fn guarded(w: &Worker, s: &Shared, f: impl FnOnce()) {
 pub(super) fn start_session(
     w: &Worker,
     stream: TcpStream,
-    config: Rc<ServeConfig>,
+    config: Arc<ServeConfig>,
     admission: Admission,
+    store: Arc<Committer>,
     on_input: InputHandler,
 ) {
     if let Err(e) = stream.set_nonblocking(true) {
@@ -234,6 +243,8 @@ pub(super) fn start_session(
         too_big: false,
         helo: None,
         user: None,
+        addresses: std::cell::OnceCell::new(),
+        store,
     }));
     SESSIONS.with(|s| s.borrow_mut().insert(id, Rc::clone(&session)));
     watch(w, &session, false);
@@ -339,8 +350,25 @@ pub(super) fn touch(w: &Worker, s: &Shared) {
     s.borrow_mut().idle = Some(timer);
 }
 
+thread_local! {
+    /// The buffer sessions read their sockets into, one per worker: a
+    /// buffer on the stack was zeroed (16 KiB) on every read.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How much one `read(2)` of a session's socket takes at most.
+const READ_SIZE: usize = 16 * 1024;
+
 pub(super) fn read(w: &Worker, s: &Shared) {
-    let mut buf = [0u8; 16 * 1024];
+    // Taken out while in use: a nested read (none today) would find it
+    // empty and make its own.
+    let mut buf = READ_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.resize(READ_SIZE, 0);
+    read_into(w, s, &mut buf);
+    READ_BUFFER.with(|b| *b.borrow_mut() = buf);
+}
+
+fn read_into(w: &Worker, s: &Shared, buf: &mut [u8]) {
     loop {
         if s.borrow().input_full() {
             // Read again once the session has handled its input.
@@ -349,7 +377,7 @@ pub(super) fn read(w: &Worker, s: &Shared) {
             watch(w, s, want_write);
             break;
         }
-        let result = s.borrow_mut().stream.read(&mut buf);
+        let result = s.borrow_mut().stream.read(buf);
         match result {
             Ok(0) => {
                 // End of input: what is buffered is still served (as a

@@ -10,20 +10,22 @@
 //! are not produced, as mq-host has no spool directory, no injecting
 //! command line and runs no SPF/DKIM/DMARC checks.
 
-use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared};
+use super::session::{go_on, reply, reply_raw, reset, step, step_with, Ending, Shared, SESSIONS};
 use super::session::{Recipient, Session};
 use crate::clock::now_mailerq;
 use crate::inbound::refuses as refused;
 use crate::observe::Priority;
 use crate::runtime::message::{ChainArgs, Direction, MessageObj};
-use crate::runtime::worker::Worker;
+use crate::runtime::worker::{self, Worker};
+use crate::store::commit::Job;
 use crate::store::mime::Batch;
 use crate::store::{DataDir, Queue};
 use mq_hook_table::HookId;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// One recipient's message after `smtp_in_message`.
 pub(super) struct Decided {
@@ -136,19 +138,23 @@ pub(super) fn data_done(w: &Worker, s: &Shared) {
     w.defer(move |w| go_on(w, &s));
 }
 
-/// Stores a transaction's messages (one per recipient) all or none: if one
-/// cannot be stored, those already written are removed again and the
-/// client is told 451, so its retry does not duplicate them. Only then are
-/// the outbox's ones queued for delivery.
+/// Stores a transaction's messages (one per recipient) all or none: they
+/// are written under temporary names here, then made durable and given
+/// their names by the listener's store thread in a group commit with
+/// other sessions' ([`crate::store::commit`]); the reply waits for that
+/// commit, the worker does not. If one cannot be stored, none is (the
+/// others are removed again) and the client is told 451, so its retry
+/// does not duplicate them. Only once committed are the outbox's ones
+/// queued for delivery.
 fn store_all(w: &Worker, s: &Shared, done: Done) {
-    data_done(w, s);
     let Done {
         decided: done,
         reply: plugin_reply,
     } = done;
     let dir = DataDir::new(s.borrow().config.data_dir.clone());
     let mut batch = Batch::new(&dir, done.iter().filter_map(|d| d.mime.as_ref()));
-    let mut stored: Vec<(PathBuf, Queue)> = Vec::new();
+    let mut inbox: Vec<PathBuf> = Vec::new();
+    let mut stored = 0u64;
     let mut stored_ids: Vec<(String, String)> = Vec::new();
     let mut refusals = Vec::new();
     for decided in done {
@@ -171,14 +177,22 @@ fn store_all(w: &Worker, s: &Shared, done: Done) {
             Queue::Inbox
         };
         match batch.add(queue, decided.json, decided.mime.as_ref()) {
-            Ok(path) => stored.push((path, queue)),
+            Ok(path) => {
+                stored += 1;
+                if queue == Queue::Inbox {
+                    inbox.push(path);
+                }
+            }
             Err(e) => {
                 batch.undo();
+                data_done(w, s);
+                reset(s);
                 return reply(w, s, &format!("451 4.3.0 cannot store the message: {e}"));
             }
         }
     }
     // Refusal reports: kept even if the accepted part is later retried.
+    let refused_count = refusals.len() as u64;
     for (reason, report) in &mut refusals {
         report.json.insert(
             "result".to_owned(),
@@ -188,30 +202,109 @@ fn store_all(w: &Worker, s: &Shared, done: Done) {
         if let Err(e) = batch.add(Queue::Refused, json, report.mime.as_ref()) {
             log_store_error(w, &format!("cannot store a refusal report: {e}"));
         }
-        count(w, |c| &c.messages_refused);
-    }
-    if let Some(outbox) = &s.borrow().config.outbox {
-        for (path, queue) in &stored {
-            if *queue == Queue::Inbox {
-                outbox.push(path.clone());
-            }
-        }
-    }
-    for _ in &stored {
-        count(w, |c| &c.messages_stored);
     }
     reset(s);
-    if stored.is_empty() {
+    let answer = if stored == 0 {
         let reason = refusals
             .into_iter()
             .next()
             .map(|(reason, _)| reason)
             .unwrap_or_else(|| "554 5.7.1 refused".into());
-        reply(w, s, &reason);
+        format!("{reason}\r\n").into_bytes()
     } else if let Some(sent) = plugin_reply {
-        reply_raw(w, s, &sent);
+        sent
     } else {
-        reply(w, s, &queued_reply(&stored_ids));
+        format!("{}\r\n", queued_reply(&stored_ids)).into_bytes()
+    };
+    let outcome = Outcome {
+        stored,
+        refused: refused_count,
+        answer,
+    };
+    let staged = batch.into_staged();
+    if staged.files.is_empty() && staged.links.is_empty() {
+        return committed(w, s, outcome, Ok(()));
+    }
+    let store = Arc::clone(&s.borrow().store);
+    if store.inline() {
+        // A data directory in memory: committed here (see
+        // `Committer::start`).
+        let result = store.commit_here(staged);
+        if let (Ok(()), Some(outbox)) = (&result, &s.borrow().config.outbox) {
+            for path in inbox {
+                outbox.push(path);
+            }
+        }
+        return committed(w, s, outcome, result.map_err(|e| e.to_string()));
+    }
+    let (remote, id, outbox) = {
+        let sess = s.borrow();
+        (w.ev.remote(), sess.conn.id, sess.config.outbox.clone())
+    };
+    store.submit(Job {
+        staged,
+        done: Box::new(move |result| {
+            // On the store thread: the files are durable (or gone again).
+            if let (Ok(()), Some(outbox)) = (&result, outbox) {
+                for path in inbox {
+                    outbox.push(path);
+                }
+            }
+            let result = result.map_err(|e| e.to_string());
+            worker::post(&remote, move |w| {
+                let session = SESSIONS.with(|m| m.borrow().get(&id).cloned());
+                if let Some(s) = session {
+                    committed(w, &s, outcome, result);
+                } else {
+                    // The session is gone; its messages are stored all the
+                    // same (its client never got the 250 and will retry).
+                    outcome.count(w, &result);
+                }
+            });
+        }),
+    });
+}
+
+/// What a transaction's reply and counters need once its commit is over.
+struct Outcome {
+    stored: u64,
+    refused: u64,
+    /// The reply if the commit succeeds.
+    answer: Vec<u8>,
+}
+
+impl Outcome {
+    fn count(&self, w: &Worker, result: &Result<(), String>) {
+        let counters = &w.shared.counters;
+        if result.is_ok() {
+            counters
+                .messages_stored
+                .fetch_add(self.stored, Ordering::Relaxed);
+        }
+        if result.is_ok() || self.stored == 0 {
+            counters
+                .messages_refused
+                .fetch_add(self.refused, Ordering::Relaxed);
+        }
+    }
+}
+
+/// On the worker, once the transaction's commit is over: the reply (the
+/// `250` only now, its files being durable), and pipelined input goes on.
+fn committed(w: &Worker, s: &Shared, outcome: Outcome, result: Result<(), String>) {
+    outcome.count(w, &result);
+    data_done(w, s);
+    if s.borrow().ending != Ending::No {
+        // The client went away, or is sent away, meanwhile.
+        return;
+    }
+    match result {
+        Ok(()) => reply_raw(w, s, &outcome.answer),
+        Err(e) if outcome.stored == 0 => {
+            log_store_error(w, &format!("cannot store a refusal report: {e}"));
+            reply_raw(w, s, &outcome.answer);
+        }
+        Err(e) => reply(w, s, &format!("451 4.3.0 cannot store the message: {e}")),
     }
 }
 
@@ -267,8 +360,9 @@ pub(super) fn incoming_json(sess: &Session, recipient: &str) -> Map<String, Valu
 /// numbers), `secure` (TLS, after STARTTLS), and `user`, the AUTH login,
 /// only when the client authenticated (as MailerQ leaves it out).
 fn connection_json(sess: &Session) -> Value {
-    let local = sess.stream.local_addr().ok();
-    let remote = sess.stream.peer_addr().ok();
+    let (local, remote) = *sess
+        .addresses
+        .get_or_init(|| (sess.stream.local_addr().ok(), sess.stream.peer_addr().ok()));
     let mut connection = json!({
         "local-ip": local.map(|a| a.ip().to_string()),
         "local-port": local.map(|a| a.port()),
@@ -296,7 +390,7 @@ fn message_id() -> String {
     format!(
         "{}{}{}",
         base36(nanos, 13),
-        base36(u128::from(std::process::id()), 5),
+        base36(u128::from(crate::store::process_id()), 5),
         base36(u128::from(seq), 1)
     )
 }

@@ -14,10 +14,12 @@
 //! Keys are file names: ASCII letters, digits, `.`, `-` and `_`, not
 //! starting with a dot, at most 200 bytes.
 
-use super::{new_name, store_as, sync_dir, DataDir, Queue};
+use super::commit::{Staged, StagedFile};
+#[cfg(test)]
+use super::{create_in, store_as, sync_dir};
+use super::{new_name, stage, DataDir, Queue};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -55,33 +57,17 @@ impl MimeStore {
     }
 
     /// Writes `bytes` as `key`, durably (a temporary file, fsync, rename).
+    #[cfg(test)]
     pub(crate) fn write(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path(key)?;
-        std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".{key}.tmp"));
         {
-            let mut file = std::fs::File::create(&tmp)?;
+            use std::io::Write;
+            let mut file = create_in(&self.dir, &tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
-        sync_dir(&self.dir)
-    }
-
-    /// Makes `key` a second name of the data of `existing` (not yet
-    /// durable: see [`MimeStore::sync`]).
-    pub(crate) fn link(&self, existing: &str, key: &str) -> std::io::Result<()> {
-        let from = self.path(existing)?;
-        let to = self.path(key)?;
-        match std::fs::hard_link(&from, &to) {
-            Ok(()) => Ok(()),
-            // A file system without hard links: a copy of its own.
-            Err(_) => std::fs::copy(&from, &to).map(|_| ()),
-        }
-    }
-
-    /// Makes the links made so far durable.
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
         sync_dir(&self.dir)
     }
 
@@ -152,6 +138,11 @@ fn has_message(data_dir: &DataDir, name: &str) -> bool {
 }
 
 /// One transaction's messages, written all or none, each MIME buffer once.
+///
+/// [`Batch::add`] writes each file under a temporary name without making
+/// it durable; [`Batch::into_staged`] hands them over for a group commit
+/// ([`commit`](super::commit)), which fsyncs and renames them; only then
+/// do they exist under their names.
 pub(crate) struct Batch {
     data_dir: DataDir,
     mime: MimeStore,
@@ -159,9 +150,8 @@ pub(crate) struct Batch {
     uses: HashMap<*const u8, usize>,
     /// The key a buffer was first written under.
     written_as: HashMap<*const u8, String>,
-    /// Files written so far: messages, and MIME keys.
-    messages: Vec<PathBuf>,
-    keys: Vec<String>,
+    /// Files written so far, and links to make.
+    staged: Staged,
 }
 
 impl Batch {
@@ -180,13 +170,13 @@ impl Batch {
             mime: MimeStore::new(data_dir),
             uses,
             written_as: HashMap::new(),
-            messages: Vec::new(),
-            keys: Vec::new(),
+            staged: Staged::default(),
         }
     }
 
-    /// Writes one message into `queue`: its JSON, with its MIME inline or
-    /// under its own key (see the module docs).
+    /// Writes one message for `queue`: its JSON, with its MIME inline or
+    /// under its own key (see the module docs). Returns the name it will
+    /// have once committed.
     pub(crate) fn add(
         &mut self,
         queue: Queue,
@@ -203,36 +193,43 @@ impl Batch {
                 _ => {
                     match self.written_as.get(&mime.as_ptr()) {
                         Some(first) => {
-                            self.mime.link(first, &name)?;
-                            self.mime.sync()?;
+                            let link = (self.mime.path(first)?, self.mime.path(&name)?);
+                            self.staged.links.push(link);
                         }
                         None => {
-                            self.mime.write(&name, mime)?;
+                            let file = stage(&self.mime.dir, &name, mime)?;
+                            self.push(file);
                             self.written_as.insert(mime.as_ptr(), name.clone());
                         }
                     }
-                    self.keys.push(name.clone());
                     json.insert("key".to_owned(), Value::String(name.clone()));
                 }
             }
         }
-        let path = store_as(
-            &self.data_dir.queue(queue),
-            &format!("{name}.json"),
-            &Value::Object(json),
-        )?;
-        self.messages.push(path.clone());
+        let bytes = serde_json::to_vec(&Value::Object(json))?;
+        let file = stage(&self.data_dir.queue(queue), &format!("{name}.json"), &bytes)?;
+        let path = file.path.clone();
+        self.push(file);
         Ok(path)
+    }
+
+    /// Adds a written file; only a transaction's first stays open (see
+    /// [`StagedFile::file`]).
+    fn push(&mut self, mut file: StagedFile) {
+        if !self.staged.files.is_empty() {
+            file.file = None;
+        }
+        self.staged.files.push(file);
+    }
+
+    /// The files written, for their commit.
+    pub(crate) fn into_staged(self) -> Staged {
+        self.staged
     }
 
     /// Removes everything written so far (a later message failed).
     pub(crate) fn undo(self) {
-        for path in &self.messages {
-            let _ = super::remove(path);
-        }
-        for key in &self.keys {
-            let _ = self.mime.remove(key);
-        }
+        self.staged.discard();
     }
 }
 
@@ -276,6 +273,22 @@ mod tests {
         DataDir::new(dir)
     }
 
+    /// Commits `batch` through a store thread, as `serve` does.
+    fn commit(batch: Batch) {
+        commit_staged(batch.into_staged());
+    }
+
+    fn commit_staged(staged: Staged) {
+        let counters = std::sync::Arc::new(crate::observe::Counters::default());
+        let committer = super::super::commit::Committer::threads(counters).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        committer.submit(super::super::commit::Job {
+            staged,
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        });
+        rx.recv().unwrap().unwrap();
+    }
+
     fn json(recipient: &str) -> Map<String, Value> {
         let Value::Object(map) = serde_json::json!({"recipient": recipient}) else {
             unreachable!()
@@ -295,6 +308,11 @@ mod tests {
                     .unwrap()
             })
             .collect();
+        assert!(!paths[0].exists(), "not under its name before its commit");
+        let staged = batch.into_staged();
+        let open = staged.files.iter().filter(|f| f.file.is_some()).count();
+        assert_eq!((staged.files.len(), open), (4, 1), "one descriptor held");
+        commit_staged(staged);
         let keys: Vec<String> = paths
             .iter()
             .map(|p| {
@@ -322,6 +340,7 @@ mod tests {
         let mut batch = Batch::new(&dir, [&text, &latin1]);
         let inline = batch.add(Queue::Inbox, json("a@x"), Some(&text)).unwrap();
         let apart = batch.add(Queue::Local, json("b@x"), Some(&latin1)).unwrap();
+        commit(batch);
         let read = |p: &Path| -> Map<String, Value> {
             serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
         };
@@ -343,6 +362,8 @@ mod tests {
         let path = batch.add(Queue::Inbox, json("a@x"), Some(&mime)).unwrap();
         batch.undo();
         assert!(!path.exists());
+        let tmp_left = std::fs::read_dir(dir.queue(Queue::Inbox)).unwrap().count();
+        assert_eq!(tmp_left, 0, "no temporary file left");
         let left = std::fs::read_dir(dir.path().join("mime")).unwrap().count();
         assert_eq!(left, 0);
         std::fs::remove_dir_all(dir.path()).unwrap();

@@ -7,6 +7,11 @@
 //! torn one; a leftover `.tmp` file was never acknowledged and is removed
 //! when the directory is picked up again.
 //!
+//! `serve` shares that cost between sessions: its files are written by
+//! the workers ([`stage`]) and made durable by a store thread in group
+//! commits ([`commit`]: each file fsync'd, renamed, then each directory
+//! fsync'd once for every file of the commit) before any `250`.
+//!
 //! The layout (`mq-host serve` and `mq-host deliver`), one [`Queue`]
 //! each, and the lock ([`DataDir::lock`]: one process per directory):
 //!
@@ -22,6 +27,7 @@
 //! | `mime/`      | MIME data kept apart from its message ([`mime`])          |
 //! | `.lock`      | locked while a process uses the directory                 |
 
+pub(crate) mod commit;
 pub(crate) mod mime;
 
 use serde_json::Value;
@@ -118,9 +124,49 @@ pub(crate) fn new_name() -> String {
         .as_nanos();
     format!(
         "{stamp}-{}-{}",
-        std::process::id(),
+        process_id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// This process's id, asked of the kernel once (`getpid` is a system
+/// call, and a name is made for every message).
+pub(crate) fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+/// Creates (or truncates) the file `path` in `dir`; `dir` (with its
+/// parents) is created only when it is missing, so that a store costs no
+/// `mkdir` once the directory exists. A directory made here is made
+/// durable in its parent.
+pub(crate) fn create_in(dir: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::File::create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            std::fs::File::create(path)
+        }
+        other => other,
+    }
+}
+
+/// Writes `bytes` to a temporary file for `dir/name`, not yet durable:
+/// its [group commit](commit) fsyncs it and gives it its name.
+pub(crate) fn stage(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<commit::StagedFile> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = create_in(dir, &tmp)?;
+    if let Err(e) = file.write_all(bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(commit::StagedFile {
+        file: Some(file),
+        tmp,
+        path: dir.join(name),
+    })
 }
 
 /// Writes `message` as JSON under `dir` with a new, unique name, durably.
@@ -131,7 +177,6 @@ pub(crate) fn store(dir: &Path, message: &Value) -> std::io::Result<PathBuf> {
 /// Writes `message` as JSON to `dir/name`, durably, replacing a file of
 /// that name atomically.
 pub(crate) fn store_as(dir: &Path, name: &str, message: &Value) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     {
@@ -139,7 +184,7 @@ pub(crate) fn store_as(dir: &Path, name: &str, message: &Value) -> std::io::Resu
         // and straight into the file that was a system call each (every
         // escaped `\r\n` of a MIME one).
         let bytes = serde_json::to_vec(message)?;
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = create_in(dir, &tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
     }
@@ -159,9 +204,15 @@ pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
 
 /// Moves `path` into `dir` as `name` in one rename, durably.
 pub(crate) fn move_as(path: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let target = dir.join(name);
-    std::fs::rename(path, &target)?;
+    match std::fs::rename(path, &target) {
+        // `dir` made only when missing: no `mkdir` per move.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(path, &target)?;
+        }
+        other => other?,
+    }
     sync_dir(dir)?;
     if let Some(from) = path.parent() {
         sync_dir(from)?;
