@@ -29,7 +29,10 @@ fn outside_a_hook_it_is_the_real_clock() {
     set_offset(OFFSET);
     let before = Instant::now();
     let now = mq_plugin::time::now();
-    assert!(now >= before && now < before + OFFSET, "{now:?} vs {before:?}");
+    assert!(
+        now >= before && now < before + OFFSET,
+        "{now:?} vs {before:?}"
+    );
 }
 
 #[test]

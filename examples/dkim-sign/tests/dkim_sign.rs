@@ -32,7 +32,10 @@ static ENV: Mutex<()> = Mutex::new(());
 
 fn host(headers: Option<&str>) -> TestHost {
     let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ed25519-test-only.pem");
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ed25519-test-only.pem"
+    );
     std::env::set_var("MQ_DKIM_KEY_FILE", key);
     std::env::set_var("MQ_DKIM_DOMAIN", DOMAIN);
     std::env::set_var("MQ_DKIM_SELECTOR", SELECTOR);
@@ -100,7 +103,9 @@ fn verify(signed: &[u8]) -> Vec<DkimResult> {
 /// The value of the first `DKIM-Signature` header, unfolded.
 fn signature_of(mime: &str) -> String {
     let head = mime.split("\r\n\r\n").next().unwrap();
-    let start = head.find("DKIM-Signature:").expect("a DKIM-Signature header");
+    let start = head
+        .find("DKIM-Signature:")
+        .expect("a DKIM-Signature header");
     let mut value = String::new();
     for (i, line) in head[start..].split("\r\n").enumerate() {
         if i > 0 && !line.starts_with([' ', '\t']) {
@@ -143,7 +148,14 @@ fn the_message_to_the_relay_is_signed_and_verifies() {
         .find_map(|t| t.strip_prefix("h="))
         .expect("h=")
         .to_ascii_lowercase();
-    for field in ["from", "to", "subject", "date", "message-id", "mime-version"] {
+    for field in [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+    ] {
         assert!(h.split(':').any(|f| f == field), "{field} in h={h}");
     }
     assert_eq!(verify(&sent), [DkimResult::Pass]);

@@ -122,9 +122,13 @@ fn first_attempts_wait_and_retries_after_the_grey_period_pass() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
     // The test host's connections have no socket, so no client network.
-    assert_eq!(key, "mq:greylist:unknown|shop@example.com|alice@example.org");
+    assert_eq!(
+        key,
+        "mq:greylist:unknown|shop@example.com|alice@example.org"
+    );
     // A retry within the grey period: still greylisted.
-    smtp.rcpt_to("alice@example.org").assert_reply(451, GREYLISTED);
+    smtp.rcpt_to("alice@example.org")
+        .assert_reply(451, GREYLISTED);
     // Another sender to the same recipient is another triplet.
     smtp.mail_from("news@example.com").assert_accepted();
     smtp.rcpt_to("alice@example.org").assert_refused(451);

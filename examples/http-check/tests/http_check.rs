@@ -87,7 +87,11 @@ fn the_services_verdict_decides() {
         "{}",
         requests[0]
     );
-    assert!(requests[0].contains(&format!("\r\nHost: {addr}\r\n")), "{}", requests[0]);
+    assert!(
+        requests[0].contains(&format!("\r\nHost: {addr}\r\n")),
+        "{}",
+        requests[0]
+    );
     let log = host.plugin_log();
     assert!(
         log.iter().any(|l| l.contains("the service answered 500")),
@@ -120,7 +124,8 @@ fn a_service_that_is_down_defers_the_recipient() {
         .assert_flow("mq-example-http-check", Flow::Complete);
     let log = host.plugin_log();
     assert!(
-        log.iter().any(|l| l.contains(&format!("connecting to {addr}"))),
+        log.iter()
+            .any(|l| l.contains(&format!("connecting to {addr}"))),
         "{log:?}"
     );
 }

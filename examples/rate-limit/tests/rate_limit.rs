@@ -24,10 +24,7 @@ fn configure() {
 #[test]
 fn over_the_limit_a_sender_is_deferred_and_others_go_on() {
     configure();
-    let host = TestHost::builder()
-        .this_crate()
-        .virtual_time(false)
-        .start();
+    let host = TestHost::builder().this_crate().virtual_time(false).start();
     let mut smtp = host.smtp();
     smtp.connect().assert_accepted();
     for _ in 0..2 {
