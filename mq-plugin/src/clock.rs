@@ -6,18 +6,56 @@
 
 use crate::executor::current_context;
 use crate::host::host;
+use crate::sys::MQ_Context;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// The context of the synchronous hook running on this thread (null
+    /// outside one); read by [`now`] only.
+    static SYNC_HOOK: Cell<*mut MQ_Context> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marks the context of a synchronous hook call for [`now`] while it
+/// lives, and restores the previous one after (also when the hook
+/// unwinds). It does not make the hook a hook future: `sleep` and the
+/// sockets still refuse to run there.
+pub(crate) struct SyncHook(*mut MQ_Context);
+
+impl SyncHook {
+    /// Enters `ctx`, a live context for the duration of the hook call.
+    #[inline(always)]
+    pub(crate) fn enter(ctx: *mut MQ_Context) -> SyncHook {
+        SyncHook(SYNC_HOOK.with(|c| c.replace(ctx)))
+    }
+}
+
+impl Drop for SyncHook {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let _ = SYNC_HOOK.try_with(|c| c.set(self.0));
+    }
+}
+
 /// The worker's now: [`Instant::now`] plus the host's clock offset of the
-/// context whose hook future runs (none outside one).
+/// context whose hook future (or synchronous hook) runs; no offset outside
+/// one.
 pub(crate) fn now() -> Instant {
     let now = Instant::now();
-    let offset = match (current_context(), host().clock_offset) {
-        // SAFETY: a live context of this thread's hook future.
-        (Some(ctx), Some(offset)) => Duration::from_nanos(unsafe { offset(ctx.as_raw()) }),
-        _ => Duration::ZERO,
+    let Some(offset) = host().clock_offset else {
+        return now;
     };
+    let ctx = match current_context() {
+        Some(ctx) => ctx.as_raw(),
+        None => SYNC_HOOK.with(Cell::get),
+    };
+    if ctx.is_null() {
+        return now;
+    }
+    // SAFETY: the live context of this thread's hook future or of the
+    // synchronous hook call running on it.
+    let offset = Duration::from_nanos(unsafe { offset(ctx) });
     now.checked_add(offset).unwrap_or(now)
 }
 

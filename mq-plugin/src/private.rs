@@ -226,6 +226,7 @@ pub unsafe fn context<R: LifecycleReturn, F: FnOnce(&Context) -> R>(
     f: F,
 ) {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed a live context.
     let result = catch(|| f(unsafe { Context::from_raw(ctx) }).into_result());
     match result {
@@ -242,6 +243,7 @@ pub unsafe fn connection<R: HookReturn, F: FnOnce(&Context, &Connection) -> R>(
     f: F,
 ) -> bool {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed live objects for the duration of the call.
     let result =
         catch(|| unsafe { f(Context::from_raw(ctx), Connection::from_raw(conn)) }.into_outcome());
@@ -262,6 +264,7 @@ pub unsafe fn authenticate<R: HookReturn, F: FnOnce(&Context, &Connection, &Cred
     f: F,
 ) -> bool {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed live objects and buffers for the call.
     let result = catch(|| unsafe {
         let credentials = Credentials::from_raw(login, login_len, password, password_len);
@@ -284,6 +287,7 @@ pub unsafe fn address<R: HookReturn, F: FnOnce(&Context, &Connection, &Address) 
     f: F,
 ) -> bool {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed live objects for the duration of the call.
     let result = catch(|| unsafe {
         f(
@@ -306,6 +310,7 @@ pub unsafe fn data<R: HookReturn, F: FnOnce(&Context, &Connection, &[u8]) -> R>(
     f: F,
 ) -> bool {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed live objects and the buffer for the call.
     let result = catch(|| unsafe {
         f(
@@ -327,6 +332,7 @@ pub unsafe fn message<R: HookReturn, F: FnOnce(&Context, &Connection, &mut Messa
     f: F,
 ) -> bool {
     enter(meta);
+    let _clock = crate::clock::SyncHook::enter(ctx);
     // SAFETY: the host passed live objects for the duration of the call;
     // the message is borrowed mutably only here.
     let result = catch(|| unsafe {

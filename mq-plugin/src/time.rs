@@ -1,4 +1,5 @@
-//! Futures on the worker's loop timers: [`sleep`], [`timeout`], [`interval`].
+//! Futures on the worker's loop timers: [`sleep`], [`timeout`], [`interval`];
+//! and the worker's clock, [`now`].
 //!
 //! They use `MQ_startTimer` of the context whose hook future polls them, so
 //! they work in MailerQ and in `mq-host` alike. Use them inside hook futures
@@ -17,6 +18,38 @@ fn loop_context(what: &str) -> &'static crate::Context {
     current_context().unwrap_or_else(|| {
         panic!("mq_plugin::{what} must be awaited inside a hook future (it runs on the worker's event loop)")
     })
+}
+
+/// The worker's clock: the `Instant` its timers and [`interval`] ticks
+/// are measured on. Use it instead of [`Instant::now`] for anything
+/// compared with time a hook has seen before (a rate window, a cache's
+/// age), so that the plugin's tests can run it on a virtual clock.
+///
+/// In MailerQ, and in `mq-host serve` and `deliver`, it is the real clock:
+/// [`Instant::now`]. In a test host on virtual time (`mq-plugin-test`'s
+/// `TestHost`, `mq-host`'s `virtual_time`) it is that worker's virtual
+/// clock, which jumps ahead when the worker is idle: a hook that slept
+/// 30 s sees `now()` 30 s later, though no real time passed.
+///
+/// It knows the worker from the hook that runs: inside a hook future (and
+/// the tasks `Context::spawn_local` started), and inside a synchronous
+/// hook (`fn`, not `async fn`) while it runs. Anywhere else — another
+/// thread, a `spawn_blocking` job, a plugin's own thread — it returns the
+/// real clock, [`Instant::now`].
+///
+/// ```no_run
+/// # use mq_plugin::prelude::*;
+/// # mq_plugin::declare_plugin!();
+/// #[mq_hook(smtp_in_mailfrom)]
+/// fn note(ctx: &Context) -> Flow {
+///     let at = mq_plugin::time::now(); // the worker's clock, virtual in tests
+///     let _ = (ctx, at);
+///     Flow::Continue
+/// }
+/// # fn main() {}
+/// ```
+pub fn now() -> Instant {
+    crate::clock::now()
 }
 
 /// Completes after a duration; see [`sleep`].

@@ -20,8 +20,10 @@
 //! and a triplet that passes gets `EXPIRE <key> <pass-ttl>`. The network is
 //! the client's IPv4 /24 or IPv6 /64, as senders retry from another address
 //! of their pool; sender and recipient are the parsed addresses in lower
-//! case (the sender is empty for `<>`). A recipient that does not parse is
-//! left to the other plugins (and the host) to refuse.
+//! case (the sender is empty for `<>`); a connection without a socket (the
+//! in-process test host's) has the network [`NO_ADDRESS`]. A recipient
+//! that does not parse is left to the other plugins (and the host) to
+//! refuse.
 //!
 //! **When Redis is down** the plugin *fails open*: the recipient goes on,
 //! ungreylisted, and the worker logs a warning once per outage ("Redis
@@ -169,6 +171,10 @@ pub fn network(ip: IpAddr) -> String {
     }
 }
 
+/// The network of a client without an address (a connection that has no
+/// socket, as in the in-process test host).
+pub const NO_ADDRESS: &str = "unknown";
+
 /// The Redis key of a triplet.
 pub fn key(network: &str, sender: &str, recipient: &str) -> String {
     format!("mq:greylist:{network}|{sender}|{recipient}")
@@ -255,15 +261,16 @@ async fn greylist(ctx: &Context, conn: &Connection, rcpt: &Address) -> Flow {
         return Flow::Continue;
     };
     let recipient = mailbox.as_str().to_ascii_lowercase();
-    let Ok(peer) = conn.peer_addr() else {
-        log::warn!("no client address for {recipient}; not greylisted");
-        return Flow::Continue;
-    };
+    // A connection without a socket (mq-plugin-test's in-process
+    // sessions) has no client address: all such clients are one network.
+    let network = conn
+        .peer_addr()
+        .map_or_else(|_| NO_ADDRESS.to_owned(), |peer| network(peer.ip()));
     let sender = conn
         .data::<Sender>()
         .map(|s| s.0.borrow().clone())
         .unwrap_or_default();
-    let key = key(&network(peer.ip()), &sender, &recipient);
+    let key = key(&network, &sender, &recipient);
     let worker = ctx.data_or_insert_with(Worker::default);
     let outcome = match timeout(config.timeout, lookup(worker, config, &key)).await {
         Ok(outcome) => outcome,

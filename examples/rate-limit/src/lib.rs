@@ -236,7 +236,10 @@ fn whole_seconds(d: Duration) -> u64 {
 #[mq_hook(smtp_in_mailfrom)]
 fn limit(ctx: &Context, conn: &Connection, from: &Address) -> Flow {
     let key = sender_key(from);
-    let admitted = senders(ctx).0.borrow_mut().admit(&key, Instant::now());
+    let admitted = senders(ctx)
+        .0
+        .borrow_mut()
+        .admit(&key, mq_plugin::time::now());
     match admitted {
         Ok(()) => Flow::Continue,
         Err(Refusal::OverLimit(wait)) => {

@@ -20,8 +20,9 @@
 //! never silently accepted.
 //!
 //! The lookup runs on the worker's event loop over
-//! `mq_plugin::net::TcpStream` (`AsyncRead`/`AsyncWrite`), so the worker
-//! serves its other connections meanwhile. Each worker keeps idle Redis
+//! `mq_plugin::net::TcpStream` (`AsyncRead`/`AsyncWrite`), with the small
+//! RESP client the Redis examples share (`examples/redis-resp`), so the
+//! worker serves its other connections meanwhile. Each worker keeps idle Redis
 //! connections in its context data for reuse.
 //!
 //! `MQ_REDIS_ADDR` (default `127.0.0.1:6379`) and `MQ_REDIS_SET` (default
@@ -29,7 +30,7 @@
 
 #![forbid(unsafe_code)]
 
-use futures_util::{AsyncReadExt, AsyncWriteExt};
+use mq_example_redis_resp::{pipeline, Reply};
 use mq_plugin::net::TcpStream;
 use mq_plugin::prelude::*;
 use mq_plugin::time::timeout;
@@ -63,40 +64,6 @@ fn config() -> &'static Config {
 #[derive(Default)]
 struct Pool(RefCell<Vec<TcpStream>>);
 
-/// One RESP2 command as an array of bulk strings.
-pub fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-    out
-}
-
-/// Parses `count` RESP2 integer replies (`:1\r\n`) from the front of
-/// `buf`; `Ok(None)` if more bytes are needed, `Err` for an error reply or
-/// anything unexpected.
-pub fn decode_integers(buf: &[u8], count: usize) -> Result<Option<Vec<i64>>, String> {
-    let mut values = Vec::with_capacity(count);
-    let mut rest = buf;
-    while values.len() < count {
-        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line =
-            std::str::from_utf8(&rest[..end]).map_err(|_| "a reply that is not text".to_owned())?;
-        match line.split_at_checked(1) {
-            Some((":", n)) => values.push(
-                n.parse()
-                    .map_err(|_| format!("a bad integer reply `{line}`"))?,
-            ),
-            Some(("-", e)) => return Err(format!("Redis answered an error: {e}")),
-            _ => return Err(format!("an unexpected reply `{line}`")),
-        }
-        rest = &rest[end + 2..];
-    }
-    Ok(Some(values))
-}
-
 /// The two set members that allow `mailbox`: the address and `@domain`,
 /// in lower case.
 pub fn members(mailbox: &Mailbox) -> [String; 2] {
@@ -108,27 +75,22 @@ pub fn members(mailbox: &Mailbox) -> [String; 2] {
 
 async fn is_allowed(stream: &mut TcpStream, set: &str, mailbox: &Mailbox) -> Result<bool, String> {
     let [email, domain] = members(mailbox);
-    let mut request = encode(&["SISMEMBER", set, &email]);
-    request.extend(encode(&["SISMEMBER", set, &domain]));
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| format!("writing to Redis: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 256];
-    loop {
-        if let Some(replies) = decode_integers(&buf, 2)? {
-            return Ok(replies.contains(&1));
+    let replies = pipeline(
+        stream,
+        &[
+            &[b"SISMEMBER", set.as_bytes(), email.as_bytes()],
+            &[b"SISMEMBER", set.as_bytes(), domain.as_bytes()],
+        ],
+    )
+    .await?;
+    let mut allowed = false;
+    for reply in replies {
+        match reply {
+            Reply::Integer(n) => allowed |= n == 1,
+            other => return Err(format!("an unexpected reply {other:?}")),
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading from Redis: {e}"))?;
-        if n == 0 {
-            return Err("Redis closed the connection".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
+    Ok(allowed)
 }
 
 async fn lookup(ctx: &Context, mailbox: &Mailbox) -> Result<bool, String> {
@@ -183,14 +145,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resp_encoding() {
-        assert_eq!(
-            encode(&["SISMEMBER", "s", "a@b"]),
-            b"*3\r\n$9\r\nSISMEMBER\r\n$1\r\ns\r\n$3\r\na@b\r\n"
-        );
-    }
-
-    #[test]
     fn members_are_the_address_and_its_parsed_domain() {
         let mailbox = Mailbox::parse("Boss@Partner.Example").unwrap();
         assert_eq!(
@@ -199,16 +153,5 @@ mod tests {
         );
         let mailbox = Mailbox::parse("\"victim@evil.net\"@Example.COM").unwrap();
         assert_eq!(members(&mailbox)[1], "@example.com");
-    }
-
-    #[test]
-    fn resp_integer_replies() {
-        assert_eq!(decode_integers(b":1\r\n:0\r\n", 2), Ok(Some(vec![1, 0])));
-        assert_eq!(decode_integers(b":1\r\n:0", 2), Ok(None));
-        assert_eq!(decode_integers(b"", 1), Ok(None));
-        assert!(decode_integers(b"-WRONGTYPE x\r\n", 1)
-            .unwrap_err()
-            .contains("WRONGTYPE"));
-        assert!(decode_integers(b"+OK\r\n", 1).is_err());
     }
 }

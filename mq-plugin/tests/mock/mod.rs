@@ -249,9 +249,18 @@ unsafe extern "C" fn plugin_panicked() {
 unsafe extern "C" fn mime_bytes(_: *mut MQ_Message, _: *mut usize) -> *const c_char {
     std::ptr::null()
 }
-/// The mock host runs on the real clock: no offset, no holds.
-unsafe extern "C" fn clock_offset(_: *mut MQ_Context) -> u64 {
-    0
+thread_local! {
+    /// The offset `clock_offset` reports on this thread (0: the real clock).
+    pub static CLOCK_OFFSET: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The mock host runs on the real clock plus [`CLOCK_OFFSET`] (0 unless a
+/// test sets it), and gives no holds.
+unsafe extern "C" fn clock_offset(ctx: *mut MQ_Context) -> u64 {
+    if ctx.is_null() {
+        return 0;
+    }
+    CLOCK_OFFSET.with(Cell::get)
 }
 unsafe extern "C" fn hold_clock(_: *mut MQ_Context) -> *mut c_void {
     std::ptr::null_mut()
