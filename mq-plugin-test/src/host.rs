@@ -184,6 +184,26 @@ impl TestHost {
             .unwrap_or_else(|e| panic!("mq-plugin-test: cannot open a connection: {e}"))
     }
 
+    /// Lets `by` of time pass on the host's clock, firing the plugins' own
+    /// timers in order — how a test reaches what happens later (a window
+    /// that ends, a cache entry that expires, a sweeper's next tick).
+    ///
+    /// On the virtual clock (the default) time passes only during a step
+    /// and here, so it takes microseconds, not `by`; between steps the
+    /// clock stands still. On the real clock it waits `by`.
+    ///
+    /// ```no_run
+    /// # use mq_plugin_test::TestHost;
+    /// # use std::time::Duration;
+    /// let host = TestHost::new();
+    /// host.advance(Duration::from_secs(3600)); // an hour later
+    /// ```
+    pub fn advance(&self, by: Duration) {
+        self.host()
+            .advance(by)
+            .unwrap_or_else(|e| panic!("mq-plugin-test: cannot advance the clock: {e}"));
+    }
+
     /// The host's counters: hook calls, and every guard (`double_resumes`,
     /// `late_resumes`, `hold_reports`, `api_misuse`, `plugin_panics`, ...).
     pub fn counters(&self) -> CounterSnapshot {

@@ -43,7 +43,9 @@
 //!   5 s, ends at once, timers firing in order; [`Step::elapsed`] says 30 s.
 //!   While a plugin watches a socket (a Redis call in flight) or runs a
 //!   `spawn_blocking` job, the clock runs at the real rate, so real peers
-//!   still answer before their timeouts.
+//!   still answer before their timeouts. Between steps the clock stands
+//!   still; [`TestHost::advance`] lets time pass there (a rate window
+//!   ends, a sweeper ticks).
 //! - **Chains**: [`TestHostBuilder::plugin`] adds plugins in order —
 //!   [`Plugin::this_crate`], another package of the workspace
 //!   ([`Plugin::package`], built with cargo), or any `.so`

@@ -144,6 +144,8 @@ impl HostBuilder {
     /// real while the worker watches an fd an outside peer may make ready
     /// (a plugin's socket) or a plugin's `spawn_blocking` job runs; see
     /// [`event_loop::clock`](crate::event_loop::clock) for the exact rule.
+    /// It jumps only while a chain started through a [`Session`] is in
+    /// flight or [`Host::advance`] runs: between steps it stands still.
     /// Hold reports, the hold deadline and [`EventResult::elapsed`] follow
     /// the worker's clock; the stall watchdog keeps the real one.
     ///
@@ -417,6 +419,39 @@ impl Host {
             direction,
             open: true,
         })
+    }
+
+    /// Lets `by` of time pass on every worker, and returns when it has.
+    ///
+    /// On a virtual clock ([`HostBuilder::virtual_time`]) no time passes
+    /// between steps, so this is how a test lets a plugin's own timers
+    /// (a periodic sweeper, a cache's expiry) fire: every worker's clock
+    /// jumps from timer to timer, in order, up to `by` later, in about the
+    /// real time the timers' callbacks take. On the real clock it waits
+    /// `by` for real.
+    pub fn advance(&self, by: Duration) -> Result<(), RunError> {
+        let (tx, rx) = mpsc::channel();
+        for handle in &self.workers {
+            let tx = tx.clone();
+            let posted = worker::post(&handle.remote, move |w| {
+                let step = w.ev.clock_step();
+                w.ev.start_timer(
+                    by,
+                    Box::new(move || {
+                        drop(step);
+                        let _ = tx.send(());
+                    }),
+                );
+            });
+            if !posted {
+                return Err(RunError::WorkerGone);
+            }
+        }
+        drop(tx);
+        for _ in &self.workers {
+            rx.recv().map_err(|_| RunError::WorkerGone)?;
+        }
+        Ok(())
     }
 
     /// Runs one event's chain on a fresh connection and closes it again

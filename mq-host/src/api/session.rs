@@ -370,6 +370,8 @@ fn start_event(
     conn.take_sent();
     let mark = w.shared.log.mark();
     let started = w.ev.now();
+    // The step is in flight (its clock may jump) until its result is sent.
+    let step = w.ev.clock_step();
     let log = Arc::clone(&w.shared.log);
     let worker_id = w.id;
     dispatch::start(
@@ -386,6 +388,7 @@ fn start_event(
                 w.close_connection(conn.id);
             }
             let _ = tx.send(Box::new(Ok(result)));
+            drop(step);
         }),
     )
     .map_err(|dispatch::Busy| RunError::Busy)

@@ -437,6 +437,10 @@ fn worker_main(
             return;
         }
     };
+    if shared.limits.clock == crate::runtime::event_loop::ClockMode::Virtual {
+        // A test host: no time passes between the test's steps.
+        ev.gate_jumps_on_steps();
+    }
     let Some(registry) = crate::runtime::handles::this_thread() else {
         let _ = ready.send(Err(format!("worker {id}: no handle registry")));
         return;

@@ -24,10 +24,20 @@
 //! the virtual clock goes on at the real rate meanwhile. So a plugin that
 //! talks to Redis works, with its timeouts measured in real time while the
 //! request is in flight.
+//!
+//! **Between steps the clock stands still.** A worker of a test host
+//! gates its loop's jumps on *steps* ([`EventLoop::gate_jumps_on_steps`]):
+//! it jumps only while a step is in flight — a chain the test started and
+//! has not got the result of ([`EventLoop::clock_step`]), or an explicit
+//! advance of the clock (`Host::advance`). While the test's own thread
+//! works between two steps, no time passes, as with a paused clock: a
+//! plugin's periodic timer (a sweeper task) neither fires through hours of
+//! virtual time nor keeps the worker spinning.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +85,10 @@ pub(super) struct LoopClock {
     /// How far the virtual clock is ahead of the real one.
     offset: Cell<Duration>,
     pub(super) holds: Arc<ClockHolds>,
+    /// Whether jumps need a step in flight (see the module documentation).
+    gated: Cell<bool>,
+    /// Steps in flight: [`ClockStep`]s alive.
+    steps: Rc<Cell<usize>>,
     /// For each fd watched under the virtual clock: whether it is an
     /// eventfd (classified when it is watched; its number may be reused,
     /// so it is classified again at every watch).
@@ -87,6 +101,8 @@ impl LoopClock {
             mode,
             offset: Cell::new(Duration::ZERO),
             holds: Arc::default(),
+            gated: Cell::new(false),
+            steps: Rc::new(Cell::new(0)),
             eventfds: RefCell::new(HashMap::new()),
         }
     }
@@ -151,6 +167,21 @@ impl super::EventLoop {
         Arc::clone(&self.clock.holds)
     }
 
+    /// Lets this loop's virtual clock jump only while a step is in flight
+    /// ([`EventLoop::clock_step`]): between steps it stands still. Test
+    /// hosts' workers set it; a bare loop jumps whenever it is idle.
+    pub fn gate_jumps_on_steps(&self) {
+        self.clock.gated.set(true);
+    }
+
+    /// Marks a step in flight until the returned value is dropped: a
+    /// chain whose result a test waits for, or an advance of the clock.
+    pub fn clock_step(&self) -> ClockStep {
+        let steps = Rc::clone(&self.clock.steps);
+        steps.set(steps.get() + 1);
+        ClockStep { steps }
+    }
+
     /// Polls for at most `timeout`; on the virtual clock, jumps to the next
     /// timer instead of waiting when the loop is idle (the module's rule).
     pub(super) fn poll_or_jump(&self, timeout: Option<Duration>) -> std::io::Result<()> {
@@ -168,7 +199,13 @@ impl super::EventLoop {
             }
             let outside = self.clock.watches_outside(inner.fds.keys().copied());
             match inner.next_deadline() {
-                Some(deadline) if !outside && !self.clock.holds.held() => Some(deadline),
+                Some(deadline)
+                    if !outside
+                        && !self.clock.holds.held()
+                        && (!self.clock.gated.get() || self.clock.steps.get() > 0) =>
+                {
+                    Some(deadline)
+                }
                 _ => None,
             }
         };
@@ -179,6 +216,18 @@ impl super::EventLoop {
             }
             None => self.poll(timeout),
         }
+    }
+}
+
+/// A step in flight on a loop whose jumps are gated on steps
+/// ([`EventLoop::clock_step`]); the step ends when this is dropped.
+pub struct ClockStep {
+    steps: Rc<Cell<usize>>,
+}
+
+impl Drop for ClockStep {
+    fn drop(&mut self) {
+        self.steps.set(self.steps.get().saturating_sub(1));
     }
 }
 
@@ -247,6 +296,28 @@ mod tests {
         );
         assert!(fired[0].1 >= Duration::from_secs(5) && fired[0].1 < Duration::from_secs(6));
         assert!(fired[1].1 >= Duration::from_secs(30) && fired[1].1 < Duration::from_secs(31));
+    }
+
+    #[test]
+    fn a_gated_loop_jumps_only_while_a_step_is_in_flight() {
+        let (ev, fired) = two_timers();
+        ev.gate_jumps_on_steps();
+        // No step: the loop waits for real (1 ms), the 5 s timer stays ahead.
+        ev.run_once(Some(Duration::from_millis(1))).unwrap();
+        assert!(fired.borrow().is_empty());
+        assert!(ev.clock_offset() < Duration::from_secs(1));
+        // A step in flight: the next idle wait jumps to the 5 s timer.
+        let step = ev.clock_step();
+        ev.run_once(None).unwrap();
+        assert_eq!(
+            fired.borrow().iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["five"]
+        );
+        // The step over: the 30 s timer does not come by itself.
+        drop(step);
+        ev.run_once(Some(Duration::from_millis(1))).unwrap();
+        assert_eq!(fired.borrow().len(), 1);
+        assert!(ev.clock_offset() < Duration::from_secs(6));
     }
 
     #[test]

@@ -71,7 +71,7 @@ mod interest;
 mod remote;
 mod slab;
 
-pub use clock::{ClockHolds, ClockMode};
+pub use clock::{ClockHolds, ClockMode, ClockStep};
 pub use interest::{Interest, IoCallback, Task, TimerCallback, TimerHandle, WatcherHandle};
 pub use remote::LoopRemote;
 
