@@ -26,9 +26,9 @@
 //! request is in flight.
 //!
 //! **Between steps the clock stands still.** A worker of a test host
-//! gates its loop's jumps on *steps* ([`EventLoop::gate_jumps_on_steps`]):
+//! gates its loop's jumps on *steps* ([`EventLoop::gate_jumps_on_steps`](super::EventLoop::gate_jumps_on_steps)):
 //! it jumps only while a step is in flight — a chain the test started and
-//! has not got the result of ([`EventLoop::clock_step`]), or an explicit
+//! has not got the result of ([`EventLoop::clock_step`](super::EventLoop::clock_step)), or an explicit
 //! advance of the clock (`Host::advance`). While the test's own thread
 //! works between two steps, no time passes, as with a paused clock: a
 //! plugin's periodic timer (a sweeper task) neither fires through hours of
@@ -168,7 +168,7 @@ impl super::EventLoop {
     }
 
     /// Lets this loop's virtual clock jump only while a step is in flight
-    /// ([`EventLoop::clock_step`]): between steps it stands still. Test
+    /// ([`EventLoop::clock_step`](super::EventLoop::clock_step)): between steps it stands still. Test
     /// hosts' workers set it; a bare loop jumps whenever it is idle.
     pub fn gate_jumps_on_steps(&self) {
         self.clock.gated.set(true);
@@ -220,7 +220,7 @@ impl super::EventLoop {
 }
 
 /// A step in flight on a loop whose jumps are gated on steps
-/// ([`EventLoop::clock_step`]); the step ends when this is dropped.
+/// ([`EventLoop::clock_step`](super::EventLoop::clock_step)); the step ends when this is dropped.
 pub struct ClockStep {
     steps: Rc<Cell<usize>>,
 }
