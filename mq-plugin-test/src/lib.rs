@@ -54,6 +54,9 @@
 //! - **Failures explain themselves**: an `assert_*` of a [`Step`] prints
 //!   the chain and what the plugins logged during the step; any failing
 //!   test prints the host's whole log as its [`TestHost`] is dropped.
+//! - **Real peers**: [`redis::RedisServer`] starts a real `redis-server`
+//!   on a free loopback port for a plugin that talks to Redis (the test
+//!   fails, saying what to install, where it is missing).
 //!
 //! Each [`TestHost`] loads its own copies of the plugin files, so every
 //! test starts with fresh plugin statics, and tests run in parallel.
@@ -65,6 +68,7 @@ mod report;
 mod session;
 mod step;
 
+pub mod redis;
 pub use host::{TestHost, TestHostBuilder, DEFAULT_STEP_LIMIT};
 pub use locate::Plugin;
 pub use mq_host::{ChainEnd, CounterSnapshot, Flow, HookCall, Resume};

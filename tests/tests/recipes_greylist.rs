@@ -203,7 +203,7 @@ fn served_counters(log: &str) -> mq_e2e::served::Counters {
 #[test]
 fn when_redis_is_down_recipients_pass_ungreylisted_with_a_log_line() {
     let redis = Redis::start();
-    let port = redis.port;
+    let port = redis.port();
     let dir = PluginDir::new("greylist-down");
     let served = serve(&dir, &redis.addr(), "2000");
     let mut smtp = Smtp::open(served.addr);

@@ -2,72 +2,13 @@
 //! async lookups over the framework's TCP stream, many at once, and a
 //! deferral (451) when Redis goes away.
 
+use mq_e2e::redis::Redis;
 use mq_e2e::*;
 use mq_host::{ChainEnd, Direction, Event};
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (.ci/run installs it)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn command(&self, args: &[&str]) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut request = format!("*{}\r\n", args.len());
-        for a in args {
-            request += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        s.write_all(request.as_bytes()).unwrap();
-        let mut reply = [0u8; 64];
-        let n = s.read(&mut reply).unwrap();
-        String::from_utf8_lossy(&reply[..n]).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn recipients_are_checked_in_redis() {
-    let mut redis = Redis::start();
+    let redis = Redis::start();
     assert_eq!(
         redis.command(&[
             "SADD",
@@ -77,7 +18,7 @@ fn recipients_are_checked_in_redis() {
         ]),
         ":2\r\n"
     );
-    std::env::set_var("MQ_REDIS_ADDR", format!("127.0.0.1:{}", redis.port));
+    std::env::set_var("MQ_REDIS_ADDR", format!("127.0.0.1:{}", redis.port()));
     let dir = PluginDir::new("redis");
     dir.add("10-redis.so", &plugin_so("mq-example-redis-allowlist"), "");
     dir.add("20-probe.so", &c_probe(), "");
@@ -165,8 +106,7 @@ fn recipients_are_checked_in_redis() {
     }
 
     // Redis goes away: recipients are deferred, not accepted.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.stop();
     for _ in 0..2 {
         let r = rcpt("boss@partner.example");
         assert_eq!(

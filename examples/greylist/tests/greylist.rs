@@ -12,12 +12,11 @@
 //! tests in one process share the environment, so each test holds `ENV`
 //! while it sets them and starts its host.
 
+use mq_plugin_test::redis::RedisServer;
 use mq_plugin_test::{Flow, TestHost};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 static ENV: Mutex<()> = Mutex::new(());
 
@@ -30,65 +29,14 @@ fn host(port: u16) -> TestHost {
     TestHost::new()
 }
 
-/// A redis-server on a free loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test needs redis-server ({e}): install it with `apt-get install \
-                     redis-server` or run scripts/test-deps.sh"
-                )
-            });
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    /// Runs one command; returns its raw reply.
-    fn command(&self, args: &[&str]) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut request = format!("*{}\r\n", args.len());
-        for a in args {
-            request += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        s.write_all(request.as_bytes()).unwrap();
-        let mut reply = [0u8; 512];
-        let n = s.read(&mut reply).unwrap();
-        String::from_utf8_lossy(&reply[..n]).into_owned()
-    }
-
-    /// The greylisting keys Redis holds.
-    fn keys(&self) -> Vec<String> {
-        self.command(&["KEYS", "mq:greylist:*"])
-            .lines()
-            .filter(|l| l.starts_with("mq:"))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The greylisting keys `redis` holds.
+fn greylist_keys(redis: &RedisServer) -> Vec<String> {
+    redis
+        .command(&["KEYS", "mq:greylist:*"])
+        .lines()
+        .filter(|l| l.starts_with("mq:"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn free_port() -> u16 {
@@ -110,15 +58,15 @@ const GREYLISTED: &str = "4.7.1 <alice@example.org>: greylisted, please try agai
 
 #[test]
 fn first_attempts_wait_and_retries_after_the_grey_period_pass() {
-    let redis = Redis::start();
-    let host = host(redis.port);
+    let redis = RedisServer::start();
+    let host = host(redis.port());
     let mut smtp = host.smtp();
     smtp.connect().assert_accepted();
     smtp.mail_from("Shop@Example.com").assert_accepted();
     smtp.rcpt_to("alice@example.org")
         .assert_reply(451, GREYLISTED)
         .assert_flow("mq-example-greylist", Flow::Complete);
-    let keys = redis.keys();
+    let keys = greylist_keys(&redis);
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
     // The test host's connections have no socket, so no client network.
@@ -132,7 +80,7 @@ fn first_attempts_wait_and_retries_after_the_grey_period_pass() {
     // Another sender to the same recipient is another triplet.
     smtp.mail_from("news@example.com").assert_accepted();
     smtp.rcpt_to("alice@example.org").assert_refused(451);
-    assert_eq!(redis.keys().len(), 2);
+    assert_eq!(greylist_keys(&redis).len(), 2);
 
     // The first attempt of the first triplet was 301 s ago: the retry passes.
     let earlier = (unix_now() - 301).to_string();

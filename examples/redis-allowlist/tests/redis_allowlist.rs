@@ -7,74 +7,24 @@
 //! reads `MQ_REDIS_ADDR` once per loaded copy, so one test sets it before
 //! each host it starts.
 
+use mq_plugin_test::redis::RedisServer as Redis;
 use mq_plugin_test::{Flow, TestHost};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A redis-server on a free loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test needs redis-server ({e}): install it with `apt-get install \
-                     redis-server` or run scripts/test-deps.sh"
-                )
-            });
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn sadd(&self, set: &str, member: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let args = ["SADD", set, member];
-        let mut request = format!("*{}\r\n", args.len());
-        for a in args {
-            request += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        s.write_all(request.as_bytes()).unwrap();
-        let mut reply = [0u8; 16];
-        let n = s.read(&mut reply).unwrap();
-        assert!(reply[..n].starts_with(b":"), "{:?}", &reply[..n]);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::net::TcpListener;
+use std::time::Duration;
 
 #[test]
 fn members_go_on_strangers_are_refused_and_a_silent_redis_defers() {
     let redis = Redis::start();
-    redis.sadd("mq:allowed-recipients", "@example.com");
-    redis.sadd("mq:allowed-recipients", "boss@partner.example");
-    std::env::set_var("MQ_REDIS_ADDR", format!("127.0.0.1:{}", redis.port));
+    assert_eq!(
+        redis.command(&["SADD", "mq:allowed-recipients", "@example.com"]),
+        ":1\r\n"
+    );
+    assert_eq!(
+        redis.command(&["SADD", "mq:allowed-recipients", "boss@partner.example"]),
+        ":1\r\n"
+    );
+    std::env::set_var("MQ_REDIS_ADDR", format!("127.0.0.1:{}", redis.port()));
 
     let host = TestHost::new();
     let mut smtp = host.smtp();
